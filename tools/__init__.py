@@ -1,0 +1,1 @@
+"""Command-line tools built on fire: ``python -m tools.<name> --help``."""
