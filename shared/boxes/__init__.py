@@ -1,0 +1,1 @@
+"""Boxes: the project's one box convention (``convention``) and vectorised box operations (``ops``)."""

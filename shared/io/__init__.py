@@ -1,0 +1,1 @@
+"""Reading and writing: images, datalists, atomic outputs, and foreign formats (nnDetection, LUNA16)."""
