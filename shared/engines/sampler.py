@@ -1,0 +1,36 @@
+"""Sample indices as a pure function of the global position, so a resumed run sees the same batches.
+
+Batch ``t`` of rank ``r`` holds samples ``(t * world_size + r) * batch_size + j``; a dataset that seeds
+each sample from its index (see :mod:`shared.data.dataset`) then yields the same data whether a run
+was interrupted or not, and ranks never repeat each other.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+from torch.utils.data import Sampler
+
+
+class ResumableBatchSampler(Sampler[list[int]]):
+    """Endless batches of global sample indices starting at ``start_iteration``.
+
+    Args:
+        batch_size: samples per batch on this rank.
+        rank: this process's rank; world_size: the number of processes.
+        start_iteration: the first iteration to produce; set it (``sampler.start_iteration = i``)
+            before the data loader's iterator is created to resume.
+    """
+
+    def __init__(self, batch_size: int, *, rank: int = 0, world_size: int = 1, start_iteration: int = 0):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
+        self.start_iteration = start_iteration
+
+    def __iter__(self) -> Iterator[list[int]]:
+        iteration = self.start_iteration
+        while True:
+            first = (iteration * self.world_size + self.rank) * self.batch_size
+            yield list(range(first, first + self.batch_size))
+            iteration += 1

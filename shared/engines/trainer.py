@@ -1,0 +1,215 @@
+"""The ignite trainer every bundle uses: iteration-based epochs, the paper's schedule, AMP where the
+device has it, gradient clipping, checkpoints every N iterations with exact resume, TensorBoard, a
+progress bar, validation with best-model saving.
+
+The model is any ``nn.Module`` whose forward returns a dict of losses with a ``"loss"`` entry (a
+detector given images and targets, a masked autoencoder given images); ``forward`` adapts a batch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import ignite.distributed as idist
+import torch
+from ignite.engine import Engine, Events
+from ignite.handlers import Checkpoint, DiskSaver
+from torch import nn
+
+from shared.engines.schedule import learning_rate_at, set_learning_rate
+from shared.io.atomic import atomic_path, write_json
+
+logger = logging.getLogger(__name__)
+
+LAST_PREFIX = "last"
+BEST_NAME = "model_best.pt"
+BEST_RECORD = "model_best.json"
+
+
+def detection_forward(model: nn.Module, batch: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
+    """Detector step: images and their targets (boxes, labels, segmentation) go in."""
+    targets = {
+        "boxes": [boxes.to(device) for boxes in batch["boxes"]],
+        "labels": [labels.to(device) for labels in batch["labels"]],
+    }
+    if "seg" in batch:
+        targets["seg"] = batch["seg"].to(device)
+    return model(batch["image"].to(device), targets)
+
+
+def image_forward(model: nn.Module, batch: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
+    """Self-supervised step: only the images go in."""
+    return model(batch["image"].to(device))
+
+
+class Trainer:
+    """Runs training to ``max_epochs`` and resumes from the last checkpoint in ``output_dir``.
+
+    Args:
+        model: module returning a loss dict with ``"loss"``; may be wrapped in DDP.
+        optimizer: built over the model's parameters.
+        data_loader: endless loader; if its batch sampler has ``start_iteration`` it is moved on resume.
+        output_dir: checkpoints go to ``output_dir/checkpoints``, TensorBoard logs to ``output_dir/logs``.
+        iterations_per_epoch, max_epochs: the run's length.
+        base_lr, warmup_iterations, freeze_iterations, poly_exponent: the schedule
+            (:func:`shared.engines.schedule.learning_rate_at`).
+        forward: ``(model, batch, device) -> losses``; defaults to :func:`detection_forward`.
+        device: where the model lives; amp: mixed precision, only honoured on CUDA.
+        gradient_clip: max gradient norm (None: off).
+        checkpoint_every: iterations between "last" checkpoints (also written at each epoch end).
+        validate: ``(model) -> metrics`` run every ``validate_every`` epochs on rank 0.
+        key_metric: metric deciding the best model, saved as ``output_dir/model_best.pt``.
+        iteration_handlers: callables ``(engine)`` run at the start of each iteration (warm-up freeze).
+        progress: show a progress bar.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        data_loader: Any,
+        *,
+        output_dir: str | Path,
+        iterations_per_epoch: int,
+        max_epochs: int,
+        base_lr: float,
+        warmup_iterations: int = 0,
+        freeze_iterations: int = 0,
+        poly_exponent: float = 0.9,
+        forward: Callable[[nn.Module, dict, torch.device], dict] = detection_forward,
+        device: str | torch.device = "cpu",
+        amp: bool = False,
+        gradient_clip: float | None = 12.0,
+        checkpoint_every: int = 500,
+        validate: Callable[[nn.Module], dict[str, float]] | None = None,
+        validate_every: int = 1,
+        key_metric: str = "AP_IoU_0.10_MaxDet_100",
+        iteration_handlers: Sequence[Callable[[Engine], None]] = (),
+        progress: bool = True,
+    ):
+        self.model, self.optimizer, self.data_loader = model, optimizer, data_loader
+        self.output_dir = Path(output_dir)
+        self.iterations_per_epoch, self.max_epochs = iterations_per_epoch, max_epochs
+        self.device = torch.device(device)
+        self.amp = bool(amp) and self.device.type == "cuda"  # autocast on CPU crashes MONAI's losses
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.forward, self.gradient_clip = forward, gradient_clip
+        total = iterations_per_epoch * max_epochs
+        self.schedule = dict(base_lr=base_lr, total_iterations=total, warmup_iterations=warmup_iterations,
+                             freeze_iterations=freeze_iterations, exponent=poly_exponent)
+        self.engine = Engine(self._step)
+        self._writer = None
+        self._attach(checkpoint_every, validate, validate_every, key_metric, iteration_handlers, progress)
+
+    # -- the step -------------------------------------------------------------------------------------
+    def _step(self, engine: Engine, batch: dict[str, Any]) -> dict[str, float]:
+        self.model.train()
+        set_learning_rate(self.optimizer, learning_rate_at(engine.state.iteration - 1, **self.schedule))
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(self.device.type, enabled=self.amp):
+            losses = self.forward(self.model, batch, self.device)
+        loss = losses["loss"]
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss is {loss.item()} at iteration {engine.state.iteration}: {losses}")
+        self.scaler.scale(loss).backward()
+        if self.gradient_clip:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.gradient_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return {name: float(value.detach()) for name, value in losses.items()}
+
+    # -- handlers -------------------------------------------------------------------------------------
+    def _attach(self, checkpoint_every, validate, validate_every, key_metric, iteration_handlers, progress):
+        engine = self.engine
+        for handler in iteration_handlers:
+            engine.add_event_handler(Events.ITERATION_STARTED, handler)
+        engine.add_event_handler(Events.STARTED, self._move_sampler)
+        self.checkpoint = Checkpoint(
+            self._state_objects(),
+            DiskSaver(self.output_dir / "checkpoints", require_empty=False, atomic=True),
+            filename_prefix=LAST_PREFIX, n_saved=1, global_step_transform=lambda e, _: e.state.iteration,
+        )
+        engine.add_event_handler(Events.ITERATION_COMPLETED(every=checkpoint_every) | Events.EPOCH_COMPLETED,
+                                 self.checkpoint)
+        if idist.get_rank() == 0:
+            engine.add_event_handler(Events.ITERATION_COMPLETED(every=10), self._log_losses)
+            if validate is not None:
+                engine.add_event_handler(Events.EPOCH_COMPLETED(every=validate_every), self._validate,
+                                         validate, key_metric)
+            if progress:
+                from ignite.handlers import ProgressBar
+
+                ProgressBar(persist=True).attach(engine, output_transform=lambda output: {"loss": output["loss"]})
+        engine.add_event_handler(Events.COMPLETED, self._close)
+
+    def _state_objects(self) -> dict[str, Any]:
+        objects = {"model": _unwrap(self.model), "optimizer": self.optimizer, "trainer": self.engine}
+        if self.amp:
+            objects["scaler"] = self.scaler
+        return objects
+
+    def _move_sampler(self, engine: Engine) -> None:
+        sampler = getattr(self.data_loader, "batch_sampler", None)
+        if hasattr(sampler, "start_iteration"):
+            sampler.start_iteration = engine.state.iteration
+
+    @property
+    def writer(self):
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(log_dir=str(self.output_dir / "logs"))
+        return self._writer
+
+    def _log_losses(self, engine: Engine) -> None:
+        for name, value in engine.state.output.items():
+            self.writer.add_scalar(f"train/{name}", value, engine.state.iteration)
+        self.writer.add_scalar("train/lr", self.optimizer.param_groups[0]["lr"], engine.state.iteration)
+
+    def _validate(self, engine: Engine, validate, key_metric: str) -> None:
+        metrics = validate(_unwrap(self.model))
+        engine.state.metrics.update(metrics)
+        for name, value in metrics.items():
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                self.writer.add_scalar(f"validation/{name}", value, engine.state.iteration)
+        score = metrics.get(key_metric, float("nan"))
+        best = self.best_metric()
+        logger.info("epoch %d validation %s = %.4f (best %.4f)", engine.state.epoch, key_metric, score, best)
+        if math.isfinite(score) and score > best:
+            with atomic_path(self.output_dir / BEST_NAME) as temporary:
+                torch.save(_unwrap(self.model).state_dict(), temporary)
+            write_json(self.output_dir / BEST_RECORD, {"key_metric": key_metric, "value": score,
+                                                       "iteration": engine.state.iteration, "metrics": metrics})
+
+    def best_metric(self) -> float:
+        """The key metric of the saved best model; survives a resume because it lives beside the model."""
+        record = self.output_dir / BEST_RECORD
+        return json.loads(record.read_text())["value"] if record.exists() else -math.inf
+
+    def _close(self, engine: Engine) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+    # -- running --------------------------------------------------------------------------------------
+    def last_checkpoint(self) -> Path | None:
+        found = sorted((self.output_dir / "checkpoints").glob(f"{LAST_PREFIX}_checkpoint_*.pt"),
+                       key=lambda path: int(path.stem.rsplit("_", 1)[-1]))
+        return found[-1] if found else None
+
+    def run(self, resume: bool = True) -> Engine:
+        """Train to the end, first loading the last checkpoint in ``output_dir`` if ``resume``."""
+        checkpoint = self.last_checkpoint() if resume else None
+        if checkpoint is not None:
+            logger.info("resuming from %s", checkpoint)
+            Checkpoint.load_objects(self._state_objects(), torch.load(checkpoint, map_location="cpu", weights_only=True))
+        self.engine.run(self.data_loader, max_epochs=self.max_epochs, epoch_length=self.iterations_per_epoch)
+        return self.engine
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
