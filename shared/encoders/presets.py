@@ -73,4 +73,4 @@ def build_encoder(spec: dict[str, Any] | Encoder, in_channels: int) -> Encoder:
     try:
         return ENCODER_CLASSES[name](in_channels, **arguments)
     except TypeError as error:
-        raise ValueError(f"encoder spec {spec!r} has an argument {name!r} does not take: {error}") from error
+        raise ValueError(f"encoder {name!r} does not take an argument of spec {spec!r}: {error}") from error
