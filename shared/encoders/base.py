@@ -13,6 +13,7 @@ class Encoder(nn.Module):
 
     Attributes:
         in_channels: channels the input must have.
+        spatial_dims: number of spatial axes (3 for volumes).
         feature_info: one ``{"channels": c, "stride": s}`` per level, fine → coarse; ``s`` is the
             cumulative stride with respect to the input, equal on every axis.
         stem_keys: state-dict key prefixes of the layers that read the input channels, so that
@@ -20,6 +21,7 @@ class Encoder(nn.Module):
     """
 
     in_channels: int
+    spatial_dims: int
     stem_keys: tuple[str, ...]
     feature_info: list[dict[str, int]]
 

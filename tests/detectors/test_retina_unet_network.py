@@ -106,3 +106,14 @@ def test_bad_configurations_raise():
         RetinaUNetNetwork(1, 1, encoder=build_encoder(TINY, 2))
     with pytest.raises(ValueError, match="first stride is 1"):
         _network(encoder={**TINY, "strides": [2, 2, 2, 2]}, detection_strides=(4, 8))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["plain", "resenc"])
+def test_paper_networks_run_at_64_cubed(name):
+    network = RetinaUNetNetwork(1, 1, encoder={"name": name, "preset": "paper"})
+    with torch.no_grad():
+        outputs = network(torch.randn(1, 1, 64, 64, 64))
+    assert [c.shape[1:] for c in outputs["cls_logits"]] == [(27, 64 // s, 64 // s, 64 // s) for s in (4, 8, 16, 32)]
+    assert [b.shape[1] for b in outputs["box_regression"]] == [162] * 4
+    assert outputs["seg_logits"].shape == (1, 2, 64, 64, 64)
