@@ -28,6 +28,8 @@ class Encoder(nn.Module):
     def _declare_levels(self, channels: list[int], strides: list[int]) -> None:
         cumulative, info = 1, []
         for width, stride in zip(channels, strides):
+            if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
+                raise ValueError(f"strides must be positive integers, equal on every axis; got {list(strides)}")
             cumulative *= int(stride)
             info.append({"channels": int(width), "stride": cumulative})
         self.feature_info = info

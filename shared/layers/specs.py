@@ -83,8 +83,8 @@ def per_stage(value: Any, num_stages: int, argument: str) -> list:
     """Broadcasts a scalar to one entry per stage, or checks a list has one entry per stage.
 
     Args:
-        value: a scalar (int, float, str, None, a layer spec tuple is *not* a list of stages) or a
-            list with one entry per stage.
+        value: a scalar (int, float, bool, str, None) or a list/tuple with one entry per stage
+            (so a per-stage setting that is itself a sequence must always be given as a list).
         num_stages: how many stages there are.
         argument: the argument's name, for the error message.
 

@@ -44,3 +44,8 @@ def test_built_encoder_passes_through_after_a_channel_check():
 def test_bad_specs_raise(spec, message):
     with pytest.raises(ValueError, match=message):
         build_encoder(spec, 1)
+
+
+def test_anisotropic_strides_are_refused_with_a_clear_message():
+    with pytest.raises(ValueError, match="strides must be positive integers, equal on every axis"):
+        build_encoder({"name": "plain", "preset": "tiny", "strides": [1, [1, 2, 2], 2, 2]}, 1)
