@@ -241,11 +241,11 @@ def gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
     channels = image.shape[0]
     result = image[None]
     for axis in range(3):
-        shape = [channels, 1, 1, 1, 1]
+        shape = [1, 1, 1, 1, 1]
         shape[2 + axis] = kernel.numel()
         padding = [0, 0] * 3
         padding[2 * (2 - axis)] = padding[2 * (2 - axis) + 1] = radius  # F.pad lists the last axis first
-        result = F.conv3d(F.pad(result, padding, mode="replicate"), kernel.reshape(shape).expand(*shape), groups=channels)
+        result = F.conv3d(F.pad(result, padding, mode="replicate"), kernel.reshape(shape).expand(channels, -1, -1, -1, -1), groups=channels)
     return result[0]
 
 
