@@ -32,7 +32,7 @@ def write_case(cache: Path, case: str, image: np.ndarray, *, mask=None, boxes=No
 
 @pytest.fixture
 def tiny_cache(tmp_path) -> Path:
-    """Cases: ``masked`` (2 instances, ids 1 and 3, classes 0 and 1), ``boxes_only`` (2 channels, 2 boxes),
+    """Cases: ``masked`` (2 instances, ids 1 and 3, classes 0 and 1), ``boxes_only`` (2 boxes, one with fractional edges),
     ``small`` (smaller than an 8-voxel patch), ``empty`` (mask without objects)."""
     rng = np.random.default_rng(1)
     cache = tmp_path / "cache"
@@ -47,7 +47,7 @@ def tiny_cache(tmp_path) -> Path:
     mask[12:17, 9:11, 8:14] = 3
     mask[13, 11, 10] = 3  # not box-shaped
     write_case(cache, "masked", rng.normal(size=(1, 20, 18, 16)), mask=mask, labels=[0, 1])
-    write_case(cache, "boxes_only", rng.normal(size=(2, 20, 18, 16)),
+    write_case(cache, "boxes_only", rng.normal(size=(1, 20, 18, 16)),
                boxes=[[2, 3, 4, 6, 7, 9], [10, 11, 5, 14.5, 16, 9.5]], labels=[1, 0])
     small = np.zeros((6, 5, 4), dtype=np.int16)
     small[1:3, 1:4, 1:3] = 1
