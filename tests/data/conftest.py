@@ -31,6 +31,12 @@ def write_case(cache: Path, case: str, image: np.ndarray, *, mask=None, boxes=No
 
 
 @pytest.fixture
+def case_writer():
+    """:func:`write_case`, for tests that add a case of their own."""
+    return write_case
+
+
+@pytest.fixture
 def tiny_cache(tmp_path) -> Path:
     """Cases: ``masked`` (2 instances, ids 1 and 3, classes 0 and 1), ``boxes_only`` (2 boxes, one with fractional edges),
     ``small`` (smaller than an 8-voxel patch), ``empty`` (mask without objects)."""

@@ -100,15 +100,20 @@ def test_empty_case_and_empty_patch_give_no_boxes(tiny_cache):
     assert (0, 6) in shapes
 
 
-def test_foreground_fraction_holds_over_many_draws(tiny_cache):
-    # One 3x4x3 object in a 20x18x16 volume: a random 4^3 patch rarely meets it, a foreground one always does.
-    dataset = _dataset(tiny_cache, ["masked"], augmentation=None, iterations_per_epoch=100, batch_size=2,
+def test_foreground_fraction_holds_over_many_draws(tiny_cache, case_writer):
+    # One 2^3 object in a 40^3 volume: a random 8^3 patch meets it with probability (9/33)^3 = 2 %.
+    instance_map = np.zeros((40, 40, 40), dtype=np.int16)
+    instance_map[30:32, 5:7, 20:22] = 1
+    case_writer(tiny_cache, "sparse", np.ones((1, 40, 40, 40)), mask=instance_map, labels=[0])
+    dataset = _dataset(tiny_cache, ["sparse"], augmentation=None, iterations_per_epoch=100, batch_size=3,
                        foreground_fraction=0.5)
-    hits = np.array([len(dataset[index]["boxes"]) > 0 for index in range(len(dataset))]).reshape(-1, 2)
-    assert hits[:, 1].all()  # the last of each batch is the foreground one
-    assert hits[:, 0].mean() < 0.7
-    flags = np.array([dataset[index]["foreground"] for index in range(len(dataset))])
-    assert flags.mean() == 0.5
+    samples = [dataset[index] for index in range(len(dataset))]
+    hits = np.array([len(sample["boxes"]) > 0 for sample in samples]).reshape(-1, 3)
+    flags = np.array([sample["foreground"] for sample in samples]).reshape(-1, 3)
+    assert hits[:, 2].all() and flags[:, 2].all() and not flags[:, 0].any()
+    assert hits[flags].all() and hits[~flags].mean() < 0.08
+    assert abs(flags.mean() - 0.5) < 4 * np.sqrt(0.25 / 100) / 3  # only position 1 is random
+    assert abs(hits.mean() - 0.5) < 0.08
 
 
 def test_samples_are_deterministic_per_seed_epoch_index_and_rank(tiny_cache):
