@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 
 from shared.data.sampling import IMAGE_PAD_VALUE, read_region
 
@@ -225,7 +226,9 @@ def augment_intensity(image: torch.Tensor, settings: AugmentationSettings, rng: 
 
 
 def gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Isotropic Gaussian blur (voxels) of every channel, separable, edges replicated.
+    """Isotropic Gaussian blur (voxels) of every channel, edges replicated, kernel cut at 3 sigma.
+
+    scipy's separable filter, several times faster on a CPU than ``conv3d`` with 1-D kernels.
 
     Args:
         image: (C, X, Y, Z) float32.
@@ -234,19 +237,11 @@ def gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
     Returns:
         (C, X, Y, Z) float32.
     """
-    radius = max(int(math.ceil(3.0 * sigma)), 1)
-    offsets = torch.arange(-radius, radius + 1, dtype=torch.float32)
-    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
-    kernel = kernel / kernel.sum()
-    channels = image.shape[0]
-    result = image[None]
-    for axis in range(3):
-        shape = [1, 1, 1, 1, 1]
-        shape[2 + axis] = kernel.numel()
-        padding = [0, 0] * 3
-        padding[2 * (2 - axis)] = padding[2 * (2 - axis) + 1] = radius  # F.pad lists the last axis first
-        result = F.conv3d(F.pad(result, padding, mode="replicate"), kernel.reshape(shape).expand(channels, -1, -1, -1, -1), groups=channels)
-    return result[0]
+    array = image.numpy()
+    blurred = np.empty_like(array)
+    for channel in range(array.shape[0]):
+        ndimage.gaussian_filter(array[channel], sigma, output=blurred[channel], mode="nearest", truncate=3.0)
+    return torch.from_numpy(blurred)
 
 
 def adjust_contrast(image: torch.Tensor, factor: float) -> torch.Tensor:
