@@ -147,9 +147,13 @@ def extract_patch(
     image_patch = F.grid_sample(region[None], grid, mode="bilinear", padding_mode="zeros", align_corners=True)[0]
     map_patch = None
     if instance_map is not None:
-        map_region = torch.from_numpy(read_region(instance_map, start, stop, fill=0).astype(np.float32))
-        sampled = F.grid_sample(map_region[None, None], grid, mode="nearest", padding_mode="zeros", align_corners=True)
-        map_patch = sampled[0, 0].round().numpy().astype(np.int64)
+        map_region = read_region(instance_map, start, stop, fill=0)
+        if not map_region.any():  # most random patches: skip the second interpolation
+            map_patch = np.zeros(tuple(size), dtype=np.int64)
+        else:
+            map_region = torch.from_numpy(map_region.astype(np.float32))
+            sampled = F.grid_sample(map_region[None, None], grid, mode="nearest", padding_mode="zeros", align_corners=True)
+            map_patch = sampled[0, 0].round().numpy().astype(np.int64)
     return image_patch.contiguous(), map_patch
 
 

@@ -117,11 +117,12 @@ def draw_training_sample(
     """
     image = np.load(record.image_path, mmap_mode="r")
     instance_map = None if record.mask_path is None else np.load(record.mask_path, mmap_mode="r")
-    origin = choose_patch_origin(record.shape, patch_size, rng, boxes=record.boxes if foreground else None)
     matrix = None
     if augmentation is not None:
         may_rotate = instance_map is not None or augmentation.rotate_boxes_only_cases
         matrix = draw_spatial_matrix(augmentation, rng, allow_rotation=may_rotate)
+    boxes = record.boxes if foreground else None
+    origin = choose_patch_origin(record.shape, patch_size, rng, boxes=boxes, matrix=matrix)
     image_patch, map_patch = extract_patch(image, instance_map, origin, patch_size, matrix)
     if map_patch is not None:
         try:

@@ -61,6 +61,7 @@ def choose_patch_origin(
     rng: np.random.Generator,
     *,
     boxes: np.ndarray | None = None,
+    matrix: np.ndarray | None = None,
 ) -> np.ndarray:
     """Origin (first voxel, may be negative) of a patch: around a random box if ``boxes`` has any, else uniform.
 
@@ -69,10 +70,13 @@ def choose_patch_origin(
         patch_size: (PX, PY, PZ).
         rng: the sample's generator.
         boxes: (N, 6) xyzxyz voxel boxes to centre on; ``None`` or empty for a random patch.
+        matrix: (3, 3) patch offset → source offset of the augmentation that will be applied about the
+            patch centre (see :mod:`shared.data.augment`), so that the chosen object point lands in the
+            central half of the *transformed* patch; ``None`` for no spatial augmentation.
 
     Returns:
-        (3,) int64 origin; the patch is ``[origin, origin + patch_size)`` and always overlaps the volume,
-        and a foreground patch always contains the chosen point of its object.
+        (3,) int64 origin of the untransformed patch ``[origin, origin + patch_size)``; it always overlaps
+        the volume, and without augmentation a foreground patch always contains the chosen object point.
     """
     low, high = origin_range(shape, patch_size)
     if boxes is None or len(boxes) == 0:
@@ -82,7 +86,11 @@ def choose_patch_origin(
     point = np.clip(point, 0, np.asarray(shape) - 1)
     size = np.asarray(patch_size)
     position_in_patch = rng.integers(size // 4, np.maximum(size - size // 4, size // 4 + 1))
-    return np.clip(point - position_in_patch, low, high).astype(np.int64)
+    offset = position_in_patch - (size - 1) / 2.0  # from the patch centre, in patch voxels
+    if matrix is not None:
+        offset = np.asarray(matrix, dtype=np.float64) @ offset
+    origin = np.round(point - offset - (size - 1) / 2.0)
+    return np.clip(origin, low, high).astype(np.int64)
 
 
 def read_region(array: np.ndarray, start: np.ndarray, stop: np.ndarray, *, fill: float = 0.0) -> np.ndarray:
