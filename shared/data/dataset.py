@@ -1,8 +1,8 @@
 """Training batches and validation cases from the preprocessed cache.
 
-Reads the cache through its contract (``plans.json``, ``<case>.json``, ``<case>_image.npy``,
-``<case>_mask.npy``); images are memory-mapped, so a training sample reads only the region its patch
-covers. Every training sample is a pure function of ``(seed, rank, epoch, index)``: a resumed run sees
+Reads the cache through its contract (``<case>.json``, ``<case>_image.npy``, ``<case>_mask.npy``) with
+:func:`read_case_record`, a stand-in until the preprocessing side's ``shared.data.cache.read_case``
+exists; images are memory-mapped, so a training sample reads only the region its patch covers. Every training sample is a pure function of ``(seed, rank, epoch, index)``: a resumed run sees
 the same data, DataLoader workers never repeat each other, and distributed ranks draw different samples
 without a ``DistributedSampler``.
 """
@@ -58,9 +58,9 @@ def read_case_record(cache_dir: str | os.PathLike, case: str) -> CaseRecord:
         raise InputError(source, f"case '{case}' is not in the cache; run preprocessing first") from None
     except (OSError, ValueError) as error:
         raise InputError(source, f"unreadable case file ({error})") from error
-    boxes = np.asarray(meta.get("boxes") or [], dtype=np.float32).reshape(-1, 6) if _is_box_list(meta.get("boxes")) else None
-    if boxes is None:
+    if not _is_box_list(meta.get("boxes")):
         raise InputError(source, f"'boxes' must be a list of [x1, y1, z1, x2, y2, z2], got {meta.get('boxes')!r}")
+    boxes = np.asarray(meta.get("boxes") or [], dtype=np.float32).reshape(-1, 6)
     labels = np.asarray(meta.get("labels") or [], dtype=np.int64).reshape(-1)
     if len(labels) != len(boxes):
         raise InputError(source, f"{len(boxes)} boxes but {len(labels)} labels")

@@ -170,3 +170,17 @@ def test_intensity_augmentation_is_seeded_and_follows_probabilities(rng):
     assert torch.equal(first, augment_intensity(image, always, np.random.default_rng(5)))
     assert not torch.allclose(first, augment_intensity(image, always, np.random.default_rng(6)))
     assert not torch.allclose(first, image, atol=1e-2)
+
+
+def test_boxes_from_a_transformed_map_cover_every_voxel_and_are_tight(rng):
+    from shared.data.sampling import boxes_of_patch_instances
+
+    image, instance_map = _instances(rng, shape=(24, 22, 20))
+    matrix = rotation_matrix([0.4, -0.3, 0.2]) / 1.2 @ np.diag([1.0, -1.0, 1.0])
+    _, map_patch = extract_patch(image, instance_map, np.array([1, 2, 0]), (16, 16, 16), matrix)
+    boxes, labels, ids = boxes_of_patch_instances(map_patch, np.array([1, 2]), np.array([0, 1]))
+    assert len(ids) == 2
+    for box, instance in zip(boxes, ids):
+        voxels = np.argwhere(map_patch == instance)
+        np.testing.assert_array_equal(voxels.min(0), box[:3])
+        np.testing.assert_array_equal(voxels.max(0) + 1, box[3:])

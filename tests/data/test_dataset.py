@@ -30,7 +30,7 @@ def _dataset(cache, cases=CASES, **overrides):
 def _check_targets(sample):
     """Boxes inside the patch; seg voxels of each class inside a box of that class; every box face touched."""
     boxes, labels, seg = sample["boxes"].numpy(), sample["labels"].numpy(), sample["seg"][0].numpy()
-    assert np.all(boxes[:, :3] >= 0) and np.all(boxes[:, 3:] <= 8) and np.all(boxes[:, 3:] > boxes[:, :3])
+    assert np.all(boxes[:, :3] >= 0) and np.all(boxes[:, 3:] <= np.array(seg.shape)) and np.all(boxes[:, 3:] > boxes[:, :3])
     covered = np.zeros(seg.shape, dtype=bool)
     for box, label in zip(np.ceil(boxes - 0.5).astype(int), labels):  # voxels whose centre is inside
         inside = seg[box[0]:box[3], box[1]:box[4], box[2]:box[5]] == label + 1
@@ -81,6 +81,14 @@ def test_plain_crop_of_boxes_only_case_is_exact(tiny_cache):
     sample = draw_training_sample(record, (20, 18, 16), np.random.default_rng(0), foreground=False)
     np.testing.assert_array_equal(sample["boxes"].numpy(), record.boxes)
     np.testing.assert_array_equal(sample["image"].numpy(), np.load(tiny_cache / "boxes_only_image.npy"))
+
+
+def test_seg_is_class_plus_one_of_the_instance_map(tiny_cache):
+    record = read_case_record(tiny_cache, "masked")
+    sample = draw_training_sample(record, (20, 18, 16), np.random.default_rng(0), foreground=False)
+    instance_map = np.load(tiny_cache / "masked_mask.npy")
+    np.testing.assert_array_equal(sample["seg"][0].numpy(), np.array([0, 1, 0, 2])[instance_map])
+    np.testing.assert_array_equal(sample["labels"].numpy(), [0, 1])
 
 
 def test_small_volume_is_padded_with_zero(tiny_cache):
@@ -180,3 +188,19 @@ def test_bad_cache_input_names_the_file(tiny_cache):
         DetectionPatchDataset(tiny_cache, [], 8, iterations_per_epoch=1, batch_size=1)
     with pytest.raises(ValueError, match="unknown augmentation"):
         _dataset(tiny_cache, ["empty"], augmentation={"mirror": 1})
+
+
+@pytest.mark.slow
+def test_realistic_patch_with_full_augmentation(tiny_cache, case_writer):
+    rng = np.random.default_rng(0)
+    instance_map = np.zeros((128, 120, 100), dtype=np.int16)
+    for instance in range(1, 6):
+        low = rng.integers(10, 80, size=3)
+        instance_map[tuple(slice(a, a + rng.integers(3, 15)) for a in low)] = instance
+    case_writer(tiny_cache, "large", rng.normal(size=(1, 128, 120, 100)), mask=instance_map, labels=[0, 1, 0, 1, 0])
+    dataset = DetectionPatchDataset(tiny_cache, ["large"], 96, iterations_per_epoch=4, batch_size=2,
+                                    augmentation={**HEAVY, "noise_probability": 1.0, "blur_probability": 1.0})
+    for index in range(len(dataset)):
+        sample = dataset[index]
+        assert sample["image"].shape == (1, 96, 96, 96)
+        _check_targets(sample)
