@@ -71,7 +71,18 @@ class AugmentationSettings:
                 spec[key] = tuple(value)
         if "rotation_degrees" in spec and np.isscalar(spec["rotation_degrees"]):
             spec["rotation_degrees"] = (float(spec["rotation_degrees"]),) * 3
-        return cls(**spec)
+        settings = cls(**spec)
+        settings._check()
+        return settings
+
+    def _check(self) -> None:
+        for key, value in dataclasses.asdict(self).items():
+            if key.endswith("probability") and not 0.0 <= value <= 1.0:
+                raise ValueError(f"augmentation setting {key} must be in [0, 1], got {value}")
+            if key.endswith(("_range", "_variance", "_sigma")) and not (len(value) == 2 and 0 <= value[0] <= value[1]):
+                raise ValueError(f"augmentation setting {key} must be [low, high] with 0 <= low <= high, got {list(value)}")
+        if len(self.rotation_degrees) != 3:
+            raise ValueError(f"augmentation setting rotation_degrees needs one angle per axis, got {list(self.rotation_degrees)}")
 
     def to_spec(self) -> dict[str, Any]:
         """The JSON-able dict that :meth:`from_spec` reads back."""

@@ -195,6 +195,8 @@ class DetectionPatchDataset(Dataset):
         rank: int | None = None,
         min_visible_fraction: float = 0.5,
     ):
+        if isinstance(cases, str):
+            raise ValueError(f"cases must be a list of case ids, got the string {cases!r}")
         if not cases:
             raise InputError(cache_dir, "no cases to sample from")
         if iterations_per_epoch < 1 or batch_size < 1:

@@ -39,6 +39,10 @@ def test_settings_from_spec_defaults_overrides_and_round_trip():
     assert AugmentationSettings.from_spec(None) == AugmentationSettings()
     with pytest.raises(ValueError, match="rotation_probabilty"):
         AugmentationSettings.from_spec({"rotation_probabilty": 0.1})
+    with pytest.raises(ValueError, match="gamma_probability"):
+        AugmentationSettings.from_spec({"gamma_probability": 1.5})
+    with pytest.raises(ValueError, match="scaling_range"):
+        AugmentationSettings.from_spec({"scaling_range": [1.4, 0.7]})
 
 
 def test_rotation_matrix_is_a_proper_rotation(rng):

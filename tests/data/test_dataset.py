@@ -184,8 +184,17 @@ def test_bad_cache_input_names_the_file(tiny_cache):
     (tiny_cache / "masked_image.npy").write_bytes(np.save.__doc__.encode()[:10])
     with pytest.raises(InputError, match="masked_image.npy"):
         read_case_record(tiny_cache, "masked")
+    mask = np.load(tiny_cache / "masked_mask.npy")
+    mask[0, 0, 0] = 9
+    np.save(tiny_cache / "stray_mask.npy", mask)
+    np.save(tiny_cache / "stray_image.npy", np.zeros((1,) + mask.shape, np.float32))
+    (tiny_cache / "stray.json").write_text(json.dumps({**meta, "case": "stray"}))
+    with pytest.raises(InputError, match=r"stray.json.*\[9\]"):
+        draw_training_sample(read_case_record(tiny_cache, "stray"), (20, 18, 16), np.random.default_rng(0), foreground=False)
     with pytest.raises(InputError, match="no cases"):
         DetectionPatchDataset(tiny_cache, [], 8, iterations_per_epoch=1, batch_size=1)
+    with pytest.raises(ValueError, match="list of case ids"):
+        DetectionPatchDataset(tiny_cache, "empty", 8, iterations_per_epoch=1, batch_size=1)
     with pytest.raises(ValueError, match="unknown augmentation"):
         _dataset(tiny_cache, ["empty"], augmentation={"mirror": 1})
 
