@@ -106,3 +106,16 @@ def test_boxes_of_patch_instances_are_exact_and_classed():
     assert empty[0].shape == (0, 6) and empty[1].shape == (0,)
     with pytest.raises(KeyError):
         boxes_of_patch_instances(instance_map, np.array([2]), np.array([0]))
+
+
+def test_foreground_point_lands_in_the_central_half_of_the_transformed_patch(rng):
+    from shared.data.augment import rotation_matrix
+
+    size = np.array([16, 16, 16])
+    matrix = rotation_matrix([0.0, 0.3, np.pi / 4]) / 1.4  # objects grow by 1.4, rotated
+    point = np.array([50.0, 40.0, 45.0])
+    box = np.concatenate([point, point + 1])[None]
+    for _ in range(200):
+        origin = choose_patch_origin((100, 100, 100), tuple(size), rng, boxes=box, matrix=matrix)
+        in_patch = np.linalg.solve(matrix, point - (origin + (size - 1) / 2))  # offset from the patch centre
+        assert np.all(np.abs(in_patch) <= size / 4 + 1.5)  # rounding the origin: at most 1.4 * sqrt(3) / 2
