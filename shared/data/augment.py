@@ -168,7 +168,9 @@ def extract_patch(
     return image_patch.contiguous(), map_patch
 
 
-def _mirrored_crop(image, instance_map, origin, size, flipped):
+def _mirrored_crop(
+    image: np.ndarray, instance_map: np.ndarray | None, origin: np.ndarray, size: np.ndarray, flipped: np.ndarray
+) -> tuple[torch.Tensor, np.ndarray | None]:
     axes = tuple(int(a) for a in np.nonzero(flipped)[0])
     image_patch = read_region(image, origin, origin + size, fill=IMAGE_PAD_VALUE).astype(np.float32, copy=False)
     image_patch = np.ascontiguousarray(np.flip(image_patch, axis=tuple(a + 1 for a in axes)))
