@@ -1,0 +1,277 @@
+"""Training batches and validation cases from the preprocessed cache.
+
+Reads the cache through its contract (``<case>.json``, ``<case>_image.npy``, ``<case>_mask.npy``) with
+:func:`read_case_record`, a stand-in until the preprocessing side's ``shared.data.cache.read_case``
+exists; images are memory-mapped, so a training sample reads only the region its patch covers. Every training sample is a pure function of ``(seed, rank, epoch, index)``: a resumed run sees
+the same data, DataLoader workers never repeat each other, and distributed ranks draw different samples
+without a ``DistributedSampler``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from shared.data.augment import AugmentationSettings, augment_intensity, draw_spatial_matrix, extract_patch, transform_boxes
+from shared.data.rasterize import rasterize_boxes, rasterize_instances
+from shared.data.sampling import boxes_of_patch_instances, choose_patch_origin, crop_boxes, is_foreground_sample
+from shared.io.errors import InputError
+
+
+@dataclass(frozen=True)
+class CaseRecord:
+    """What a training sample needs from one cached case (arrays stay on disk until read).
+
+    ``boxes`` (N, 6) float32 xyzxyz voxel in the preprocessed grid, ``labels`` (N,) int64,
+    ``instances`` (N,) int64 instance id per box row or ``None`` for boxes-only cases.
+    """
+
+    case: str
+    source: Path
+    image_path: Path
+    mask_path: Path | None
+    boxes: np.ndarray
+    labels: np.ndarray
+    instances: np.ndarray | None
+    shape: tuple[int, int, int]
+    affine: np.ndarray
+
+
+def read_case_record(cache_dir: str | os.PathLike, case: str) -> CaseRecord:
+    """Read and check ``<cache_dir>/<case>.json`` and the arrays it announces.
+
+    Raises:
+        InputError: naming the file, when the JSON is missing or unreadable, boxes are not (N, 6),
+            labels or instances do not match the boxes, or an array is missing or of the wrong shape.
+    """
+    source = Path(cache_dir) / f"{case}.json"
+    try:
+        meta = json.loads(source.read_text())
+    except FileNotFoundError:
+        raise InputError(source, f"case '{case}' is not in the cache; run preprocessing first") from None
+    except (OSError, ValueError) as error:
+        raise InputError(source, f"unreadable case file ({error})") from error
+    if not _is_box_list(meta.get("boxes")):
+        raise InputError(source, f"'boxes' must be a list of [x1, y1, z1, x2, y2, z2], got {meta.get('boxes')!r}")
+    boxes = np.asarray(meta.get("boxes") or [], dtype=np.float32).reshape(-1, 6)
+    labels = np.asarray(meta.get("labels") or [], dtype=np.int64).reshape(-1)
+    if len(labels) != len(boxes):
+        raise InputError(source, f"{len(boxes)} boxes but {len(labels)} labels")
+    instances = meta.get("instances")
+    if instances is not None:
+        instances = np.asarray(instances, dtype=np.int64).reshape(-1)
+        if len(instances) != len(boxes):
+            raise InputError(source, f"{len(boxes)} boxes but {len(instances)} instance ids")
+    shape = tuple(int(s) for s in meta.get("shape", ()))
+    image_path = source.with_name(f"{case}_image.npy")
+    mask_path = source.with_name(f"{case}_mask.npy") if instances is not None else None
+    _check_array(source, image_path, shape, leading=1)
+    if mask_path is not None:
+        _check_array(source, mask_path, shape, leading=0)
+    affine = np.asarray(meta.get("affine", np.eye(4)), dtype=np.float64)
+    return CaseRecord(case, source, image_path, mask_path, boxes, labels, instances, shape, affine)
+
+
+def _is_box_list(value: Any) -> bool:
+    return value is None or (isinstance(value, list) and all(isinstance(b, list) and len(b) == 6 for b in value))
+
+
+def _check_array(source: Path, path: Path, shape: tuple[int, ...], *, leading: int) -> None:
+    try:
+        array = np.load(path, mmap_mode="r")
+    except (OSError, ValueError) as error:
+        raise InputError(source, f"cannot read {path.name} ({error}); re-run preprocessing") from error
+    if array.ndim != 3 + leading or tuple(array.shape[leading:]) != shape:
+        raise InputError(source, f"{path.name} has shape {array.shape}, expected spatial shape {list(shape)}")
+
+
+def draw_training_sample(
+    record: CaseRecord,
+    patch_size: tuple[int, int, int],
+    rng: np.random.Generator,
+    *,
+    foreground: bool,
+    augmentation: AugmentationSettings | None = None,
+    min_visible_fraction: float = 0.5,
+) -> dict[str, Any]:
+    """One training patch of a case with its boxes, classes and segmentation target.
+
+    Args:
+        record: the case (see :func:`read_case_record`).
+        patch_size: (PX, PY, PZ).
+        rng: the sample's generator; every random choice comes from it.
+        foreground: centre the patch on a random object (ignored for cases without objects).
+        augmentation: settings, or ``None`` for plain crops.
+        min_visible_fraction: for boxes-only cases, share of a box that must stay in the patch.
+
+    Returns:
+        ``{"image": (C, PX, PY, PZ) float32, "boxes": (N, 6) float32 xyzxyz voxel in the patch,
+        "labels": (N,) int64, "seg": (1, PX, PY, PZ) int64 (0 background, class + 1), "case": id}``.
+    """
+    image = np.load(record.image_path, mmap_mode="r")
+    instance_map = None if record.mask_path is None else np.load(record.mask_path, mmap_mode="r")
+    matrix = None
+    if augmentation is not None:
+        may_rotate = instance_map is not None or augmentation.rotate_boxes_only_cases
+        matrix = draw_spatial_matrix(augmentation, rng, allow_rotation=may_rotate)
+    boxes = record.boxes if foreground else None
+    origin = choose_patch_origin(record.shape, patch_size, rng, boxes=boxes, matrix=matrix)
+    image_patch, map_patch = extract_patch(image, instance_map, origin, patch_size, matrix)
+    if map_patch is not None:
+        try:
+            boxes, labels, ids = boxes_of_patch_instances(map_patch, record.instances, record.labels)
+        except KeyError as missing:
+            raise InputError(record.source, f"instance ids {missing.args[0]} of the mask are not in 'instances'") from None
+        seg = rasterize_instances(map_patch, ids, labels)
+    else:
+        moved = transform_boxes(record.boxes, origin, patch_size, matrix)
+        boxes, labels = crop_boxes(moved, record.labels, patch_size, min_visible_fraction=min_visible_fraction)
+        seg = rasterize_boxes(boxes, labels, tuple(patch_size))
+    if augmentation is not None:
+        image_patch = augment_intensity(image_patch, augmentation, rng)
+    return {
+        "image": image_patch.to(torch.float32).contiguous(),
+        "boxes": torch.from_numpy(np.ascontiguousarray(boxes, dtype=np.float32)),
+        "labels": torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64)),
+        "seg": torch.from_numpy(seg[None].astype(np.int64, copy=False)),
+        "case": record.case,
+    }
+
+
+def _patch_size(value: int | Sequence[int]) -> tuple[int, int, int]:
+    size = (int(value),) * 3 if np.isscalar(value) else tuple(int(v) for v in value)
+    if len(size) != 3 or min(size) < 2:
+        raise ValueError(f"patch_size must be 3 sizes of at least 2 voxels, got {value!r}")
+    return size
+
+
+def _default_rank() -> int:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank()
+    return 0
+
+
+class DetectionPatchDataset(Dataset):
+    """Random training patches from cached cases, ``iterations_per_epoch * batch_size`` per epoch.
+
+    Sample ``index`` is batch ``index // batch_size``, position ``index % batch_size``, so iterate it in
+    order (``DataLoader(dataset, batch_size=batch_size)``, no shuffling: the randomness is inside) for
+    the per-batch foreground rule of :mod:`shared.data.sampling`. The case is drawn uniformly. Call
+    :meth:`set_epoch` before each epoch; with ``persistent_workers=True`` workers keep the epoch they
+    started with, so leave that off.
+
+    Args:
+        cache_dir: the preprocessed cache.
+        cases: case ids to sample from.
+        patch_size: (PX, PY, PZ) or one int for a cube.
+        iterations_per_epoch: batches per epoch.
+        batch_size: samples per batch (the foreground rule needs it).
+        foreground_fraction: expected share of patches centred on an object.
+        augmentation: :class:`~shared.data.augment.AugmentationSettings` overrides as a dict
+            (``{}`` = all defaults), or ``None`` for no augmentation.
+        seed: base seed; each sample's generator is seeded from ``(seed, rank, epoch, index)``.
+        rank: distributed rank; by default the initialised process group's, else 0.
+        min_visible_fraction: boxes-only cases keep a box with at least this share inside the patch.
+    """
+
+    def __init__(
+        self,
+        cache_dir: str | os.PathLike,
+        cases: Sequence[str],
+        patch_size: int | Sequence[int],
+        *,
+        iterations_per_epoch: int,
+        batch_size: int,
+        foreground_fraction: float = 0.5,
+        augmentation: dict[str, Any] | None = None,
+        seed: int = 0,
+        rank: int | None = None,
+        min_visible_fraction: float = 0.5,
+    ):
+        if isinstance(cases, str):
+            raise ValueError(f"cases must be a list of case ids, got the string {cases!r}")
+        if not cases:
+            raise InputError(cache_dir, "no cases to sample from")
+        if iterations_per_epoch < 1 or batch_size < 1:
+            raise ValueError(f"iterations_per_epoch and batch_size must be positive, got {iterations_per_epoch}, {batch_size}")
+        if not 0.0 <= foreground_fraction <= 1.0:
+            raise ValueError(f"foreground_fraction must be in [0, 1], got {foreground_fraction}")
+        self.records = [read_case_record(cache_dir, case) for case in cases]
+        self.patch_size = _patch_size(patch_size)
+        self.iterations_per_epoch, self.batch_size = int(iterations_per_epoch), int(batch_size)
+        self.foreground_fraction = float(foreground_fraction)
+        self.augmentation = None if augmentation is None else AugmentationSettings.from_spec(augmentation)
+        self.seed, self.rank = int(seed), _default_rank() if rank is None else int(rank)
+        self.min_visible_fraction = float(min_visible_fraction)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose samples ``__getitem__`` returns."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.iterations_per_epoch * self.batch_size
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not 0 <= index < len(self):
+            raise IndexError(f"sample {index} of an epoch of {len(self)}")
+        rng = np.random.default_rng([self.seed, self.rank, self.epoch, int(index)])
+        foreground = is_foreground_sample(index % self.batch_size, self.batch_size, self.foreground_fraction, rng)
+        record = self.records[int(rng.integers(len(self.records)))]
+        sample = draw_training_sample(
+            record, self.patch_size, rng, foreground=foreground,
+            augmentation=self.augmentation, min_visible_fraction=self.min_visible_fraction,
+        )
+        sample["foreground"] = foreground
+        return sample
+
+
+def collate_detection(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Stack images and targets; boxes and labels stay lists because their counts differ.
+
+    Returns:
+        ``{"image": (B, C, X, Y, Z), "boxes": [(N_i, 6)], "labels": [(N_i,)], "seg": (B, 1, X, Y, Z),
+        "case": [ids]}`` plus any other key as a list.
+    """
+    batch: dict[str, Any] = {
+        "image": torch.stack([s["image"] for s in samples]),
+        "boxes": [s["boxes"] for s in samples],
+        "labels": [s["labels"] for s in samples],
+        "seg": torch.stack([s["seg"] for s in samples]),
+    }
+    for key in samples[0]:
+        if key not in batch:
+            batch[key] = [s[key] for s in samples]
+    return batch
+
+
+class ValidationCaseDataset(Dataset):
+    """Whole cached cases for sliding-window validation.
+
+    Each item: ``{"image": (C, X, Y, Z) float32, "boxes": (N, 6) float32 xyzxyz voxel, "labels": (N,)
+    int64, "affine": (4, 4) float64 RAS of the preprocessed grid, "case": id}``. Use ``batch_size=1``
+    with ``collate_fn=lambda items: items[0]`` (cases differ in size).
+    """
+
+    def __init__(self, cache_dir: str | os.PathLike, cases: Sequence[str]):
+        self.records = [read_case_record(cache_dir, case) for case in cases]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        record = self.records[index]
+        return {
+            "image": torch.from_numpy(np.load(record.image_path).astype(np.float32, copy=False)),
+            "boxes": torch.from_numpy(record.boxes.copy()),
+            "labels": torch.from_numpy(record.labels.copy()),
+            "affine": torch.from_numpy(record.affine.copy()),
+            "case": record.case,
+        }
