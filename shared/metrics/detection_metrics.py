@@ -20,7 +20,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from shared.metrics.curves import FROC_FALSE_POSITIVES_PER_IMAGE, CurveStatistics, curve_statistics
+from shared.metrics.curves import (
+    FROC_FALSE_POSITIVES_PER_IMAGE,
+    CurveStatistics,
+    curve_statistics,
+    froc_points,
+    precision_recall_points,
+)
 from shared.metrics.records import MatchRecord
 
 __all__ = [
@@ -31,6 +37,8 @@ __all__ = [
     "metric_key_requirements",
     "metric_table",
     "compute_detection_metrics",
+    "curve_points",
+    "froc_band",
 ]
 
 IOU_RANGE = (0.1, 0.5, 0.05)
@@ -232,3 +240,56 @@ def metric_key_requirements(key: str) -> dict:
         return {"iou_list": (), "iou_range": None, "froc_iou_thresholds": (float(match[1] or match[2]),)}
     raise KeyError(f"Unknown metric key {key!r}; expected e.g. {KEY_METRIC}, mAP_IoU_0.10_0.50_0.05_MaxDet_100 "
                    "or FROC_score_IoU_0.10, optionally prefixed by '<class name>/'.")
+
+
+def curve_points(record: MatchRecord, class_index: int | None, iou_threshold: float) -> dict[str, np.ndarray]:
+    """Plot points of one class (``None``: all classes pooled) at one IoU threshold.
+
+    Args:
+        record: match results.
+        class_index: the class, or ``None`` to pool every class.
+        iou_threshold: a threshold of the record.
+
+    Returns:
+        ``recall``/``precision`` (raw, per detection) and ``false_positives_per_image``/``sensitivity``
+        (FROC corners). Shapes ``(P,)``.
+    """
+    index = record.threshold_index(iou_threshold)
+    selection = _class_selection(record, class_index)
+    counted = selection[~record.detection_ignored[index, selection]]
+    is_true = record.detection_matched[index, counted]
+    truth = record.ground_truth_count.sum() if class_index is None else record.ground_truth_count[:, class_index].sum()
+    recall, precision = precision_recall_points(record.detection_score[counted], is_true, float(truth))
+    rate, sensitivity = froc_points(record.detection_score[counted], is_true, float(truth), max(record.num_images, 1))
+    return {"recall": recall, "precision": precision, "false_positives_per_image": rate, "sensitivity": sensitivity}
+
+
+def froc_band(
+    record: MatchRecord, iou_threshold: float, image_weights: np.ndarray, rates: np.ndarray, level: float = 0.95
+) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile band of the pooled FROC curve over bootstrap draws.
+
+    Args:
+        record: match results.
+        iou_threshold: a threshold of the record.
+        image_weights: bootstrap counts. Shape ``(B, I)``.
+        rates: false positives per image at which to evaluate. Shape ``(R,)``.
+        level: coverage.
+
+    Returns:
+        lower and upper sensitivity. Shape ``(R,)`` each.
+    """
+    index = record.threshold_index(iou_threshold)
+    selection = _class_selection(record, None)
+    matched = record.detection_matched[index, selection]
+    ignored = record.detection_ignored[index, selection]
+    stats = curve_statistics(
+        record.detection_score[selection], matched & ~ignored, ~matched & ~ignored,
+        record.detection_image[selection], record.ground_truth_count.sum(axis=1), image_weights,
+        false_positives_per_image=tuple(rates),
+    )
+    tail = (1.0 - level) / 2.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=RuntimeWarning)
+        low, high = np.nanquantile(stats.froc_sensitivity, [tail, 1.0 - tail], axis=0)
+    return low, high
