@@ -113,12 +113,19 @@ def batched_pairwise_iou_3d(boxes1: np.ndarray, boxes2: np.ndarray) -> np.ndarra
     """
     first = np.asarray(boxes1, dtype=np.float64)
     second = np.asarray(boxes2, dtype=np.float64)
-    lower = np.maximum(first[:, :, None, :3], second[:, None, :, :3])
-    upper = np.minimum(first[:, :, None, 3:], second[:, None, :, 3:])
-    intersection = np.prod(np.clip(upper - lower, 0.0, None), axis=3)
-    volume1 = np.prod(np.clip(first[..., 3:] - first[..., :3], 0.0, None), axis=2)
-    volume2 = np.prod(np.clip(second[..., 3:] - second[..., :3], 0.0, None), axis=2)
-    union = volume1[:, :, None] + volume2[:, None, :] - intersection
+    # One spatial axis at a time with in-place updates: a few (B, N, M) buffers instead of (B, N, M, 3).
+    intersection = None
+    for axis in range(3):
+        low1, high1 = np.ascontiguousarray(first[..., axis]), np.ascontiguousarray(first[..., axis + 3])
+        low2, high2 = np.ascontiguousarray(second[..., axis]), np.ascontiguousarray(second[..., axis + 3])
+        overlap = np.minimum(high1[:, :, None], high2[:, None, :])
+        overlap -= np.maximum(low1[:, :, None], low2[:, None, :])
+        np.maximum(overlap, 0.0, out=overlap)
+        intersection = overlap if intersection is None else np.multiply(intersection, overlap, out=intersection)
+    volume1 = np.prod(np.maximum(first[..., 3:] - first[..., :3], 0.0), axis=2)
+    volume2 = np.prod(np.maximum(second[..., 3:] - second[..., :3], 0.0), axis=2)
+    union = volume1[:, :, None] + volume2[:, None, :]
+    union -= intersection
     iou = np.zeros_like(intersection)
     np.divide(intersection, union, out=iou, where=union > 0)
     return iou

@@ -58,9 +58,13 @@ class CurveStatistics:
 
 
 def _count_matrix(rows: np.ndarray, images: np.ndarray, row_count: int, image_count: int) -> sparse.csr_matrix:
-    """Sparse ``(row_count, I)`` matrix counting, per row, the entries of each image."""
-    ones = np.ones(rows.size)
-    return sparse.coo_matrix((ones, (rows, images)), shape=(row_count, image_count)).tocsr()
+    """Sparse ``(row_count, I)`` matrix counting, per row, the entries of each image.
+
+    ``rows`` must be non-decreasing (entries come in score order), so the CSR arrays are built directly;
+    repeated (row, image) entries are summed by the matrix product, and no index sorting is needed.
+    """
+    pointers = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=row_count))])
+    return sparse.csr_matrix((np.ones(rows.size), images, pointers), shape=(row_count, image_count))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,12 +82,12 @@ class _Layout:
 
     true_images: np.ndarray
     precision_false: sparse.csr_matrix
-    froc_true: sparse.csr_matrix
-    froc_false: sparse.csr_matrix
+    froc_true: sparse.csr_matrix | None
+    froc_false: sparse.csr_matrix | None
 
 
 def _layout(scores: np.ndarray, true_positive: np.ndarray, false_positive: np.ndarray,
-            detection_image: np.ndarray, image_count: int) -> _Layout:
+            detection_image: np.ndarray, image_count: int, with_froc: bool) -> _Layout:
     true_positions = np.flatnonzero(true_positive)
     false_positions = np.flatnonzero(false_positive)
     true_before = np.cumsum(true_positive) - true_positive  # true positives strictly before each position
@@ -92,6 +96,8 @@ def _layout(scores: np.ndarray, true_positive: np.ndarray, false_positive: np.nd
         true_before[false_positions][in_range], detection_image[false_positions][in_range],
         true_positions.size, image_count,
     )
+    if not with_froc:
+        return _Layout(detection_image[true_positions], precision_false, None, None)
     step = np.concatenate([[0], np.cumsum(np.diff(scores) != 0)]) if scores.size else np.zeros(0, np.int64)
     step_count = int(step[-1]) + 1 if scores.size else 0
     key_step = np.zeros(step_count, dtype=bool)
@@ -179,9 +185,10 @@ def curve_statistics(
     ground_truth = weights @ np.asarray(ground_truth_per_image, dtype=np.float64)
     images_drawn = weights.sum(axis=1)
     layout = _layout(np.asarray(scores, float), np.asarray(true_positive, bool), np.asarray(false_positive, bool),
-                     np.asarray(detection_image, np.int64), image_count)
+                     np.asarray(detection_image, np.int64), image_count, false_positives_per_image is not None)
     points = None if false_positives_per_image is None else np.asarray(false_positives_per_image, float)
-    chunk = max(1, _CHUNK_ELEMENTS // max(layout.true_images.size, layout.froc_true.shape[0], 1))
+    corner_rows = 0 if layout.froc_true is None else layout.froc_true.shape[0]
+    chunk = max(1, _CHUNK_ELEMENTS // max(layout.true_images.size, corner_rows, 1))
     precision_parts, recall_parts, froc_parts = [], [], []
     for start in range(0, weights.shape[0], chunk):
         rows = slice(start, start + chunk)
