@@ -237,7 +237,9 @@ def froc_points(
     return rate, sensitivity
 
 
-def precision_recall_points(scores: np.ndarray, is_true: np.ndarray, lesion_count: float) -> tuple[np.ndarray, np.ndarray]:
+def precision_recall_points(
+    scores: np.ndarray, is_true: np.ndarray, lesion_count: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Raw precision/recall after each detection (by descending score), for plotting.
 
     Args:

@@ -159,7 +159,9 @@ def metric_table(
             table[f"{name}/mAP_{_range_name(iou_range)}_MaxDet_{cap}"] = np.mean(
                 [s.average_precision for s in range_stats], axis=0
             )
-            table[f"{name}/mAR_{_range_name(iou_range)}_MaxDet_{cap}"] = np.mean([s.recall for s in range_stats], axis=0)
+            table[f"{name}/mAR_{_range_name(iou_range)}_MaxDet_{cap}"] = np.mean(
+                [s.recall for s in range_stats], axis=0
+            )
         for threshold in froc_iou_thresholds:
             stats = by_threshold[record.threshold_index(threshold)]
             table.update(_froc_keys(f"{name}/", threshold, stats.froc_sensitivity))

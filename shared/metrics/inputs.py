@@ -124,7 +124,10 @@ def _parse_labels(value: Any, count: int, class_names: Sequence[str] | None, pat
             labels.append(list(class_names).index(item))
         elif isinstance(item, (int, float)) and float(item).is_integer() and item >= 0:
             if class_names is not None and item >= len(class_names):
-                raise EvaluationInputError(f"{where}: class {item} is unknown; {len(class_names)} classes are named (give class_names naming every class).")
+                raise EvaluationInputError(
+                    f"{where}: class {item} is unknown; {len(class_names)} classes are named "
+                    "(give class_names naming every class)."
+                )
             labels.append(int(item))
         else:
             raise EvaluationInputError(f"{where}: label {item!r} is neither a class index nor a class name.")

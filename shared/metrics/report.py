@@ -103,14 +103,17 @@ def detection_report(
     cap = max_detections
     lines = ["# Detection evaluation", ""]
     lines += [f"- images evaluated: {counts['images']}",
-              f"- images with no prediction entry (counted as no detections): {counts['images_without_prediction_entry']}",
+              "- images with no prediction entry (counted as no detections): "
+              f"{counts['images_without_prediction_entry']}",
               f"- predictions: {counts['predictions']}",
               f"- ground-truth objects: {counts['ground_truth']}", ""]
-    lines += ["Values in percent; brackets: 95% bootstrap interval over images." if intervals else "Values in percent.", ""]
+    legend = "Values in percent; brackets: 95% bootstrap interval over images." if intervals else "Values in percent."
+    lines += [legend, ""]
     keys = [f"AP_IoU_{t:.2f}_MaxDet_{cap}" for t in iou_list] + [f"m{'AP'}_{iou_range_name}_MaxDet_{cap}"]
     keys += [f"AR_IoU_{t:.2f}_MaxDet_{cap}" for t in iou_list] + [f"mAR_{iou_range_name}_MaxDet_{cap}"]
     keys += [f"FROC_score_IoU_{froc_iou:.2f}"]
-    lines += ["## Overall", ""] + _table(["metric", "value"], [[k, format_value(metrics.get(k), intervals.get(k))] for k in keys])
+    overall = [[key, format_value(metrics.get(key), intervals.get(key))] for key in keys]
+    lines += ["## Overall", ""] + _table(["metric", "value"], overall)
     header = ["class", "objects"] + keys
     rows = [[name, str(counts["ground_truth_per_class"][i])]
             + [format_value(metrics.get(f"{name}/{k}"), intervals.get(f"{name}/{k}")) for k in keys]

@@ -39,8 +39,11 @@ def _monai(case, names, iou_list):
         case["gt_boxes"], case["gt_labels"], max_detections=100,
     )
     values, _ = metric(results)
-    return {key.replace(f"{names[0]}_", f"{names[0]}/").replace(f"{names[-1]}_", f"{names[-1]}/")
-            .replace(f"{names[len(names) // 2]}_", f"{names[len(names) // 2]}/"): value for key, value in values.items()}
+    renamed = {}
+    for key, value in values.items():  # MONAI's "<class>_AP..." is our "<class>/AP..."
+        prefix = next((name for name in names if key.startswith(f"{name}_")), None)
+        renamed[key if prefix is None else f"{prefix}/{key[len(prefix) + 1:]}"] = value
+    return renamed
 
 
 def test_iou_range_is_built_like_monai():

@@ -33,8 +33,8 @@ def _files(tmp_path, rng, *, scramble=0.0, name="predictions.json"):
 
 def test_detections_writes_metrics_report_plots_and_records(tmp_path, rng):
     predictions, datalist = _files(tmp_path, rng)
-    metrics = evaluate.detections(str(predictions), str(datalist), str(tmp_path / "out"), class_names="benign,malignant",
-                                  bootstrap=30, iou_thresholds=(0.1, 0.5))
+    metrics = evaluate.detections(str(predictions), str(datalist), str(tmp_path / "out"),
+                                  class_names="benign,malignant", bootstrap=30, iou_thresholds=(0.1, 0.5))
     written = json.loads((tmp_path / "out" / "metrics.json").read_text())
     for key in ["AP_IoU_0.10_MaxDet_100", "mAP_IoU_0.10_0.50_0.05_MaxDet_100", "AR_IoU_0.50_MaxDet_100",
                 "mAR_IoU_0.10_0.50_0.05_MaxDet_100", "FROC_score_IoU_0.10", "FROC_sensitivity_IoU_0.10_FPPI_0.125",
@@ -96,8 +96,9 @@ def test_luna16_command(tmp_path):
         "seriesuid,coordX,coordY,coordZ,probability\na,1,0,0,0.9\na,2,0,0,0.8\na,100,0,0,0.7\nb,0,0,1,0.6\n"
         "b,31,0,0,0.95\nb,-40,0,0,0.5\n")
     (tmp_path / "series.csv").write_text("a\nb\n")
-    metrics = evaluate.luna16(str(tmp_path / "candidates.csv"), str(tmp_path / "annotations.csv"), str(tmp_path / "out"),
-                              excluded=str(tmp_path / "excluded.csv"), seriesuids=str(tmp_path / "series.csv"))
+    metrics = evaluate.luna16(str(tmp_path / "candidates.csv"), str(tmp_path / "annotations.csv"),
+                              str(tmp_path / "out"), excluded=str(tmp_path / "excluded.csv"),
+                              seriesuids=str(tmp_path / "series.csv"))
     # Hits 0.9 and 0.6, false positives 0.7 and 0.5 (0.95 lies on an excluded finding), 3 nodules, 2 scans:
     # the same curve as the hand-computed case of test_luna16: CPM 11/21.
     assert metrics["CPM"] == pytest.approx(11 / 21)
@@ -106,3 +107,15 @@ def test_luna16_command(tmp_path):
     (tmp_path / "candidates.csv").write_text("seriesuid,coordX,coordY,coordZ,probability\na,1,0,0,nan\n")
     with pytest.raises(EvaluationInputError, match="candidates.csv.*NaN"):
         evaluate.luna16(str(tmp_path / "candidates.csv"), str(tmp_path / "annotations.csv"), str(tmp_path / "o2"))
+
+
+def test_command_line_reports_input_errors_with_exit_status_2(tmp_path, monkeypatch, capsys):
+    (tmp_path / "bad.json").write_text("[{")
+    (tmp_path / "datalist.json").write_text(json.dumps({"test": []}))
+    monkeypatch.setattr("sys.argv", ["evaluate", "detections", "--predictions", str(tmp_path / "bad.json"),
+                                     "--datalist", str(tmp_path / "datalist.json"), "--out", str(tmp_path / "out")])
+    with pytest.raises(SystemExit) as exited:
+        evaluate.main()
+    assert exited.value.code == 2
+    assert "bad.json: malformed JSON" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -17,8 +17,9 @@ def _batches(case, size):
     batches = []
     for start in range(0, len(case["gt_boxes"]), size):
         images = range(start, min(start + size, len(case["gt_boxes"])))
-        predictions = [{"boxes": torch.as_tensor(case["pred_boxes"][i]), "labels": torch.as_tensor(case["pred_labels"][i]),
-                        "scores": torch.as_tensor(case["pred_scores"][i])} for i in images]
+        predictions = [
+            {key: torch.as_tensor(case[f"pred_{key}"][i]) for key in ("boxes", "labels", "scores")} for i in images
+        ]
         targets = [{"boxes": case["gt_boxes"][i], "labels": case["gt_labels"][i]} for i in images]
         batches.append((predictions, targets))
     return batches

@@ -7,8 +7,9 @@ from shared.metrics.luna16 import FindingTable, evaluate_luna16, luna16_sensitiv
 
 
 def _table(rows):
-    return FindingTable(np.array([r[0] for r in rows], dtype=str), np.array([r[1:4] for r in rows], float).reshape(-1, 3),
-                        np.array([r[4] for r in rows], float))
+    scans = np.array([r[0] for r in rows], dtype=str)
+    centres = np.array([r[1:4] for r in rows], float).reshape(-1, 3)
+    return FindingTable(scans, centres, np.array([r[4] for r in rows], float))
 
 
 def test_hand_computed_cpm():

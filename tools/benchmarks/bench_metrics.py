@@ -96,7 +96,8 @@ def main(images: int = 2091, monai_images: int | None = None, models: int = 8, d
     ranking = bootstrap_ranking(records, ["nodule"], "AP_IoU_0.10_MaxDet_100", draws=draws, seed=seed)
     ranking_seconds = time.perf_counter() - start
     rows = [
-        ("test set", f"{images} images, {record.ground_truth_count.sum()} objects, {record.detection_score.size} detections"),
+        ("test set", f"{images} images, {record.ground_truth_count.sum()} objects, "
+                     f"{record.detection_score.size} detections"),
         ("ours: matching (10 IoU thresholds)", f"{match_seconds:.2f} s"),
         ("ours: all metrics (AP/AR/mAP/mAR/FROC)", f"{metric_seconds:.2f} s"),
         (f"MONAI vs ours on {monai_images} images: matching", f"{monai_match:.2f} s vs {subset_match:.2f} s"),
