@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from shared.metrics.errors import EvaluationInputError
+from shared.metrics.inputs import load_ground_truth, load_predictions
+
+
+@pytest.fixture
+def datalist(tmp_path):
+    content = {"test": [
+        {"image": "scans/a.nii.gz", "box": [[10, 10, 10, 4, 4, 4]], "label": [1]},
+        {"image": "scans/b.nii.gz", "box": [], "label": []},
+        {"image": "scans/c.nii.gz"},
+    ], "training": []}
+    path = tmp_path / "datalist.json"
+    path.write_text(json.dumps(content))
+    return path
+
+
+def _write(tmp_path, content, name="predictions.json"):
+    path = tmp_path / name
+    path.write_text(content if isinstance(content, str) else json.dumps(content))
+    return path
+
+
+def test_ground_truth_boxes_become_xyzxyz(datalist):
+    truth = load_ground_truth(datalist, "test", class_names=["benign", "malignant"])
+    np.testing.assert_array_equal(truth.boxes[0], [[8, 8, 8, 12, 12, 12]])
+    assert truth.labels[0].tolist() == [1] and truth.boxes[2].shape == (0, 6)
+    assert load_ground_truth(datalist, "test").class_names == ["class_0", "class_1"]
+
+
+def test_predictions_match_by_written_or_absolute_path_and_wrapped_dicts(datalist, tmp_path):
+    truth = load_ground_truth(datalist, "test")
+    absolute = str((tmp_path / "scans" / "b.nii.gz").resolve())
+    entries = [{"image": "scans/a.nii.gz", "box": [[10, 10, 10, 4, 4, 4]], "label": [1], "label_scores": [0.5]},
+               {"image": absolute, "box": [], "label": [], "label_scores": []}]
+    found = load_predictions(_write(tmp_path, {"validation": entries}), truth)
+    assert found.scores[0].tolist() == [0.5] and found.images_without_entry == ["scans/c.nii.gz"]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("[{", "malformed JSON"),
+        ([{"image": "scans/zzz.nii.gz", "box": [], "label": [], "label_scores": []}], "zzz.*not in the evaluated"),
+        ([{"image": "scans/a.nii.gz", "box": [[1, 1, 1, -2, 2, 2]], "label": [0], "label_scores": [0.5]}],
+         "a.nii.gz.*'box'.*negative size"),
+        ([{"image": "scans/a.nii.gz", "box": [[1, 1, 1, 2, 2, 2]], "label": [0], "label_scores": [float("nan")]}],
+         "a.nii.gz.*'label_scores'.*NaN"),
+        ([{"image": "scans/a.nii.gz", "box": [[1, 1, 1, 2, 2, 2]], "label": [0, 1], "label_scores": [0.5]}],
+         "a.nii.gz.*'label'.*1 boxes, got 2"),
+        ([{"image": "scans/a.nii.gz", "box": [[1, 1, 1, 2, 2, 2]], "label": [0], "label_scores": []}],
+         "'label_scores'.*1 boxes, got 0"),
+        ([{"image": "scans/a.nii.gz", "box": [[1, 1, 1, 2, 2, 2]], "label": ["cyst"], "label_scores": [0.5]}],
+         "unknown class name 'cyst'"),
+        ([{"image": "scans/a.nii.gz", "box": [[1, 1, 1, 2, 2, 2]], "label": [7], "label_scores": [0.5]}],
+         "class 7 is unknown"),
+        ([{"image": "scans/a.nii.gz", "box": [[1, 2, 3]], "label": [0], "label_scores": [0.5]}], "shape"),
+        ({"something": []}, "expected a list"),
+    ],
+)
+def test_bad_predictions_raise_clear_errors(datalist, tmp_path, content, message):
+    truth = load_ground_truth(datalist, "test", class_names=["benign", "malignant"])
+    path = _write(tmp_path, content)
+    with pytest.raises(EvaluationInputError, match=message) as raised:
+        load_predictions(path, truth)
+    assert str(path) in str(raised.value)
+
+
+def test_bad_datalists(tmp_path, datalist):
+    with pytest.raises(EvaluationInputError, match="split key 'validation'"):
+        load_ground_truth(datalist, "validation")
+    duplicated = _write(tmp_path, {"test": [{"image": "x"}, {"image": "x"}]}, "d.json")
+    with pytest.raises(EvaluationInputError, match="appears twice"):
+        load_ground_truth(duplicated)
+    with pytest.raises(EvaluationInputError, match="not found"):
+        load_ground_truth(tmp_path / "missing.json")
+    truth = load_ground_truth(datalist)
+    twice = [{"image": "scans/b.nii.gz", "box": [], "label": [], "label_scores": []}] * 2
+    with pytest.raises(EvaluationInputError, match="more than one"):
+        load_predictions(_write(tmp_path, twice), truth)
