@@ -4,8 +4,8 @@ The geometry, stated once: voxel edges scale by ``factor = spacing / target_spac
 outer corner of the image (index-space edge 0) stays where it is in the world. A voxel-centre index
 ``j`` of the new grid lies at old voxel-centre index ``(j + 0.5) / factor - 0.5``; the new shape is
 ``floor(shape * factor)`` (the last partial voxel is dropped, never extrapolated). Because the
-interpolation is told the exact factor (``recompute_scale_factor=False``), the new affine has exactly the
-target spacing, the same direction and the same corner, and an index-space box edge ``e`` moves to
+interpolation kernels are given the output size *and* the exact factor (PyTorch's ``aten`` upsampling
+ops; ``F.interpolate`` can pass only one of the two), the new affine has exactly the target spacing, the same direction and the same corner, and an index-space box edge ``e`` moves to
 ``e * factor``. So ``boxes_voxel_to_world(boxes, resampled_affine)`` gives the same world boxes as the
 original grid, with no inverse mapping to get wrong.
 
@@ -20,11 +20,13 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from shared.boxes.convention import boxes_from_instance_mask
 
 _SAME_SPACING = 1e-6  # mm; closer than this the grid is kept and no interpolation runs
+# NIfTI stores affines in float32, so 20 voxels of "0.7 mm" make 13.9999998 voxels of 1 mm; a shape
+# within this many voxels of an integer is rounded to it (the last sample then sits < 1e-3 voxel out)
+_SHAPE_TOLERANCE = 1e-3
 
 
 def spacing_of(affine: np.ndarray) -> np.ndarray:
@@ -42,8 +44,8 @@ def needs_resampling(spacing: Sequence[float], target_spacing: Sequence[float]) 
 
 
 def resampled_shape(shape: Sequence[int], factors: Sequence[float]) -> tuple[int, int, int]:
-    """``floor(shape * factors)``, as PyTorch computes it for a given scale factor."""
-    new = tuple(int(math.floor(float(size) * float(factor))) for size, factor in zip(shape, factors))
+    """``floor(shape * factors)`` (robust to float rounding), as the interpolation computes it."""
+    new = tuple(int(math.floor(float(size) * float(factor) + _SHAPE_TOLERANCE)) for size, factor in zip(shape, factors))
     if min(new) < 1:
         raise ValueError(f"resampling shape {tuple(shape)} by {tuple(factors)} leaves an empty axis")
     return new
@@ -69,9 +71,9 @@ def resample_image(array: np.ndarray, factors: Sequence[float]) -> np.ndarray:
         (C, X', Y', Z') float32 C-contiguous, ``(X', Y', Z') = resampled_shape((X, Y, Z), factors)``.
     """
     tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None]
+    size, scales = _size_and_scales(array.shape[1:], factors)
     with torch.no_grad():
-        out = F.interpolate(tensor, scale_factor=tuple(float(f) for f in factors), mode="trilinear",
-                            align_corners=False, recompute_scale_factor=False)
+        out = torch.ops.aten.upsample_trilinear3d.default(tensor, size, False, *scales)
     return out[0].numpy()
 
 
@@ -80,10 +82,14 @@ def resample_instance_map(mask: np.ndarray, factors: Sequence[float]) -> np.ndar
     if mask.max(initial=0) >= 2**24:  # the float32 detour is exact below 2**24
         raise ValueError("instance ids must be below 2**24")
     tensor = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None, None]
+    size, scales = _size_and_scales(mask.shape, factors)
     with torch.no_grad():
-        out = F.interpolate(tensor, scale_factor=tuple(float(f) for f in factors), mode="nearest-exact",
-                            recompute_scale_factor=False)
+        out = torch.ops.aten._upsample_nearest_exact3d.default(tensor, size, *scales)
     return out[0, 0].numpy().astype(np.int16)
+
+
+def _size_and_scales(shape: Sequence[int], factors: Sequence[float]) -> tuple[list[int], list[float]]:
+    return list(resampled_shape(shape, factors)), [float(factor) for factor in factors]
 
 
 def scale_boxes(boxes: np.ndarray, factors: Sequence[float]) -> np.ndarray:

@@ -132,10 +132,10 @@ def instance_ids(entry: dict[str, Any], mask_ids: Sequence[int], box_count: int)
         if len(set(given)) != len(given):
             raise InputError(source, f"'instances' repeats an id: {given}")
         missing, absent = sorted(set(present) - set(given)), sorted(set(given) - set(present))
-        if missing:
-            raise InputError(source, f"instance ids {missing} in the mask have no box/class entry")
         if absent:
             raise InputError(source, f"instance ids {absent} of 'instances' do not occur in the mask")
+        if missing:
+            raise InputError(source, f"instance ids {missing} in the mask have no box/class entry")
         return given
     if len(present) != box_count:
         raise InputError(source, f"the mask holds {len(present)} instances {present[:20]} but the entry has "
