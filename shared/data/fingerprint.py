@@ -84,13 +84,15 @@ def _foreground_samples(cases: Sequence[CheckedCase], channels: list[int], per_c
     rng = np.random.default_rng(seed)
     collected, volumes = [], []
     for case in cases:
-        volume = load_volume(channel_paths(case.entry))
+        voxels = load_volume(channel_paths(case.entry)).array
+        voxels = voxels.reshape(len(voxels), -1)  # (C, X*Y*Z), a view
         flat = np.flatnonzero(foreground_of(case))
+        if len(flat) > per_case:
+            flat = np.sort(rng.choice(flat, size=per_case, replace=False))
         if len(flat):
-            picked = np.sort(rng.choice(flat, size=min(per_case, len(flat)), replace=False)) if len(flat) > per_case else flat
-            collected.append(volume.array[channels].reshape(len(channels), -1)[:, picked])
+            collected.append(voxels[:, flat][channels])  # pick voxels first: no copy of the whole scan
         else:
-            volumes.append(volume.array[channels].reshape(len(channels), -1)[:, :: max(1, volume.array[0].size // per_case)])
+            volumes.append(voxels[:, :: max(1, voxels.shape[1] // per_case)][channels])
     if not collected:
         warnings.warn("the training split holds no object: CT statistics come from all voxels", stacklevel=3)
         collected = volumes

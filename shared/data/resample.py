@@ -5,8 +5,8 @@ outer corner of the image (index-space edge 0) stays where it is in the world. A
 ``j`` of the new grid lies at old voxel-centre index ``(j + 0.5) / factor - 0.5``; the new shape is
 ``floor(shape * factor)`` (the last partial voxel is dropped, never extrapolated). Because the
 interpolation kernels are given the output size *and* the exact factor (PyTorch's ``aten`` upsampling
-ops; ``F.interpolate`` can pass only one of the two), the new affine has exactly the target spacing, the same direction and the same corner, and an index-space box edge ``e`` moves to
-``e * factor``. So ``boxes_voxel_to_world(boxes, resampled_affine)`` gives the same world boxes as the
+ops; ``F.interpolate`` can pass only one of the two), the new affine has exactly the target spacing,
+the same direction and the same corner, and an index-space box edge ``e`` moves to ``e * factor``. So ``boxes_voxel_to_world(boxes, resampled_affine)`` gives the same world boxes as the
 original grid, with no inverse mapping to get wrong.
 
 The scan is interpolated trilinearly, the instance map by nearest neighbour ("nearest-exact", which

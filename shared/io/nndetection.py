@@ -62,7 +62,9 @@ def export_nndetection(datalist: str | os.PathLike, out_raw_dir: str | os.PathLi
     ``training`` and ``validation`` go to ``imagesTr``, ``test`` to ``imagesTs`` (with ``labelsTs``
     for test entries that carry boxes). Everything is validated before the first file is written.
     """
-    from shared.data.validate import validate_datalist  # data builds on io, not the reverse, at import time
+    # data builds on io, not the reverse, at import time
+    from shared.data.plan import class_names
+    from shared.data.validate import validate_datalist
 
     data, cases = validate_datalist(datalist, ("training", "validation", "test"), required=())
     out_raw_dir = Path(out_raw_dir)
@@ -75,7 +77,7 @@ def export_nndetection(datalist: str | os.PathLike, out_raw_dir: str | os.PathLi
     modality = data.get("modality", "CT")
     channels = len(cases[0].entry["image"]) if cases and isinstance(cases[0].entry["image"], list) else 1
     modalities = [modality] * channels if isinstance(modality, str) else list(modality)
-    classes = data.get("classes") or [str(i) for i in range(1 + max((l for c in cases for l in c.entry["label"]), default=0))]
+    classes = class_names(data)
     write_json(out_raw_dir / "dataset.json", {
         "task": out_raw_dir.name, "name": data.get("name", out_raw_dir.name), "dim": 3, "target_class": None,
         "test_labels": has_test_labels, "modalities": {str(i): m for i, m in enumerate(modalities)},
