@@ -87,8 +87,12 @@ def validate_datalist(path: str | os.PathLike, splits: Sequence[str] = ("trainin
         if not datalist.get(split):
             raise InputError(path, f"the '{split}' split is empty or missing")
     cases, seen, channels = [], {}, None
+    classes = datalist.get("classes")
     for split in splits:
         for entry in datalist.get(split, []):
+            if classes and any(label >= len(classes) for label in entry.get("label", [])):
+                raise InputError(path, f"{channel_paths(entry)[0]}: labels {entry['label']} but 'classes' names "
+                                       f"only {len(classes)} classes (0..{len(classes) - 1})")
             checked = check_entry(entry, split)
             if checked.case in seen:
                 raise InputError(path, f"case id '{checked.case}' appears twice ({seen[checked.case]} and "

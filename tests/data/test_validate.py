@@ -111,3 +111,7 @@ def test_channel_count_and_duplicate_case(tmp_path, rng):
     _edit(path, lambda data: data["validation"].append(data["training"][0]))
     with pytest.raises(InputError, match="twice"):
         validate_datalist(path)
+    _edit(path, lambda data: (data["validation"].pop(), data["training"][0].update(label=[0, 2])))
+    with pytest.raises(InputError, match="only 2 classes") as caught:
+        validate_datalist(path)
+    assert caught.value.source == str(path)
