@@ -70,3 +70,17 @@ def test_mri_needs_no_statistics_and_empty_training_warns(tmp_path, rng):
     data["modality"] = "MRI"
     path.write_text(json.dumps(data))
     assert compute_fingerprint(path)["channels"] == [{"modality": "MRI", "clip": None, "mean": None, "std": None}]
+
+
+def test_region_read_same_for_nifti_and_metaimage(tmp_path, rng):
+    import itk
+
+    from shared.data.fingerprint import _read_region
+    from shared.io.images import load_volume
+
+    itk.imwrite(itk.image_from_array(rng.normal(size=(5, 6, 7)).astype(np.float32)), str(tmp_path / "a.mhd"))
+    volume = load_volume(tmp_path / "a.mhd")
+    save_nifti(tmp_path / "a.nii.gz", volume.array[0], volume.affine)
+    region = (slice(1, 4), slice(2, 6), slice(0, 3))
+    np.testing.assert_array_equal(_read_region(str(tmp_path / "a.nii.gz"), region), volume.array[0][region])
+    np.testing.assert_array_equal(_read_region(str(tmp_path / "a.mhd"), region), volume.array[0][region])

@@ -93,6 +93,18 @@ def run_monai(datalist: Path, out: Path, plan: dict) -> None:
         np.save(out / f"{index}.npy", np.asarray(pipeline({"image": entry["image"]})["image"], dtype=np.float32))
 
 
+def _peak_mib() -> float:
+    """This process's peak resident memory. ``VmHWM`` belongs to the process's own address space;
+    ``ru_maxrss`` would carry over the parent's peak through fork + exec on Linux."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return float(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux, an upper bound
+
+
 def _child(which: str, datalist: str, out: str) -> None:
     """One measured run in this (fresh) process; prints a JSON line with its numbers."""
     import torch
@@ -101,7 +113,7 @@ def _child(which: str, datalist: str, out: str) -> None:
     import monai.transforms  # noqa: F401  imports are not what we measure
     import shared.data.preprocess  # noqa: F401
 
-    baseline_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+    baseline_mib = _peak_mib()
     plan_path = Path(out).parent / "ours_preprocess" / "plans.json"
     start = time.perf_counter()
     if which == RUNS[0]:
@@ -111,7 +123,7 @@ def _child(which: str, datalist: str, out: str) -> None:
     else:
         run_monai(Path(datalist), Path(out), json.loads(plan_path.read_text()))
     seconds = time.perf_counter() - start
-    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mib = _peak_mib()
     shapes = sorted({tuple(np.load(p, mmap_mode="r").shape) for p in Path(out).glob("*.npy")})
     print(json.dumps({"seconds": seconds, "peak_mib": peak_mib, "baseline_mib": baseline_mib, "shapes": [list(s) for s in shapes]}))
 
