@@ -1,7 +1,7 @@
 """Preprocessing throughput and peak memory: ours against a plain MONAI ``Compose`` doing the same steps.
 
     python -m tools.benchmarks.bench_preprocessing [--num_volumes 8] [--shape 512,512,200]
-        [--spacing 0.7,0.7,1.25] [--workdir DIR]
+        [--spacing 0.7,0.7,1.25] [--workdir DIR] [--reuse]
 
 Writes ``num_volumes`` synthetic CT scans (int16 NIfTI, a body ellipse with noise and one bright
 nodule each) to a temporary folder, then runs, each in a fresh process with one thread:
@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -129,17 +130,23 @@ def _child(which: str, datalist: str, out: str) -> None:
 
 
 def main(num_volumes: int = 8, shape: str | tuple = "512,512,200", spacing: str | tuple = "0.7,0.7,1.25",
-         workdir: str | None = None) -> None:
-    """Generate the scans, time the three runs, print the markdown table."""
+         workdir: str | None = None, reuse: bool = False) -> None:
+    """Generate the scans (or, with ``reuse``, take those already in ``workdir``), time the three runs,
+    print the markdown table."""
     shape = tuple(int(v) for v in (shape.split(",") if isinstance(shape, str) else shape))
     spacing = tuple(float(v) for v in (spacing.split(",") if isinstance(spacing, str) else spacing))
     root = Path(workdir or tempfile.mkdtemp(prefix="bench_preprocessing_"))
     root.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    datalist = write_volumes(root, num_volumes, shape, spacing)
-    print(f"wrote {num_volumes} scans of {shape} at {spacing} mm in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    datalist = root / "datalist.json"
+    if reuse and datalist.exists():
+        print(f"reusing the scans in {root}", file=sys.stderr)
+    else:
+        datalist = write_volumes(root, num_volumes, shape, spacing)
+        print(f"wrote {num_volumes} scans of {shape} at {spacing} mm in {time.perf_counter() - started:.0f} s", file=sys.stderr)
     rows = []
     for which, folder in zip(RUNS, ("ours_preprocess", "ours_per_volume", "monai")):
+        shutil.rmtree(root / folder, ignore_errors=True)  # a current cache would be skipped, not measured
         env = dict(os.environ, OMP_NUM_THREADS="1")
         result = subprocess.run([sys.executable, "-m", "tools.benchmarks.bench_preprocessing", "_child", which,
                                  str(datalist), str(root / folder)], capture_output=True, text=True, env=env,
