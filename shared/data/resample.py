@@ -6,8 +6,9 @@ outer corner of the image (index-space edge 0) stays where it is in the world. A
 ``floor(shape * factor)`` (the last partial voxel is dropped, never extrapolated). Because the
 interpolation kernels are given the output size *and* the exact factor (PyTorch's ``aten`` upsampling
 ops; ``F.interpolate`` can pass only one of the two), the new affine has exactly the target spacing,
-the same direction and the same corner, and an index-space box edge ``e`` moves to ``e * factor``. So ``boxes_voxel_to_world(boxes, resampled_affine)`` gives the same world boxes as the
-original grid, with no inverse mapping to get wrong.
+the same direction and the same corner, and an index-space box edge ``e`` moves to ``e * factor``. So
+``boxes_voxel_to_world(boxes, resampled_affine)`` gives the same world boxes as the original grid, with
+no inverse mapping to get wrong.
 
 The scan is interpolated trilinearly, the instance map by nearest neighbour ("nearest-exact", which
 samples voxel centres; PyTorch's plain "nearest" is shifted by half a voxel).
@@ -96,6 +97,14 @@ def scale_boxes(boxes: np.ndarray, factors: Sequence[float]) -> np.ndarray:
     """Index-space xyzxyz boxes (N, 6) on the old grid → on the grid zoomed by ``factors`` (N, 6)."""
     factors = np.asarray(factors, dtype=np.float64)
     return (np.asarray(boxes, dtype=np.float64).reshape(-1, 6) * np.concatenate([factors, factors])).astype(np.float32)
+
+
+def boxes_to_original_grid(boxes: np.ndarray, factors: Sequence[float]) -> np.ndarray:
+    """Inverse of :func:`scale_boxes`: (N, 6) boxes on the resampled grid → on the original grid.
+
+    Writing world boxes needs neither: ``boxes_voxel_to_world(boxes, resampled_affine)`` is the same.
+    """
+    return scale_boxes(boxes, 1.0 / np.asarray(factors, dtype=np.float64))
 
 
 def boxes_after_resampling(boxes: np.ndarray, factors: Sequence[float], *, mask: np.ndarray | None = None,

@@ -162,7 +162,8 @@ def mask_ids_on_grid(path: str, shape: Sequence[int], affine: np.ndarray) -> np.
     ids = np.unique(array)
     ids = ids[ids != 0]
     if len(ids) and (ids.min() < 0 or ids.max() > _MAX_INSTANCE_ID):
-        raise InputError(path, f"instance ids must lie in 1..{_MAX_INSTANCE_ID}, found {int(ids.min())}..{int(ids.max())}")
+        raise InputError(path, f"instance ids must lie in 1..{_MAX_INSTANCE_ID}, "
+                               f"found {int(ids.min())}..{int(ids.max())}")
     return ids.astype(np.int64)
 
 

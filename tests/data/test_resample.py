@@ -3,7 +3,7 @@ import pytest
 
 from shared.boxes.convention import boxes_from_instance_mask, boxes_voxel_to_world, boxes_world_to_voxel
 from shared.data.resample import (boxes_after_resampling, resample_image, resample_instance_map, resampled_affine,
-                                  resampled_shape, scale_boxes, spacing_of, zoom_factors)
+                                  resampled_shape, scale_boxes, spacing_of, zoom_factors, boxes_to_original_grid)
 
 
 def _affine(spacing=(0.7, 0.8, 1.25), flip=False):
@@ -58,6 +58,10 @@ def test_boxes_stay_on_objects_and_world_boxes_survive(rng, spacing, target):
     np.testing.assert_allclose(boxes_voxel_to_world(scale_boxes(boxes, factors), new_affine), world_old, atol=1e-4)
     # mask → box → world → voxel on the new grid: the scaled box, exactly
     np.testing.assert_allclose(boxes_world_to_voxel(world_old, new_affine), scale_boxes(boxes, factors), atol=1e-4)
+    # and back: the inverse mapping lands on the original boxes, as the two affines say
+    np.testing.assert_allclose(boxes_to_original_grid(new_boxes, factors),
+                               boxes_world_to_voxel(boxes_voxel_to_world(new_boxes, new_affine), affine), atol=1e-4)
+    np.testing.assert_allclose(boxes_to_original_grid(scale_boxes(boxes, factors), factors), boxes, atol=1e-5)
 
 
 def test_vanished_instance_falls_back_to_scaled_box():

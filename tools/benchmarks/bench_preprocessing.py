@@ -126,7 +126,24 @@ def _child(which: str, datalist: str, out: str) -> None:
     seconds = time.perf_counter() - start
     peak_mib = _peak_mib()
     shapes = sorted({tuple(np.load(p, mmap_mode="r").shape) for p in Path(out).glob("*.npy")})
-    print(json.dumps({"seconds": seconds, "peak_mib": peak_mib, "baseline_mib": baseline_mib, "shapes": [list(s) for s in shapes]}))
+    print(json.dumps({"seconds": seconds, "peak_mib": peak_mib, "baseline_mib": baseline_mib,
+                      "shapes": [list(shape) for shape in shapes]}))
+
+
+def _measure(which: str, datalist: Path, out: Path) -> dict:
+    """Run one pipeline in a fresh process (its own imports, its own peak memory)."""
+    shutil.rmtree(out, ignore_errors=True)  # a current cache would be skipped, not measured
+    result = subprocess.run([sys.executable, "-m", "tools.benchmarks.bench_preprocessing", "_child", which,
+                             str(datalist), str(out)], capture_output=True, text=True,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"), cwd=Path(__file__).resolve().parents[2],
+                            check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _row(which: str, numbers: dict, count: int) -> str:
+    shapes = " ".join("x".join(map(str, shape[1:])) for shape in numbers["shapes"])
+    return (f"| {which} | {numbers['seconds']:.1f} | {count / numbers['seconds']:.3f} | {numbers['peak_mib']:.0f} | "
+            f"{numbers['peak_mib'] - numbers['baseline_mib']:.0f} | {shapes} |")
 
 
 def main(num_volumes: int = 8, shape: str | tuple = "512,512,200", spacing: str | tuple = "0.7,0.7,1.25",
@@ -143,18 +160,12 @@ def main(num_volumes: int = 8, shape: str | tuple = "512,512,200", spacing: str 
         print(f"reusing the scans in {root}", file=sys.stderr)
     else:
         datalist = write_volumes(root, num_volumes, shape, spacing)
-        print(f"wrote {num_volumes} scans of {shape} at {spacing} mm in {time.perf_counter() - started:.0f} s", file=sys.stderr)
-    rows = []
-    for which, folder in zip(RUNS, ("ours_preprocess", "ours_per_volume", "monai")):
-        shutil.rmtree(root / folder, ignore_errors=True)  # a current cache would be skipped, not measured
-        env = dict(os.environ, OMP_NUM_THREADS="1")
-        result = subprocess.run([sys.executable, "-m", "tools.benchmarks.bench_preprocessing", "_child", which,
-                                 str(datalist), str(root / folder)], capture_output=True, text=True, env=env,
-                                cwd=Path(__file__).resolve().parents[2], check=True)
-        numbers = json.loads(result.stdout.strip().splitlines()[-1])
-        rows.append(f"| {which} | {numbers['seconds']:.1f} | {num_volumes / numbers['seconds']:.3f} | "
-                    f"{numbers['peak_mib']:.0f} | {numbers['peak_mib'] - numbers['baseline_mib']:.0f} | {' '.join('x'.join(map(str, s[1:])) for s in numbers['shapes'])} |")
-    table = "\n".join([f"{num_volumes} scans {'x'.join(map(str, shape))} int16 NIfTI at {spacing} mm → 1 mm, 1 thread", "",
+        seconds = time.perf_counter() - started
+        print(f"wrote {num_volumes} scans of {shape} at {spacing} mm in {seconds:.0f} s", file=sys.stderr)
+    rows = [_row(which, _measure(which, datalist, root / folder), num_volumes)
+            for which, folder in zip(RUNS, ("ours_preprocess", "ours_per_volume", "monai"))]
+    size = "x".join(map(str, shape))
+    table = "\n".join([f"{num_volumes} scans {size} int16 NIfTI at {spacing} mm → 1 mm, 1 thread", "",
                        "| pipeline | seconds | volumes / s | peak RSS (MiB) | above imports (MiB) | output shape |",
                        "|---|---|---|---|---|---|", *rows])
     print(table)
