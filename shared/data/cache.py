@@ -5,7 +5,8 @@ A cache folder holds ``plans.json`` (see :mod:`shared.data.plan`) and per case:
 - ``<case>.json``: ``{"case", "split", "image": original path(s), "mask": original path or null,
   "boxes": [[x1, y1, z1, x2, y2, z2], ...] index-space voxel boxes on the preprocessed grid, "labels",
   "instances": mask id per box row or null, "shape": [X, Y, Z], "affine": preprocessed RAS 4x4,
-  "original_affine", "original_shape", "plan_hash"}``;
+  "original_affine", "original_shape", "plan_hash"}``, plus ``"entry_sha256"`` (digest of the datalist
+  entry the case was made from, so edited annotations are redone);
 - ``<case>_image.npy``: (C, X, Y, Z) float32 normalised, C-contiguous;
 - ``<case>_mask.npy``: (X, Y, Z) int16 instance map, only for cases with a mask.
 
@@ -14,6 +15,7 @@ The arrays are written before the json, each atomically, so a case whose json ex
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -120,9 +122,14 @@ def write_case(cache_dir: str | os.PathLike, record: dict[str, Any], image: np.n
     return write_json(cache_dir / f"{case}.json", record)
 
 
+def entry_digest(entry: dict[str, Any]) -> str:
+    """sha256 of a datalist entry (paths, boxes, labels, instances): a case is redone when it changes."""
+    return hashlib.sha256(json.dumps(entry, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def case_is_current(cache_dir: str | os.PathLike, case: str, plan_hash: str, *, split: str,
-                    image: Any, mask: Any) -> bool:
-    """Whether a cached case was made with this plan from these files (then it is skipped)."""
+                    entry: dict[str, Any]) -> bool:
+    """Whether a cached case was made with this plan from this very datalist entry (then it is skipped)."""
     cache_dir = Path(cache_dir)
     path = cache_dir / f"{case}.json"
     if not path.exists() or not (cache_dir / f"{case}_image.npy").exists():
@@ -131,10 +138,10 @@ def case_is_current(cache_dir: str | os.PathLike, case: str, plan_hash: str, *, 
         record = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return False
-    if mask and not (cache_dir / f"{case}_mask.npy").exists():
+    if entry.get("mask") and not (cache_dir / f"{case}_mask.npy").exists():
         return False
     return (record.get("plan_hash") == plan_hash and record.get("split") == split
-            and record.get("image") == image and record.get("mask") == (mask or None))
+            and record.get("entry_sha256") == entry_digest(entry))
 
 
 def _read_record(path: Path) -> dict[str, Any]:

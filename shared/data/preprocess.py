@@ -2,8 +2,8 @@
 
 Order of work: validate every entry (nothing is written before the whole datalist passed), make or
 reuse the plan (fingerprinting the training split), then per case: read, resample to the target
-spacing, normalise, write. A case whose json carries the current plan hash and the same source files
-is skipped; a changed plan redoes it. The per-scan steps are :func:`preprocess_volume`, the same code
+spacing, normalise, write. A case whose json carries the current plan hash and the digest of the same
+datalist entry is skipped; a changed plan, or an edited entry, redoes it. The per-scan steps are :func:`preprocess_volume`, the same code
 for training cases and for a new scan at inference.
 """
 
@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 from shared.boxes.convention import boxes_world_to_voxel
-from shared.data.cache import PLAN_FILE, case_is_current, read_plan, write_case
+from shared.data.cache import PLAN_FILE, case_is_current, entry_digest, read_plan, write_case
 from shared.data.fingerprint import fingerprint_cases
 from shared.data.normalize import normalize_image
 from shared.data.plan import file_sha256, make_plan, spacing_request_matches
@@ -55,7 +55,7 @@ def preprocess(datalist_path: str | os.PathLike, cache_dir: str | os.PathLike, *
     plan = _plan_for(datalist_path, cache_dir, datalist, cases, spacing=spacing, overwrite=overwrite)
     wanted = [case for case in cases if case.split in splits]
     todo = [case for case in wanted if overwrite or not case_is_current(
-        cache_dir, case.case, plan["hash"], split=case.split, image=case.entry["image"], mask=case.entry.get("mask"))]
+        cache_dir, case.case, plan["hash"], split=case.split, entry=case.entry)]
     jobs = [(case, plan, os.fspath(cache_dir)) for case in todo]
     bar = dict(total=len(jobs), desc="preprocessing", unit="case", disable=not progress)
     if num_workers > 0 and len(jobs) > 1:
@@ -105,7 +105,7 @@ def preprocess_case(case: CheckedCase, plan: dict[str, Any]) -> tuple[dict[str, 
               "mask": case.entry.get("mask") or None, "boxes": np.asarray(boxes, dtype=np.float64).round(4),
               "labels": labels, "instances": case.instances, "shape": list(image.shape[1:]), "affine": affine,
               "original_affine": original_affine, "original_shape": list(original_shape),
-              "plan_hash": plan["hash"]}
+              "plan_hash": plan["hash"], "entry_sha256": entry_digest(case.entry)}
     return record, image, mask
 
 

@@ -1,14 +1,15 @@
-import json
-
 import numpy as np
 import pytest
 
-from shared.data.cache import case_is_current, list_cases, read_case, read_plan, write_case
+from shared.data.cache import case_is_current, entry_digest, list_cases, read_case, read_plan, write_case
 from shared.io.errors import InputError
 
 
+ENTRY = {"image": "a.nii.gz", "mask": "m.nii.gz", "box": [[1, 2, 3, 4, 5, 6]], "label": [1]}
+
+
 def _record(case, split="training", mask="m.nii.gz"):
-    return {"case": case, "split": split, "image": "a.nii.gz", "mask": mask, "boxes": [[1, 2, 3, 4, 5, 6]],
+    return {"entry_sha256": entry_digest(ENTRY), "case": case, "split": split, "image": "a.nii.gz", "mask": mask, "boxes": [[1, 2, 3, 4, 5, 6]],
             "labels": [1], "instances": [3] if mask else None, "shape": [4, 5, 6], "affine": np.eye(4),
             "original_affine": np.eye(4), "original_shape": [4, 5, 6], "plan_hash": "abc"}
 
@@ -33,11 +34,12 @@ def test_write_read_round_trip(tmp_path, rng):
 
 def test_current_and_stale(tmp_path):
     write_case(tmp_path, _record("a"), np.zeros((1, 4, 5, 6), np.float32), np.zeros((4, 5, 6), np.int16))
-    assert case_is_current(tmp_path, "a", "abc", split="training", image="a.nii.gz", mask="m.nii.gz")
-    assert not case_is_current(tmp_path, "a", "new", split="training", image="a.nii.gz", mask="m.nii.gz")
-    assert not case_is_current(tmp_path, "a", "abc", split="validation", image="a.nii.gz", mask="m.nii.gz")
+    assert case_is_current(tmp_path, "a", "abc", split="training", entry=ENTRY)
+    assert not case_is_current(tmp_path, "a", "new", split="training", entry=ENTRY)
+    assert not case_is_current(tmp_path, "a", "abc", split="validation", entry=ENTRY)
+    assert not case_is_current(tmp_path, "a", "abc", split="training", entry=dict(ENTRY, label=[0]))
     (tmp_path / "a_mask.npy").unlink()
-    assert not case_is_current(tmp_path, "a", "abc", split="training", image="a.nii.gz", mask="m.nii.gz")
+    assert not case_is_current(tmp_path, "a", "abc", split="training", entry=ENTRY)
 
 
 def test_missing_case_and_broken_plan(tmp_path):
@@ -46,4 +48,4 @@ def test_missing_case_and_broken_plan(tmp_path):
     (tmp_path / "plans.json").write_text("{")
     with pytest.raises(InputError, match="plans.json"):
         read_plan(tmp_path)
-    assert json.loads(json.dumps(list_cases(tmp_path))) == []
+    assert list_cases(tmp_path) == []  # plans.json is not a case

@@ -61,7 +61,16 @@ def test_skip_then_redo_on_plan_change(tmp_path, rng):
     assert read_case(cache, "case0").plan_hash == read_plan(cache)["hash"]
     assert read_case(cache, "case0").shape == (20, 18, 12)  # all cases share one spacing: median keeps the grid
     preprocess(path, cache, spacing="median", overwrite=True, progress=False)
-    assert _mtimes(cache)["case0_image.npy"] != after["case0_image.npy"]
+    redone = _mtimes(cache)
+    assert redone["case0_image.npy"] != after["case0_image.npy"]
+    # editing one entry's labels leaves the foreground, hence the plan, alone: only that case is redone
+    data = json.loads(path.read_text())
+    data["training"][1]["label"] = [1 - label for label in data["training"][1]["label"]]
+    path.write_text(json.dumps(data))
+    preprocess(path, cache, spacing="median", progress=False)
+    now = _mtimes(cache)
+    assert now["case0_image.npy"] == redone["case0_image.npy"] and now["case1.json"] != redone["case1.json"]
+    assert read_case(cache, "case1").labels.tolist() == data["training"][1]["label"]
 
 
 def test_boxes_only_and_empty_images(tmp_path, rng):
