@@ -1,1 +1,1 @@
-"""Data: embedded data sets, preprocessing into a cache, and training-time patch sampling."""
+"""Data: embedded data sets, validation, fingerprint and plan, preprocessing into a cache, patch sampling and augmentation."""

@@ -1,0 +1,159 @@
+"""The preprocessed cache: the one reader and writer of its files.
+
+A cache folder holds ``plans.json`` (see :mod:`shared.data.plan`) and per case:
+
+- ``<case>.json``: ``{"case", "split", "image": original path(s), "mask": original path or null,
+  "boxes": [[x1, y1, z1, x2, y2, z2], ...] index-space voxel boxes on the preprocessed grid, "labels",
+  "instances": mask id per box row or null, "shape": [X, Y, Z], "affine": preprocessed RAS 4x4,
+  "original_affine", "original_shape", "plan_hash"}``, plus ``"entry_sha256"`` (digest of the datalist
+  entry the case was made from, so edited annotations are redone);
+- ``<case>_image.npy``: (C, X, Y, Z) float32 normalised, C-contiguous;
+- ``<case>_mask.npy``: (X, Y, Z) int16 instance map, only for cases with a mask.
+
+The arrays are written before the json, each atomically, so a case whose json exists is complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from shared.io.atomic import atomic_path, write_json
+from shared.io.errors import InputError
+
+PLAN_FILE = "plans.json"
+
+
+@dataclass
+class CachedCase:
+    """One preprocessed case.
+
+    Attributes:
+        case: case id.
+        split: datalist split.
+        image: (C, X, Y, Z) float32, memory-mapped read-only unless read with ``mmap=False``.
+        mask: (X, Y, Z) int16 instance map, or None for boxes-only data.
+        boxes: (N, 6) float32 xyzxyz voxel boxes on the preprocessed grid.
+        labels: (N,) int64 classes.
+        instances: (N,) mask id per box row, or None.
+        affine: (4, 4) preprocessed RAS affine (``boxes_voxel_to_world(boxes, affine)`` gives world boxes).
+        original_affine: (4, 4) affine of the scan as read.
+        original_shape: (X, Y, Z) of the scan as read.
+        plan_hash: hash of the plan the case was made with.
+        record: the whole ``<case>.json``.
+    """
+
+    case: str
+    split: str
+    image: np.ndarray
+    mask: np.ndarray | None
+    boxes: np.ndarray
+    labels: np.ndarray
+    instances: np.ndarray | None
+    affine: np.ndarray
+    original_affine: np.ndarray
+    original_shape: tuple[int, int, int]
+    plan_hash: str
+    record: dict[str, Any] = field(repr=False)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.image.shape[1:])
+
+
+def read_plan(cache_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The cache's plan, or None when it has none yet."""
+    path = Path(cache_dir) / PLAN_FILE
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise InputError(path, f"not a readable plan ({error}); delete it or preprocess with overwrite=True") from error
+
+
+def read_case(cache_dir: str | os.PathLike, case: str, *, mmap: bool = True) -> CachedCase:
+    """Load one cached case; arrays are memory-mapped (patch reads touch only what they need)."""
+    cache_dir = Path(cache_dir)
+    record = _read_record(cache_dir / f"{case}.json")
+    mode = "r" if mmap else None
+    image = np.load(cache_dir / f"{case}_image.npy", mmap_mode=mode)
+    mask_path = cache_dir / f"{case}_mask.npy"
+    mask = np.load(mask_path, mmap_mode=mode) if mask_path.exists() else None
+    instances = record.get("instances")
+    return CachedCase(
+        case=record["case"], split=record["split"], image=image, mask=mask,
+        boxes=np.asarray(record["boxes"], dtype=np.float32).reshape(-1, 6),
+        labels=np.asarray(record["labels"], dtype=np.int64).reshape(-1),
+        instances=None if instances is None else np.asarray(instances, dtype=np.int64),
+        affine=np.asarray(record["affine"], dtype=np.float64),
+        original_affine=np.asarray(record["original_affine"], dtype=np.float64),
+        original_shape=tuple(record["original_shape"]), plan_hash=record["plan_hash"], record=record)
+
+
+def list_cases(cache_dir: str | os.PathLike, split: str | None = None) -> list[str]:
+    """Sorted ids of the complete cases in a cache, optionally of one split only."""
+    cases = []
+    for path in sorted(Path(cache_dir).glob("*.json")):
+        if path.name == PLAN_FILE or path.name.startswith("."):
+            continue
+        if split is None or _read_record(path).get("split") == split:
+            cases.append(path.stem)
+    return cases
+
+
+def write_case(cache_dir: str | os.PathLike, record: dict[str, Any], image: np.ndarray,
+               mask: np.ndarray | None) -> Path:
+    """Write one case's arrays then its json, each atomically; returns the json path."""
+    cache_dir = Path(cache_dir)
+    case = record["case"]
+    _save_array(cache_dir / f"{case}_image.npy", np.ascontiguousarray(image, dtype=np.float32))
+    mask_path = cache_dir / f"{case}_mask.npy"
+    if mask is not None:
+        _save_array(mask_path, np.ascontiguousarray(mask, dtype=np.int16))
+    else:
+        mask_path.unlink(missing_ok=True)  # a stale map from a run when the case had a mask
+    return write_json(cache_dir / f"{case}.json", record)
+
+
+def entry_digest(entry: dict[str, Any]) -> str:
+    """sha256 of a datalist entry (paths, boxes, labels, instances): a case is redone when it changes."""
+    return hashlib.sha256(json.dumps(entry, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def case_is_current(cache_dir: str | os.PathLike, case: str, plan_hash: str, *, split: str,
+                    entry: dict[str, Any]) -> bool:
+    """Whether a cached case was made with this plan from this very datalist entry (then it is skipped)."""
+    cache_dir = Path(cache_dir)
+    path = cache_dir / f"{case}.json"
+    if not path.exists() or not (cache_dir / f"{case}_image.npy").exists():
+        return False
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    if entry.get("mask") and not (cache_dir / f"{case}_mask.npy").exists():
+        return False
+    return (record.get("plan_hash") == plan_hash and record.get("split") == split
+            and record.get("entry_sha256") == entry_digest(entry))
+
+
+def _read_record(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(path, "no such cached case; run preprocessing first") from None
+    except (OSError, json.JSONDecodeError) as error:
+        raise InputError(path, f"cached case is unreadable ({error}); preprocess again with overwrite=True") from error
+
+
+def _save_array(path: Path, array: np.ndarray) -> None:
+    with atomic_path(path) as temporary:
+        with open(temporary, "wb") as handle:
+            np.save(handle, array)

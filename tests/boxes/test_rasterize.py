@@ -1,0 +1,20 @@
+import numpy as np
+
+from shared.boxes.convention import boxes_from_instance_mask
+from shared.boxes.rasterize import box_slices, rasterize_boxes
+
+
+def test_mask_box_mask_round_trip():
+    mask = np.zeros((10, 9, 8), dtype=np.int16)
+    mask[1:4, 2:7, 0:1] = 1
+    mask[6:10, 0:2, 3:8] = 2
+    boxes, ids = boxes_from_instance_mask(mask)
+    np.testing.assert_array_equal(rasterize_boxes(boxes, mask.shape, ids=ids), mask)
+
+
+def test_small_box_inside_large_stays_visible_and_clipping():
+    boxes = np.array([[2, 2, 2, 3, 3, 3], [0, 0, 0, 6, 6, 6], [4.6, 4.6, 4.6, 9.0, 9.0, 9.0]])
+    painted = rasterize_boxes(boxes, (6, 6, 6))
+    assert painted[2, 2, 2] == 1 and painted[0, 0, 0] == 2
+    assert box_slices(boxes[2], (6, 6, 6)) == (slice(5, 6),) * 3
+    assert box_slices([3.2, 3.2, 3.2, 3.3, 3.3, 3.3], (6, 6, 6)) == (slice(3, 4),) * 3  # at least one voxel

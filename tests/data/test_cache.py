@@ -1,0 +1,51 @@
+import numpy as np
+import pytest
+
+from shared.data.cache import case_is_current, entry_digest, list_cases, read_case, read_plan, write_case
+from shared.io.errors import InputError
+
+
+ENTRY = {"image": "a.nii.gz", "mask": "m.nii.gz", "box": [[1, 2, 3, 4, 5, 6]], "label": [1]}
+
+
+def _record(case, split="training", mask="m.nii.gz"):
+    return {"entry_sha256": entry_digest(ENTRY), "case": case, "split": split, "image": "a.nii.gz", "mask": mask, "boxes": [[1, 2, 3, 4, 5, 6]],
+            "labels": [1], "instances": [3] if mask else None, "shape": [4, 5, 6], "affine": np.eye(4),
+            "original_affine": np.eye(4), "original_shape": [4, 5, 6], "plan_hash": "abc"}
+
+
+def test_write_read_round_trip(tmp_path, rng):
+    image = rng.normal(size=(2, 4, 5, 6)).astype(np.float32)
+    mask = np.zeros((4, 5, 6), np.int16)
+    mask[1:4, 2:5, 3:6] = 3
+    write_case(tmp_path, _record("a"), image, mask)
+    write_case(tmp_path, _record("b", "validation", mask=None), image, None)
+    assert list_cases(tmp_path) == ["a", "b"] and list_cases(tmp_path, "validation") == ["b"]
+    case = read_case(tmp_path, "a")
+    assert isinstance(case.image, np.memmap) and case.image.flags.c_contiguous
+    np.testing.assert_array_equal(case.image, image)
+    np.testing.assert_array_equal(case.mask, mask)
+    assert case.mask.dtype == np.int16 and case.shape == (4, 5, 6)
+    assert case.boxes.shape == (1, 6) and case.labels.tolist() == [1] and case.instances.tolist() == [3]
+    assert read_case(tmp_path, "b").mask is None and read_case(tmp_path, "b").instances is None
+    assert read_plan(tmp_path) is None
+    assert not list(tmp_path.glob(".*"))
+
+
+def test_current_and_stale(tmp_path):
+    write_case(tmp_path, _record("a"), np.zeros((1, 4, 5, 6), np.float32), np.zeros((4, 5, 6), np.int16))
+    assert case_is_current(tmp_path, "a", "abc", split="training", entry=ENTRY)
+    assert not case_is_current(tmp_path, "a", "new", split="training", entry=ENTRY)
+    assert not case_is_current(tmp_path, "a", "abc", split="validation", entry=ENTRY)
+    assert not case_is_current(tmp_path, "a", "abc", split="training", entry=dict(ENTRY, label=[0]))
+    (tmp_path / "a_mask.npy").unlink()
+    assert not case_is_current(tmp_path, "a", "abc", split="training", entry=ENTRY)
+
+
+def test_missing_case_and_broken_plan(tmp_path):
+    with pytest.raises(InputError, match="run preprocessing"):
+        read_case(tmp_path, "nothing")
+    (tmp_path / "plans.json").write_text("{")
+    with pytest.raises(InputError, match="plans.json"):
+        read_plan(tmp_path)
+    assert list_cases(tmp_path) == []  # plans.json is not a case

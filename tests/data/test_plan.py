@@ -1,0 +1,31 @@
+import pytest
+
+from shared.data.plan import class_names, make_plan, parse_spacing, plan_hash, spacing_request_matches
+from shared.io.errors import InputError
+
+FINGERPRINT = {"median_spacing": [0.7, 0.7, 1.25], "channels": [{"modality": "CT", "clip": [-1, 1], "mean": 0, "std": 1}]}
+
+
+def test_parse_spacing():
+    assert parse_spacing("fixed") == ("fixed", [1.0, 1.0, 1.0])
+    assert parse_spacing("median") == ("median", None)
+    assert parse_spacing("1,1,2.5") == ("custom", [1.0, 1.0, 2.5])
+    assert parse_spacing((2, 2, 2)) == ("custom", [2.0, 2.0, 2.0])
+    for bad in ("1,2", "a,b,c", (1, 0, 1), "wide"):
+        with pytest.raises(InputError):
+            parse_spacing(bad)
+
+
+def test_plan_and_hash(tmp_path):
+    path = tmp_path / "d.json"
+    path.write_text("{}")
+    datalist = {"training": [{"label": [0, 3]}]}
+    assert class_names(datalist) == ["0", "1", "2", "3"]
+    median = make_plan(FINGERPRINT, datalist, path, spacing="median")
+    fixed = make_plan(FINGERPRINT, datalist, path, spacing="fixed")
+    assert median["target_spacing"] == [0.7, 0.7, 1.25] and median["num_classes"] == 4
+    assert median["hash"] == plan_hash(median) and median["hash"] != fixed["hash"]
+    moved = dict(median, datalist="/elsewhere/d.json")
+    assert plan_hash(moved) == median["hash"]  # the path is not a setting
+    assert spacing_request_matches(median, "median") and not spacing_request_matches(median, "fixed")
+    assert spacing_request_matches(fixed, "1,1,1") is False  # fixed and custom are different requests

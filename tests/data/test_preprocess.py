@@ -1,0 +1,113 @@
+import json
+import os
+
+import numpy as np
+import pytest
+
+from _cases import spaced_affine, write_dataset
+from shared.boxes.convention import boxes_voxel_to_world
+from shared.data.cache import list_cases, read_case, read_plan
+from shared.data.preprocess import preprocess, preprocess_volume
+from shared.data.resample import resample_image, zoom_factors
+from shared.io.datalist import read_datalist
+from shared.io.images import load_volume
+
+
+def _mtimes(cache):
+    return {path.name: path.stat().st_mtime_ns for path in cache.iterdir()}
+
+
+def test_cache_contract_and_world_boxes(tmp_path, rng):
+    path = write_dataset(tmp_path / "raw", rng=rng, training=2, validation=1, affine=spaced_affine(flip_x=True))
+    cache = tmp_path / "cache"
+    assert preprocess(path, cache, progress=False) == ["case0", "case1", "case2"]
+    plan = read_plan(cache)
+    assert plan["target_spacing"] == [1, 1, 1] and plan["spacing_mode"] == "fixed" and plan["version"] == 1
+    assert plan["classes"] == ["benign", "malignant"] and plan["num_classes"] == 2
+    assert sorted(os.listdir(cache)) == sorted(["plans.json"] + [f"case{i}{s}" for i in range(3)
+                                                                 for s in (".json", "_image.npy", "_mask.npy")])
+    datalist = read_datalist(path)
+    for entry, case_id in zip(datalist["training"] + datalist["validation"], list_cases(cache)):
+        case = read_case(cache, case_id)
+        assert case.image.dtype == np.float32 and case.image.shape == (1, 14, 14, 15)
+        assert case.record["shape"] == [14, 14, 15] and case.original_shape == (20, 18, 12)
+        assert case.labels.tolist() == entry["label"] and case.instances.tolist() == [1, 2]
+        # boxes come from the resampled mask: within one (1 mm) voxel of the datalist's world boxes
+        np.testing.assert_allclose(boxes_voxel_to_world(case.boxes, case.affine), entry["box"], atol=1.0)
+        for row, instance in enumerate(case.instances):
+            inside = np.argwhere(np.asarray(case.mask) == instance)
+            np.testing.assert_array_equal(inside.min(0), case.boxes[row, :3])
+            np.testing.assert_array_equal(inside.max(0) + 1, case.boxes[row, 3:])
+    assert read_case(cache, "case2").split == "validation"
+    # by hand: resample, clip to the plan's percentiles, z-score with its mean and std
+    channel = plan["channels"][0]
+    volume = load_volume(datalist["training"][0]["image"])
+    factors = zoom_factors(volume.spacing, [1, 1, 1])
+    expected = (np.clip(resample_image(volume.array, factors), *channel["clip"]) - channel["mean"]) / channel["std"]
+    np.testing.assert_allclose(read_case(cache, "case0").image, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_skip_then_redo_on_plan_change(tmp_path, rng):
+    path = write_dataset(tmp_path / "raw", rng=rng, training=2, validation=0)
+    cache = tmp_path / "cache"
+    preprocess(path, cache, progress=False)
+    before = _mtimes(cache)
+    preprocess(path, cache, progress=False)
+    assert _mtimes(cache) == before  # same plan: nothing rewritten, not even plans.json
+    preprocess(path, cache, spacing="median", progress=False)
+    after = _mtimes(cache)
+    assert all(after[name] != before[name] for name in before)
+    assert read_plan(cache)["spacing_mode"] == "median"
+    assert read_case(cache, "case0").plan_hash == read_plan(cache)["hash"]
+    assert read_case(cache, "case0").shape == (20, 18, 12)  # all cases share one spacing: median keeps the grid
+    preprocess(path, cache, spacing="median", overwrite=True, progress=False)
+    redone = _mtimes(cache)
+    assert redone["case0_image.npy"] != after["case0_image.npy"]
+    # editing one entry's labels leaves the foreground, hence the plan, alone: only that case is redone
+    data = json.loads(path.read_text())
+    data["training"][1]["label"] = [1 - label for label in data["training"][1]["label"]]
+    path.write_text(json.dumps(data))
+    preprocess(path, cache, spacing="median", progress=False)
+    now = _mtimes(cache)
+    assert now["case0_image.npy"] == redone["case0_image.npy"] and now["case1.json"] != redone["case1.json"]
+    assert read_case(cache, "case1").labels.tolist() == data["training"][1]["label"]
+
+
+def test_boxes_only_and_empty_images(tmp_path, rng):
+    path = write_dataset(tmp_path / "raw", rng=rng, training=2, validation=1, with_mask=False)
+    data = json.loads(path.read_text())
+    data["validation"][0].update(box=[], label=[])
+    path.write_text(json.dumps(data))
+    cache = tmp_path / "cache"
+    preprocess(path, cache, spacing=[1.4, 1.6, 2.5], progress=False)
+    assert not list(cache.glob("*_mask.npy"))
+    case = read_case(cache, "case0")
+    assert case.mask is None and case.instances is None and case.shape == (10, 9, 6)
+    np.testing.assert_allclose(boxes_voxel_to_world(case.boxes, case.affine), data["training"][0]["box"], atol=1e-3)
+    empty = read_case(cache, "case2")
+    assert empty.boxes.shape == (0, 6) and empty.labels.shape == (0,)
+
+
+def test_preprocess_volume_is_the_cached_path(tmp_path, rng):
+    path = write_dataset(tmp_path / "raw", rng=rng, training=1, validation=0, channels=2)
+    data = json.loads(path.read_text())
+    data["modality"] = ["CT", "MRI"]
+    path.write_text(json.dumps(data))
+    cache = tmp_path / "cache"
+    preprocess(path, cache, progress=False, num_workers=0)
+    cached = read_case(cache, "case0")
+    volume = load_volume(read_datalist(path)["training"][0]["image"])
+    original = volume.array.copy()
+    array, affine = preprocess_volume(volume, read_plan(cache))
+    np.testing.assert_array_equal(array, cached.image)
+    np.testing.assert_allclose(affine, cached.affine)
+    np.testing.assert_array_equal(volume.array, original)  # the caller's scan is left alone
+    assert abs(float(array[1].mean())) < 1e-4 and float(array[1].std()) == pytest.approx(1, abs=1e-3)
+
+
+def test_workers_give_the_same_cache(tmp_path, rng):
+    path = write_dataset(tmp_path / "raw", rng=rng, training=2, validation=0)
+    preprocess(path, tmp_path / "serial", progress=False)
+    preprocess(path, tmp_path / "parallel", progress=False, num_workers=2)
+    for case in ("case0", "case1"):
+        np.testing.assert_array_equal(read_case(tmp_path / "serial", case).image, read_case(tmp_path / "parallel", case).image)

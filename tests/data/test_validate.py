@@ -1,0 +1,117 @@
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from _cases import spaced_affine, write_dataset
+from shared.data.preprocess import preprocess
+from shared.data.validate import case_id, validate_datalist
+from shared.io.errors import InputError
+from shared.io.images import save_nifti
+
+
+def test_case_id():
+    assert case_id("/a/b/lung_003_0000.nii.gz") == "lung_003"
+    assert case_id(["/a/x_0000.nii", "/a/x_0001.nii"]) == "x"
+    assert case_id("1.3.6.1.4.1.14519.5.2.1.6279.6001.1002.mhd") == "1.3.6.1.4.1.14519.5.2.1.6279.6001.1002"
+    assert case_id("scan_0001.nii.gz") == "scan_0001"
+
+
+def test_valid_dataset_passes_with_instances(tmp_path, rng):
+    path = write_dataset(tmp_path, rng=rng, training=2, validation=1)
+    datalist, cases = validate_datalist(path)
+    assert [c.split for c in cases] == ["training", "training", "validation"]
+    assert cases[0].instances == [1, 2] and cases[0].shape == (20, 18, 12)
+
+
+def _edit(path, change):
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+def _nan(entry, folder):
+    array = np.zeros((20, 18, 12), np.float32)
+    array[0, 0, 0] = np.inf
+    save_nifti(folder / "nan.nii.gz", array, spaced_affine())
+    entry["image"] = "nan.nii.gz"
+
+
+def _shape(entry, folder):
+    save_nifti(folder / "small.nii.gz", np.zeros((20, 18, 11), np.int16), spaced_affine())
+    entry["mask"] = "small.nii.gz"
+
+
+def _affine(entry, folder):
+    save_nifti(folder / "moved.nii.gz", np.zeros((20, 18, 12), np.int16), spaced_affine(origin=(0, 0, 0)))
+    entry["mask"] = "moved.nii.gz"
+
+
+def _four_d(entry, folder):
+    nib.save(nib.Nifti1Image(np.zeros((20, 18, 12, 2), np.int16), spaced_affine()), folder / "4d.nii.gz")
+    entry["image"] = "4d.nii.gz"
+
+
+def _two_d(entry, folder):
+    nib.save(nib.Nifti1Image(np.zeros((20, 18), np.int16), spaced_affine()), folder / "2d.nii.gz")
+    entry["image"] = "2d.nii.gz"
+
+
+def _corrupt(entry, folder):
+    (folder / "corrupt.nii.gz").write_bytes(b"\x1f\x8b garbage")
+    entry["image"] = "corrupt.nii.gz"
+
+
+BAD = {
+    "missing image": (lambda e, f: e.update(image="gone.nii.gz"), "gone.nii.gz", "not found"),
+    "corrupt image": (_corrupt, "corrupt.nii.gz", "cannot be read"),
+    "4-D image": (_four_d, "4d.nii.gz", "3-D"),
+    "2-D image": (_two_d, "2d.nii.gz", "3-D"),
+    "NaN voxels": (_nan, "nan.nii.gz", "NaN"),
+    "label shape": (_shape, "small.nii.gz", "shape"),
+    "label affine": (_affine, "moved.nii.gz", "affine"),
+    "instance without class": (lambda e, f: (e["box"].pop(), e["label"].pop()), "case0_mask.nii.gz", "needs a box"),
+    "instance id without class entry": (lambda e, f: (e["box"].pop(), e["label"].pop(), e.update(instances=[1])),
+                                        "case0_mask.nii.gz", r"\[2\] in the mask have no box/class"),
+    "instances not in mask": (lambda e, f: e.update(instances=[1, 5]), "case0_mask.nii.gz", r"\[5\]"),
+    "box outside image": (lambda e, f: e["box"][0].__setitem__(0, 500.0), "case0_0000.nii.gz", "outside"),
+}
+
+
+@pytest.mark.parametrize("problem", list(BAD))
+def test_bad_input_names_file_and_writes_nothing(tmp_path, rng, problem):
+    path = write_dataset(tmp_path / "raw", rng=rng, training=2, validation=1)
+    change, culprit, message = BAD[problem]
+    _edit(path, lambda data: change(data["training"][0], tmp_path / "raw"))
+    with pytest.raises(InputError, match=message) as caught:
+        preprocess(path, tmp_path / "cache", progress=False)
+    assert caught.value.source.endswith(culprit)
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
+
+
+def test_unreadable_datalist_and_empty_split(tmp_path):
+    path = tmp_path / "d.json"
+    path.write_text("[1, 2")
+    with pytest.raises(InputError) as caught:
+        preprocess(path, tmp_path / "cache", progress=False)
+    assert caught.value.source == str(path)
+    path.write_text('{"training": [], "validation": []}')
+    with pytest.raises(InputError, match="'training' split is empty"):
+        validate_datalist(path)
+    assert not (tmp_path / "cache").exists()
+
+
+def test_channel_count_and_duplicate_case(tmp_path, rng):
+    path = write_dataset(tmp_path / "a", rng=rng, training=1, validation=1, channels=2)
+    _edit(path, lambda data: data["validation"][0].update(image=data["validation"][0]["image"][0]))
+    with pytest.raises(InputError, match="1 channels, other cases have 2"):
+        validate_datalist(path)
+    path = write_dataset(tmp_path / "b", rng=rng, training=1, validation=1)
+    _edit(path, lambda data: data["validation"].append(data["training"][0]))
+    with pytest.raises(InputError, match="twice"):
+        validate_datalist(path)
+    _edit(path, lambda data: (data["validation"].pop(), data["training"][0].update(label=[0, 2])))
+    with pytest.raises(InputError, match="only 2 classes") as caught:
+        validate_datalist(path)
+    assert caught.value.source == str(path)
