@@ -280,7 +280,8 @@ def import_multitalent(checkpoint: dict[str, Any], source: str | os.PathLike, *,
     for stem_id in stem_ids(weights):
         head = f"stem.{stem_id}."
         stems[stem_id] = {key[len(head):]: value for key, value in encoder.items() if key.startswith(head)}
-    available = ", ".join(f"{stem_id} ({stem_input_channels(weights_)} channel(s))" for stem_id, weights_ in stems.items())
+    available = ", ".join(f"{name} ({stem_input_channels(stem_weights)} channel(s))"
+                          for name, stem_weights in stems.items())
     if stem is None or str(stem) not in stems:
         problem = "has per-dataset stems; choose one with stem=<id>" if stem is None else f"has no stem '{stem}'"
         raise InputError(source, f"{problem}; available: {available}")

@@ -136,3 +136,21 @@ def test_bad_arguments():
         transfer_encoder(StandInDetector(1), pretrained_from(dna_encoder()), mode="decoder")
     with pytest.raises(ValueError, match="stem"):
         transfer_encoder(StandInDetector(1), pretrained_from(dna_encoder()), stem="copy")
+
+
+def test_mae_pretraining_to_detector_end_to_end(tmp_path):
+    from shared.checkpoints.manifest import export_encoder, load_pretrained
+    from shared.ssl.mae import MaskedAutoencoder
+
+    model = MaskedAutoencoder(dna_unet(1), block_size=4, mask_ratio=0.75, seed=0)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-2, momentum=0.99, nesterov=True)
+    for _ in range(2):
+        optimizer.zero_grad()
+        model(torch.randn(2, 1, 16, 16, 16, dtype=torch.float64))["loss"].backward()
+        optimizer.step()
+    export_encoder(model, tmp_path, architecture=SPEC, in_channels=1, modality="CT", spacing=[1, 1, 1],
+                   normalization="ct", method="mae", method_settings={"mask_ratio": 0.75, "block_size": 4})
+    detector = StandInDetector(1)
+    report = transfer_encoder(detector, load_pretrained(tmp_path), expected_architecture=SPEC)
+    assert equal(model.network.encoder.state_dict(), detector.encoder.state_dict())
+    assert report.new_parameters(detector) == ["head.weight", "head.bias"]

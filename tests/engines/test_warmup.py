@@ -37,7 +37,11 @@ def test_transferred_parameters_stay_bit_identical_during_warmup_then_all_train(
     engine = Engine(step)
     WarmupFreeze(network, transferred, warmup_iterations=3).attach(engine)
     states = {0: snapshot(network)}
-    engine.add_event_handler(Events.ITERATION_COMPLETED, lambda e: states.__setitem__(e.state.iteration, snapshot(network)))
+
+    @engine.on(Events.ITERATION_COMPLETED)
+    def remember(engine):
+        states[engine.state.iteration] = snapshot(network)
+
     engine.run([0] * 6, max_epochs=1)
 
     for name in transferred:
