@@ -73,8 +73,19 @@ def library_versions() -> dict[str, str]:
 
 
 def _plain(state_dict: dict[str, torch.Tensor]) -> StateDict:
-    # detached CPU copies, so the saved file holds no autograd or device state and no shared views
-    return {key: value.detach().to("cpu").clone().contiguous() for key, value in state_dict.items()}
+    """Detached contiguous CPU copies; keys that alias one tensor (DNA's ``all_modules``) stay shared.
+
+    Without the sharing, ``torch.save`` would write every aliased weight twice (ResEnc-L: 689 MB
+    instead of 345 MB).
+    """
+    copies: dict[tuple, torch.Tensor] = {}
+    plain = {}
+    for key, value in state_dict.items():
+        identity = (value.device, value.data_ptr(), value.dtype, tuple(value.shape), value.stride())
+        if identity not in copies or value.numel() == 0:
+            copies[identity] = value.detach().to("cpu").clone().contiguous()
+        plain[key] = copies[identity]
+    return plain
 
 
 def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> dict[str, Any]:

@@ -125,3 +125,20 @@ def test_command_line_import_round_trip(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit) as exited:
         import_encoder.main()
     assert exited.value.code == 2 and "missing.pth: no such file" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_resenc_l_nnssl_checkpoint_imports_at_full_size(tmp_path):
+    from torch import nn
+    from dynamic_network_architectures.architectures.unet import ResidualEncoderUNet
+
+    network = ResidualEncoderUNet(
+        1, 6, RESENC_L["features"], nn.Conv3d, 3, RESENC_L["strides"], RESENC_L["blocks"], 1, [1] * 5, True,
+        nn.InstanceNorm3d, {"eps": 1e-5, "affine": True}, None, None, nn.LeakyReLU, {"inplace": True},
+    )
+    plan = {**dynamic_plan(1), "architecture_plans": {"arch_class_name": "ResEncL", "arch_kwargs": None}}
+    torch.save({"network_weights": network.state_dict(), "nnssl_adaptation_plan": plan}, tmp_path / "l.pth")
+    pretrained = load_pretrained(tmp_path / "l.pth")
+    assert pretrained.manifest["architecture"]["preset"] == "paper"
+    assert sum(p.numel() for p in network.encoder.parameters()) == 90_296_576  # the paper's ~90.3 M
+    assert_same_state(pretrained.state_dict, network.encoder.state_dict())

@@ -90,3 +90,10 @@ def test_pickled_checkpoint_is_refused(tmp_path):
 def test_architecture_must_be_named(tmp_path):
     with pytest.raises(ValueError, match="architecture"):
         export_encoder(dna_encoder(), tmp_path, **{**SETTINGS, "architecture": "resenc"})
+
+
+def test_aliased_weights_are_saved_once(tmp_path):
+    export_encoder(dna_encoder(), tmp_path, **SETTINGS)
+    weights = torch.load(tmp_path / "encoder.pt", weights_only=True)
+    # DNA registers each conv twice (conv and all_modules.0): one storage, written once
+    assert weights["stem.convs.0.conv.weight"].data_ptr() == weights["stem.convs.0.all_modules.0.weight"].data_ptr()
