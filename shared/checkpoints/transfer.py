@@ -122,6 +122,9 @@ def _adapt_stem(
     if strategy == "random" or not target_stem_keys:
         return rest, sorted(source_stem), target_stem_keys, None
     channels = _in_channels_of(target, target_stem_keys)
+    if not source_stem and not pretrained.stems:
+        raise InputError(pretrained.source, f"holds no stem weights (keys starting with {list(prefixes)}); "
+                                            "use stem='random'")
     if strategy == "replicate":
         if source_stem and stem_input_channels(source_stem) == channels:
             return {**rest, **source_stem}, [], [], "main"

@@ -131,6 +131,14 @@ def test_network_without_alias_keys_skips_them():
     assert equal(detector.encoder.state_dict(), source.state_dict())
 
 
+def test_checkpoint_without_stem_needs_random_stem():
+    stageless = {k: v for k, v in dna_encoder(1, seed=10).state_dict().items() if not k.startswith("stem.")}
+    pretrained = PretrainedEncoder(stageless, {}, source="enc.json")
+    with pytest.raises(InputError, match="no stem weights.*stem='random'"):
+        transfer_encoder(StandInDetector(1), pretrained)
+    assert transfer_encoder(StandInDetector(1), pretrained, stem="random").stem_source is None
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="mode"):
         transfer_encoder(StandInDetector(1), pretrained_from(dna_encoder()), mode="decoder")
