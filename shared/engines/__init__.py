@@ -1,1 +1,1 @@
-"""Engines shared by every bundle: the learning-rate schedule, a resumable sampler, the trainer."""
+"""Engines shared by every bundle: the LR schedule, a resumable sampler, the trainer, warm-up freezing, validation and inference."""

@@ -1,0 +1,280 @@
+"""Pre-trained encoders on disk: ``encoder.pt`` (a plain state dict) beside ``encoder.json`` (its manifest).
+
+The manifest records everything a fine-tuning run must match or should know: the architecture and
+its arguments, input channels and modality, the spacing and intensity normalisation the encoder saw,
+the pre-training method and its settings, the data, the weights' sha256, when and with which library
+versions it was made. ``load_pretrained`` reads our format and, through ``shared.checkpoints.importers``,
+released checkpoints of other projects, and always returns a ``PretrainedEncoder``.
+
+Optional per-dataset stems (MultiTalent) travel in ``stems.pt`` beside the weights: keys
+``<stem id>.<key inside the stem>``, hashed in the manifest like the weights.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import os
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from shared.checkpoints.safe_load import read_checkpoint, sha256_file
+from shared.io.atomic import atomic_path, write_json
+from shared.io.errors import InputError
+
+FORMAT_NAME = "missing-piece-encoder"
+FORMAT_VERSION = 1
+WEIGHTS_NAME = "encoder.pt"
+MANIFEST_NAME = "encoder.json"
+STEMS_NAME = "stems.pt"
+
+StateDict = dict[str, torch.Tensor]
+
+
+@dataclass
+class PretrainedEncoder:
+    """Encoder weights with their manifest.
+
+    Attributes:
+        state_dict: the encoder's state dict, keys relative to the encoder (``stem.convs.0.conv.weight``).
+        manifest: the manifest as a dict (see the module docstring).
+        stems: alternative stems by id, keys relative to the stem (``convs.0.conv.weight``); empty
+            unless the source had several (MultiTalent).
+        source: the file it was read from, for error messages.
+    """
+
+    state_dict: StateDict
+    manifest: dict[str, Any]
+    stems: dict[str, StateDict] = field(default_factory=dict)
+    source: str | None = None
+
+
+def encoder_of(network_or_encoder: nn.Module) -> nn.Module:
+    """The module whose weights are exported: ``.encoder`` when the module has one, else itself."""
+    encoder = getattr(network_or_encoder, "encoder", None)
+    return encoder if isinstance(encoder, nn.Module) else network_or_encoder
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that shape the weights, for the manifest."""
+    import numpy
+
+    try:  # the installed distribution's version, without importing monai (slow to import)
+        monai_version = importlib.metadata.version("monai")
+    except importlib.metadata.PackageNotFoundError:
+        monai_version = "not installed"
+    return {"python": platform.python_version(), "torch": torch.__version__, "monai": monai_version,
+            "numpy": numpy.__version__}
+
+
+def _plain(state_dict: dict[str, torch.Tensor]) -> StateDict:
+    """Detached contiguous CPU copies; keys that alias one tensor (DNA's ``all_modules``) stay shared.
+
+    Without the sharing, ``torch.save`` would write every aliased weight twice (ResEnc-L: 689 MB
+    instead of 345 MB).
+    """
+    copies: dict[tuple, torch.Tensor] = {}
+    plain = {}
+    for key, value in state_dict.items():
+        identity = (value.device, value.data_ptr(), value.dtype, tuple(value.shape), value.stride())
+        if identity not in copies or value.numel() == 0:
+            copies[identity] = value.detach().to("cpu").clone().contiguous()
+        plain[key] = copies[identity]
+    return plain
+
+
+def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> dict[str, Any]:
+    with atomic_path(path) as temporary:
+        torch.save(tensors, temporary)
+    return {"file": path.name, "sha256": sha256_file(path)}
+
+
+def save_pretrained(pretrained: PretrainedEncoder, out_dir: str | os.PathLike) -> Path:
+    """Writes ``encoder.pt`` (+ ``stems.pt`` when there are stems) and ``encoder.json``, atomically.
+
+    The weights' file names and sha256 are filled into the manifest; the rest of the manifest is
+    written as given.
+
+    Args:
+        pretrained: weights, manifest, optional stems.
+        out_dir: output folder (created).
+
+    Returns:
+        Path of the manifest.
+    """
+    out_dir = Path(out_dir)
+    manifest = dict(pretrained.manifest)
+    weights = _plain(pretrained.state_dict)
+    manifest["weights"] = {
+        **_save_tensors(weights, out_dir / WEIGHTS_NAME),
+        "num_tensors": len(weights),
+        "num_parameters": int(sum(value.numel() for value in weights.values() if value.is_floating_point())),
+    }
+    if pretrained.stems:
+        flat = {f"{stem_id}.{key}": value for stem_id, stem in pretrained.stems.items() for key, value in stem.items()}
+        manifest["stems"] = {**_save_tensors(_plain(flat), out_dir / STEMS_NAME),
+                             "ids": {stem_id: stem_input_channels(stem) for stem_id, stem in pretrained.stems.items()}}
+    else:
+        manifest.pop("stems", None)
+    return write_json(out_dir / MANIFEST_NAME, manifest)
+
+
+def export_encoder(
+    network_or_encoder: nn.Module,
+    out_dir: str | os.PathLike,
+    *,
+    architecture: dict[str, Any],
+    in_channels: int,
+    modality: str | list[str],
+    spacing: list[float] | tuple[float, ...],
+    normalization: str | dict[str, Any],
+    method: str,
+    method_settings: dict[str, Any] | None = None,
+    data: dict[str, Any] | None = None,
+    stems: dict[str, StateDict] | None = None,
+) -> Path:
+    """Exports the encoder of a (pre-trained) network with its manifest.
+
+    Args:
+        network_or_encoder: a network with an ``encoder`` attribute, or the encoder itself.
+        out_dir: output folder; gets ``encoder.pt`` and ``encoder.json``.
+        architecture: JSON-able encoder spec, e.g. ``{"name": "resenc", "preset": "paper"}``.
+        in_channels: input channels the encoder was trained with.
+        modality: e.g. ``"CT"`` or one name per channel.
+        spacing: voxel spacing in mm the inputs were resampled to.
+        normalization: intensity normalisation used (name or settings).
+        method: pre-training method (``"mae"``, ``"multitalent"``...).
+        method_settings: its settings (mask ratio, block size, schedule...).
+        data: what it saw (data set names, number of volumes...).
+        stems: optional alternative stems by id, keys relative to the stem.
+
+    Returns:
+        Path of the manifest ``encoder.json``.
+    """
+    if not isinstance(architecture, dict) or "name" not in architecture:
+        raise ValueError(f"architecture: expected a dict with at least a 'name', got {architecture!r}")
+    encoder = encoder_of(network_or_encoder)
+    manifest = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "architecture": dict(architecture),
+        "in_channels": int(in_channels),
+        "modality": modality,
+        "spacing": [float(value) for value in spacing],
+        "normalization": normalization,
+        "method": method,
+        "method_settings": dict(method_settings or {}),
+        "data": dict(data or {}),
+        "stem_keys": list(getattr(encoder, "stem_keys", ["stem."])),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "versions": library_versions(),
+    }
+    return save_pretrained(PretrainedEncoder(encoder.state_dict(), manifest, dict(stems or {})), out_dir)
+
+
+def stem_input_channels(stem: StateDict) -> int:
+    """Input channels of a stem: the second dimension of its first convolution weight (5-D tensor).
+
+    Args:
+        stem: stem state dict (any key prefix).
+
+    Returns:
+        The channel count.
+    """
+    for key in sorted(stem):
+        if stem[key].ndim == 5:
+            return int(stem[key].shape[1])
+    raise ValueError(f"no convolution weight among the stem keys {sorted(stem)}")
+
+
+def _verified_tensors(folder: Path, entry: Any, manifest_path: Path, what: str) -> StateDict:
+    if not isinstance(entry, dict) or "file" not in entry or "sha256" not in entry:
+        raise InputError(manifest_path, f"'{what}' must name a 'file' and its 'sha256'")
+    path = folder / entry["file"]
+    if not path.is_file():
+        raise InputError(manifest_path, f"the {what} file {path} it names does not exist")
+    found = sha256_file(path)
+    if found != entry["sha256"]:
+        raise InputError(path, f"sha256 is {found} but the manifest {manifest_path.name} expects "
+                               f"{entry['sha256']}: the file is corrupt or was replaced. Refusing it")
+    tensors = read_checkpoint(path)
+    if not isinstance(tensors, dict) or not all(isinstance(v, torch.Tensor) for v in tensors.values()):
+        raise InputError(path, "expected a plain state dict (str -> tensor)")
+    return tensors
+
+
+def read_manifest_encoder(manifest_path: str | os.PathLike) -> PretrainedEncoder:
+    """Reads our format from its manifest, verifying the sha256 of every weight file.
+
+    Args:
+        manifest_path: path of ``encoder.json``.
+
+    Returns:
+        The encoder, its manifest and stems.
+    """
+    import json
+
+    manifest_path = Path(manifest_path)
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, ValueError) as error:
+        raise InputError(manifest_path, f"is not a readable JSON manifest ({error})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
+        raise InputError(manifest_path, f"is not an encoder manifest (expected \"format\": \"{FORMAT_NAME}\")")
+    if int(manifest.get("format_version", 0)) > FORMAT_VERSION:
+        raise InputError(manifest_path, f"format_version {manifest['format_version']} is newer than this "
+                                        f"library understands ({FORMAT_VERSION}): update the library")
+    folder = manifest_path.parent
+    state_dict = _verified_tensors(folder, manifest.get("weights"), manifest_path, "weights")
+    stems: dict[str, StateDict] = {}
+    if manifest.get("stems"):
+        flat = _verified_tensors(folder, manifest["stems"], manifest_path, "stems")
+        for stem_id in manifest["stems"].get("ids", {}):
+            stems[stem_id] = {key[len(stem_id) + 1:]: value for key, value in flat.items()
+                              if key.startswith(f"{stem_id}.")}
+    return PretrainedEncoder(state_dict, manifest, stems, source=str(manifest_path))
+
+
+def load_pretrained(path: str | os.PathLike, *, stem: str | None = None) -> PretrainedEncoder:
+    """Loads pre-trained encoder weights from any understood format.
+
+    Understood: our manifest ``encoder.json``; our ``encoder.pt`` (its manifest is read from beside
+    it); a folder holding ``encoder.json``; an nnssl checkpoint; a MultiTalent checkpoint (choose its
+    stem with ``stem``). Foreign checkpoints are read with ``weights_only=True`` only.
+
+    Args:
+        path: file or folder.
+        stem: stem id for checkpoints with per-dataset stems.
+
+    Returns:
+        The encoder weights with a manifest.
+    """
+    from shared.checkpoints.importers import import_checkpoint
+
+    path = Path(path)
+    if path.is_dir():
+        if not (path / MANIFEST_NAME).is_file():
+            raise InputError(path, f"is a folder without {MANIFEST_NAME}; {understood_formats()}")
+        return read_manifest_encoder(path / MANIFEST_NAME)
+    if not path.is_file():
+        raise InputError(path, "no such file or folder")
+    if path.suffix == ".json":
+        return read_manifest_encoder(path)
+    if path.name in (WEIGHTS_NAME, STEMS_NAME) and (path.parent / MANIFEST_NAME).is_file():
+        return read_manifest_encoder(path.parent / MANIFEST_NAME)
+    return import_checkpoint(path, stem=stem)
+
+
+def understood_formats() -> str:
+    """One sentence listing the formats ``load_pretrained`` reads, for error messages."""
+    return (
+        "understood formats: (1) our encoder.json manifest beside encoder.pt, or a folder holding them; "
+        "(2) an nnssl checkpoint (a dict with 'network_weights' and 'nnssl_adaptation_plan'); "
+        "(3) a MultiTalent checkpoint (weights with per-dataset stems 'encoder.stem.<id>.*', "
+        "choose one with stem=<id>)"
+    )

@@ -1,0 +1,223 @@
+"""Loading pre-trained weights into a detector: encoder only (default) or everything, never silently partial.
+
+Every key is accounted for in the ``TransferReport``: transferred, skipped on purpose (a fresh stem,
+aliases, the allow-list), missing from the checkpoint, unexpected in it, or of the wrong shape. Any
+missing, unexpected or mis-shaped key that the caller did not allow explicitly raises, listing them.
+
+Stems, when the downstream input has another channel count than pre-training (paper, appendix C.2):
+``"random"`` keeps the network's fresh stem; ``"replicate"`` repeats a single-channel stem's input
+convolution across the new channels scaled by 1/channels (so a volume with identical channels gives
+the pre-trained response); ``"matching"`` takes a stem whose channel count matches — the main one or
+one of the per-dataset stems (MultiTalent) — and fails if there is none.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from shared.checkpoints.manifest import PretrainedEncoder, StateDict, stem_input_channels
+from shared.io.errors import InputError
+
+STEM_STRATEGIES = ("random", "replicate", "matching")
+MODES = ("encoder", "all")
+# DNA's conv/norm wrapper registers the same modules twice (``conv`` and ``all_modules.0``); a
+# network without the alias needs only one copy
+ALIAS_MARK = ".all_modules."
+
+
+@dataclass
+class TransferReport:
+    """What a transfer did, key by key (names as in ``network.state_dict()`` for network keys).
+
+    Attributes:
+        transferred_keys: network keys that received pre-trained values.
+        skipped_keys: checkpoint keys left out on purpose (random stem, aliases, allow-list).
+        missing_keys: network keys the checkpoint lacked (allowed ones included).
+        unexpected_keys: checkpoint keys the network lacks (allowed ones included).
+        shape_mismatches: ``"key: checkpoint shape vs network shape"`` lines.
+        stem: the stem strategy used, and ``stem_source`` the stem taken (``"main"``, an id, or None).
+    """
+
+    transferred_keys: list[str] = field(default_factory=list)
+    skipped_keys: list[str] = field(default_factory=list)
+    missing_keys: list[str] = field(default_factory=list)
+    unexpected_keys: list[str] = field(default_factory=list)
+    shape_mismatches: list[str] = field(default_factory=list)
+    stem: str = "matching"
+    stem_source: str | None = None
+
+    def new_parameters(self, network: nn.Module) -> list[str]:
+        """Names of the network's parameters that were not transferred (trained alone during warm-up)."""
+        done = set(self.transferred_keys)
+        return [name for name, _ in network.named_parameters() if name not in done]
+
+
+def architecture_differences(found: dict[str, Any], expected: dict[str, Any]) -> list[str]:
+    """Fields on which two encoder specs disagree (only fields both state are compared).
+
+    Args:
+        found: the manifest's ``architecture``.
+        expected: the detector's encoder spec.
+
+    Returns:
+        ``"field: checkpoint X, network Y"`` lines; empty when compatible.
+    """
+    def plain(value: Any) -> Any:
+        return [plain(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+    return [f"{key}: checkpoint {found[key]!r}, network {expected[key]!r}"
+            for key in sorted(set(found) & set(expected)) if plain(found[key]) != plain(expected[key])]
+
+
+def _stem_prefixes(encoder: nn.Module) -> tuple[str, ...]:
+    return tuple(getattr(encoder, "stem_keys", None) or ("stem.",))
+
+
+def _in_channels_of(target: StateDict, stem_keys: list[str]) -> int:
+    return stem_input_channels({key: target[key] for key in stem_keys})
+
+
+def _choose_stem(pretrained: PretrainedEncoder, source_stem: StateDict, channels: int) -> tuple[StateDict, str]:
+    if source_stem and stem_input_channels(source_stem) == channels:
+        return source_stem, "main"
+    for stem_id, stem in pretrained.stems.items():
+        if stem_input_channels(stem) == channels:
+            return stem, stem_id
+    offered = [f"main ({stem_input_channels(source_stem)})"] if source_stem else []
+    offered += [f"{stem_id} ({stem_input_channels(stem)})" for stem_id, stem in pretrained.stems.items()]
+    raise InputError(pretrained.source, f"no pre-trained stem takes {channels} input channel(s) (stems and their "
+                                        f"channels: {', '.join(offered) or 'none'}); use stem='random' or "
+                                        "stem='replicate'")
+
+
+def _replicate(source_stem: StateDict, target: StateDict, channels: int, source: str | None) -> StateDict:
+    if stem_input_channels(source_stem) != 1:
+        raise InputError(source, f"stem='replicate' needs a single-channel stem; this one takes "
+                                 f"{stem_input_channels(source_stem)} channels")
+    adapted = {}
+    for key, value in source_stem.items():
+        wanted = target.get(key)
+        if value.ndim == 5 and value.shape[1] == 1 and wanted is not None and wanted.shape[1] == channels:
+            value = value.repeat(1, channels, 1, 1, 1) / channels
+        adapted[key] = value
+    return adapted
+
+
+def _adapt_stem(
+    pretrained: PretrainedEncoder, source: StateDict, target: StateDict, prefixes: tuple[str, ...], strategy: str
+) -> tuple[StateDict, list[str], list[str], str | None]:
+    """Applies the stem strategy; returns (source without/with adapted stem, skipped, excused, stem source)."""
+    def in_stem(key: str) -> bool:
+        return key.startswith(prefixes)
+
+    source_stem = {key: value for key, value in source.items() if in_stem(key)}
+    target_stem_keys = [key for key in target if in_stem(key)]
+    rest = {key: value for key, value in source.items() if not in_stem(key)}
+    if strategy == "random" or not target_stem_keys:
+        return rest, sorted(source_stem), target_stem_keys, None
+    channels = _in_channels_of(target, target_stem_keys)
+    if not source_stem and not pretrained.stems:
+        raise InputError(pretrained.source, f"holds no stem weights (keys starting with {list(prefixes)}); "
+                                            "use stem='random'")
+    if strategy == "replicate":
+        if source_stem and stem_input_channels(source_stem) == channels:
+            return {**rest, **source_stem}, [], [], "main"
+        return {**rest, **_replicate(source_stem, target, channels, pretrained.source)}, [], [], "main"
+    stem, stem_id = _choose_stem(pretrained, source_stem, channels)
+    if stem_id != "main":
+        # per-dataset stems are stored relative to the stem; the first prefix is where they belong
+        stem = {prefixes[0] + key: value for key, value in stem.items()}
+    return {**rest, **stem}, [], [], stem_id
+
+
+def _matches(key: str, patterns: Sequence[str]) -> bool:
+    return any(fnmatch.fnmatchcase(key, pattern) for pattern in patterns)
+
+
+def transfer_encoder(
+    network: nn.Module,
+    pretrained: PretrainedEncoder,
+    *,
+    mode: str = "encoder",
+    stem: str = "matching",
+    allow_missing: Sequence[str] = (),
+    expected_architecture: dict[str, Any] | None = None,
+) -> TransferReport:
+    """Loads pre-trained weights into ``network.encoder`` (or the whole network) and reports every key.
+
+    Args:
+        network: the detector (or any module with an ``encoder``); with mode ``"all"`` any module.
+        pretrained: weights from ``load_pretrained`` (encoder keys; whole-network keys for ``"all"``).
+        mode: ``"encoder"`` (the paper's default) or ``"all"`` (every matching key, for our own full
+            checkpoints).
+        stem: ``"matching"`` (default; a stem with the network's channel count), ``"random"`` or
+            ``"replicate"``.
+        allow_missing: fnmatch patterns of keys (network keys for missing, checkpoint keys for
+            unexpected or mis-shaped ones) that may be left out without an error.
+        expected_architecture: the network's encoder spec; compared with the manifest's.
+
+    Returns:
+        The report; ``new_parameters(network)`` lists what the warm-up phase trains.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
+    if stem not in STEM_STRATEGIES:
+        raise ValueError(f"stem: expected one of {STEM_STRATEGIES}, got {stem!r}")
+    if expected_architecture is not None:
+        differences = architecture_differences(pretrained.manifest.get("architecture") or {}, expected_architecture)
+        if differences:
+            raise InputError(pretrained.source, "architecture of the pre-trained encoder differs from the network's "
+                                                f"encoder: {'; '.join(differences)}")
+    target_module = network.encoder if mode == "encoder" else network
+    prefix = getattr(network, "encoder_prefix", "encoder.") if mode == "encoder" else ""
+    prefixes = _stem_prefixes(getattr(network, "encoder", network))
+    if mode == "all":
+        prefixes = tuple(getattr(network, "encoder_prefix", "encoder.") + p for p in prefixes)
+    target = target_module.state_dict()
+    source = dict(pretrained.state_dict)
+    report = TransferReport(stem=stem)
+    if not any(ALIAS_MARK in key for key in target):
+        report.skipped_keys += sorted(key for key in source if ALIAS_MARK in key)
+        source = {key: value for key, value in source.items() if ALIAS_MARK not in key}
+    source, skipped, excused, report.stem_source = _adapt_stem(pretrained, source, target, prefixes, stem)
+    report.skipped_keys += skipped
+    _compare(source, target, set(excused), allow_missing, report, prefix, pretrained.source)
+    _load(target_module, target, source, report, prefix)
+    return report
+
+
+def _compare(source: StateDict, target: StateDict, excused: set[str], allow: Sequence[str],
+             report: TransferReport, prefix: str, origin: str | None) -> None:
+    refused: list[str] = []
+    for key, value in sorted(source.items()):
+        if key not in target:
+            report.unexpected_keys.append(key)
+            refused += [] if _matches(key, allow) else [f"unexpected {key}"]
+        elif tuple(value.shape) != tuple(target[key].shape):
+            line = f"{key}: checkpoint {tuple(value.shape)} vs network {tuple(target[key].shape)}"
+            report.shape_mismatches.append(line)
+            refused += [] if _matches(key, allow) else [f"shape {line}"]
+        else:
+            report.transferred_keys.append(prefix + key)
+    for key in sorted(set(target) - set(source) - excused):
+        report.missing_keys.append(prefix + key)
+        refused += [] if _matches(prefix + key, allow) or _matches(key, allow) else [f"missing {prefix + key}"]
+    if refused:
+        shown = "; ".join(refused[:20]) + (f"; ... ({len(refused)} in all)" if len(refused) > 20 else "")
+        raise InputError(origin, f"refusing a partial load of pre-trained weights: {shown}. If this is intended, "
+                               "pass the keys (fnmatch patterns) in allow_missing")
+
+
+def _load(module: nn.Module, target: StateDict, source: StateDict, report: TransferReport, prefix: str) -> None:
+    merged = dict(target)
+    for name in report.transferred_keys:
+        key = name[len(prefix):]
+        merged[key] = source[key].to(dtype=target[key].dtype, device=target[key].device)
+    with torch.no_grad():
+        module.load_state_dict(merged, strict=True)

@@ -1,0 +1,144 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from checkpoint_cases import (
+    TINY_SPEC,
+    dna_encoder,
+    dna_unet,
+    dynamic_plan,
+    save_multitalent_checkpoint,
+    save_nnssl_checkpoint,
+)
+
+from shared.checkpoints.importers import RESENC_L, architecture_from_nnssl, import_checkpoint, infer_resenc_architecture
+from shared.checkpoints.manifest import load_pretrained, sha256_file
+from shared.io.errors import InputError
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+
+
+def assert_same_state(actual, expected):
+    assert list(actual) == list(expected)
+    for key in expected:
+        assert actual[key].dtype == expected[key].dtype and torch.equal(actual[key], expected[key]), key
+
+
+def test_nnssl_import_equals_dna_encoder(tmp_path):
+    network = dna_unet(in_channels=1)
+    save_nnssl_checkpoint(tmp_path / "checkpoint_final.pth", network, 1)
+    pretrained = load_pretrained(tmp_path / "checkpoint_final.pth")
+    assert_same_state(pretrained.state_dict, network.encoder.state_dict())
+
+    fresh = dna_encoder(1, seed=9)
+    fresh.load_state_dict(pretrained.state_dict, strict=True)
+    images = torch.randn(2, 1, 16, 16, 16, dtype=torch.float64)
+    network.eval(), fresh.eval()
+    for ours, theirs in zip(fresh(images), network.encoder(images)):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
+
+    manifest = pretrained.manifest
+    assert manifest["architecture"] == TINY_SPEC
+    assert manifest["in_channels"] == 1 and manifest["spacing"] == [1.0, 1.0, 1.0]
+    assert manifest["normalization"] == ["ZScoreNormalization"] and manifest["method"] == "BaseMAETrainer"
+    assert manifest["method_settings"]["in_projection_keys"] == ["stem.convs.0.conv", "stem.convs.0.all_modules.0"]
+    assert manifest["data"] == {"dataset_name": "Dataset745_OpenMind"}
+    assert manifest["source"] == {"format": "nnssl", "file": "checkpoint_final.pth",
+                                  "sha256": sha256_file(tmp_path / "checkpoint_final.pth")}
+
+
+def test_resenc_l_plan_maps_to_the_paper_preset():
+    plan = {"arch_class_name": "ResEncL", "arch_kwargs": None, "arch_kwargs_requiring_import": None}
+    assert architecture_from_nnssl(plan, Path("c.pth")) == {"name": "resenc", "preset": "paper", **RESENC_L}
+    with pytest.raises(InputError, match="PrimusM.*not a residual-encoder"):
+        architecture_from_nnssl({"arch_class_name": "PrimusM"}, Path("c.pth"))
+
+
+def test_inconsistent_decoder_copy_is_refused(tmp_path):
+    network = dna_unet()
+    save_nnssl_checkpoint(tmp_path / "c.pth", network, 1)
+    checkpoint = torch.load(tmp_path / "c.pth", weights_only=True)
+    key = "decoder.encoder.stages.1.blocks.0.conv1.conv.bias"
+    # the copy shares storage with the encoder's tensor in a genuine checkpoint: replace, do not edit
+    checkpoint["network_weights"][key] = checkpoint["network_weights"][key] + 1
+    torch.save(checkpoint, tmp_path / "c.pth")
+    with pytest.raises(InputError, match="differs from its encoder copy"):
+        import_checkpoint(tmp_path / "c.pth")
+
+
+def test_wrong_channel_count_in_plan_is_refused(tmp_path):
+    save_nnssl_checkpoint(tmp_path / "c.pth", dna_unet(1), 1, plan=dynamic_plan(2))
+    with pytest.raises(InputError, match="pretrain_num_input_channels=2"):
+        import_checkpoint(tmp_path / "c.pth")
+
+
+def test_multitalent_stem_choice(tmp_path):
+    stems = save_multitalent_checkpoint(tmp_path / "mt.pth", {"ct": dna_unet(1, seed=0), "brats": dna_unet(2, seed=1)})
+    with pytest.raises(InputError, match=r"choose one with stem=<id>; available: brats \(2 channel\(s\)\), ct \(1"):
+        load_pretrained(tmp_path / "mt.pth")
+    with pytest.raises(InputError, match="has no stem 'mri'; available: brats"):
+        load_pretrained(tmp_path / "mt.pth", stem="mri")
+
+    pretrained = load_pretrained(tmp_path / "mt.pth", stem="brats")
+    expected = dna_encoder(2).state_dict()
+    for key, value in stems["ct"].encoder.state_dict().items():
+        if not key.startswith("stem."):
+            expected[key] = value
+    for key, value in stems["brats"].encoder.state_dict().items():
+        if key.startswith("stem."):
+            expected[key] = value
+    assert sorted(pretrained.state_dict) == sorted(expected)
+    assert all(torch.equal(pretrained.state_dict[key], expected[key]) for key in expected)
+    assert set(pretrained.stems) == {"ct", "brats"} and pretrained.manifest["in_channels"] == 2
+    ct_stem = stems["ct"].encoder.stem.state_dict()
+    assert all(torch.equal(pretrained.stems["ct"][key], ct_stem[key]) for key in ct_stem)
+    assert pretrained.manifest["method_settings"] == {"stem": "brats", "available_stems": ["brats", "ct"]}
+    assert pretrained.manifest["architecture"] == {"name": "resenc", "features": [4, 8, 16], "blocks": [1, 2, 2],
+                                                   "kernel_sizes": [3, 3, 3]}
+
+
+def test_inferred_architecture_matches_the_weights():
+    assert infer_resenc_architecture(dna_encoder().state_dict())["blocks"] == [1, 2, 2]
+
+
+def test_command_line_import_round_trip(tmp_path, monkeypatch, capsys):
+    network = dna_unet()
+    save_nnssl_checkpoint(tmp_path / "c.pth", network, 1)
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPOSITORY)}
+    command = [sys.executable, "-m", "tools.import_encoder", "--checkpoint", str(tmp_path / "c.pth"),
+               "--out", str(tmp_path / "out"), "--modality", "MRI"]
+    done = subprocess.run(command, cwd=REPOSITORY, env=environment, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    manifest = json.loads((tmp_path / "out" / "encoder.json").read_text())
+    assert manifest["modality"] == "MRI" and manifest["source"]["format"] == "nnssl"
+    assert_same_state(load_pretrained(tmp_path / "out").state_dict, network.encoder.state_dict())
+
+    # bad input: a one-line error and exit status 2, no traceback (in-process: a second interpreter is slow)
+    from tools import import_encoder
+
+    monkeypatch.setattr(sys, "argv", ["import_encoder", "--checkpoint", str(tmp_path / "missing.pth"),
+                                      "--out", str(tmp_path / "other")])
+    with pytest.raises(SystemExit) as exited:
+        import_encoder.main()
+    assert exited.value.code == 2 and "missing.pth: no such file" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_resenc_l_nnssl_checkpoint_imports_at_full_size(tmp_path):
+    from torch import nn
+    from dynamic_network_architectures.architectures.unet import ResidualEncoderUNet
+
+    network = ResidualEncoderUNet(
+        1, 6, RESENC_L["features"], nn.Conv3d, 3, RESENC_L["strides"], RESENC_L["blocks"], 1, [1] * 5, True,
+        nn.InstanceNorm3d, {"eps": 1e-5, "affine": True}, None, None, nn.LeakyReLU, {"inplace": True},
+    )
+    plan = {**dynamic_plan(1), "architecture_plans": {"arch_class_name": "ResEncL", "arch_kwargs": None}}
+    torch.save({"network_weights": network.state_dict(), "nnssl_adaptation_plan": plan}, tmp_path / "l.pth")
+    pretrained = load_pretrained(tmp_path / "l.pth")
+    assert pretrained.manifest["architecture"]["preset"] == "paper"
+    assert sum(p.numel() for p in network.encoder.parameters()) == 90_296_576  # the paper's ~90.3 M
+    assert_same_state(pretrained.state_dict, network.encoder.state_dict())

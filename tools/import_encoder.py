@@ -1,0 +1,53 @@
+"""Convert a released encoder checkpoint (nnssl, MultiTalent) into our ``encoder.pt`` + ``encoder.json``.
+
+    python -m tools.import_encoder --checkpoint C.pth --out DIR [--stem ID] [--modality CT] [--spacing "[1,1,1]"]
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import fire
+
+from shared.checkpoints.manifest import load_pretrained, save_pretrained
+from shared.io.errors import InputError
+
+
+def import_encoder(
+    checkpoint: str,
+    out: str,
+    stem: str | None = None,
+    modality: str | None = None,
+    spacing: list[float] | None = None,
+) -> str:
+    """Imports a checkpoint and writes our encoder format.
+
+    Args:
+        checkpoint: the released checkpoint (read with ``weights_only=True``; never executed).
+        out: output folder for ``encoder.pt`` and ``encoder.json``.
+        stem: stem id for checkpoints with per-dataset stems (MultiTalent).
+        modality: the modality the encoder was pre-trained on, when the checkpoint does not say.
+        spacing: the pre-training spacing in mm, when the checkpoint does not say.
+
+    Returns:
+        Path of the written manifest.
+    """
+    pretrained = load_pretrained(checkpoint, stem=None if stem is None else str(stem))
+    if modality is not None:
+        pretrained.manifest["modality"] = modality
+    if spacing is not None:
+        pretrained.manifest["spacing"] = [float(value) for value in spacing]
+    return str(save_pretrained(pretrained, Path(out)))
+
+
+def main() -> None:
+    try:
+        fire.Fire(import_encoder)
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
