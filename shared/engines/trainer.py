@@ -26,8 +26,10 @@ from shared.io.atomic import atomic_path, write_json
 logger = logging.getLogger(__name__)
 
 LAST_PREFIX = "last"
-BEST_NAME = "model_best.pt"
+#: the weights to use (MONAI's bundle convention): the best validated model, else the final one
+MODEL_NAME = "model.pt"
 BEST_RECORD = "model_best.json"
+FINAL_NAME = "model_final.pt"
 
 
 def detection_forward(model: nn.Module, batch: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
@@ -62,7 +64,11 @@ class Trainer:
         gradient_clip: max gradient norm (None: off).
         checkpoint_every: iterations between "last" checkpoints (also written at each epoch end).
         validate: ``(model) -> metrics`` run every ``validate_every`` epochs on rank 0.
-        key_metric: metric deciding the best model, saved as ``output_dir/model_best.pt``.
+        key_metric: metric deciding the best model, saved as ``output_dir/model.pt`` with its metrics
+            in ``model_best.json``; the last weights go to ``model_final.pt`` (and to ``model.pt`` when
+            nothing was validated).
+        save_module: the module whose state dict those files hold (e.g. the bare network of a
+            detector, so a bundle's ``network_def`` loads it); default the model.
         iteration_handlers: callables ``(engine)`` run at the start of each iteration (warm-up freeze).
         progress: show a progress bar.
     """
@@ -90,6 +96,7 @@ class Trainer:
         key_metric: str = "AP_IoU_0.10_MaxDet_100",
         iteration_handlers: Sequence[Callable[[Engine], None]] = (),
         progress: bool = True,
+        save_module: nn.Module | None = None,
     ):
         self.model, self.optimizer, self.data_loader = model, optimizer, data_loader
         self.output_dir = Path(output_dir)
@@ -101,6 +108,7 @@ class Trainer:
         total = iterations_per_epoch * max_epochs
         self.schedule = dict(base_lr=base_lr, total_iterations=total, warmup_iterations=warmup_iterations,
                              freeze_iterations=freeze_iterations, exponent=poly_exponent)
+        self.save_module = save_module
         self.engine = Engine(self._step)
         self._writer = None
         self._attach(checkpoint_every, validate, validate_every, key_metric, iteration_handlers, progress)
@@ -181,8 +189,7 @@ class Trainer:
         best = self.best_metric()
         logger.info("epoch %d validation %s = %.4f (best %.4f)", engine.state.epoch, key_metric, score, best)
         if math.isfinite(score) and score > best:
-            with atomic_path(self.output_dir / BEST_NAME) as temporary:
-                torch.save(_unwrap(self.model).state_dict(), temporary)
+            self._save_weights(MODEL_NAME)
             write_json(self.output_dir / BEST_RECORD, {"key_metric": key_metric, "value": score,
                                                        "iteration": engine.state.iteration, "metrics": metrics})
 
@@ -191,7 +198,16 @@ class Trainer:
         record = self.output_dir / BEST_RECORD
         return json.loads(record.read_text())["value"] if record.exists() else -math.inf
 
+    def _save_weights(self, name: str) -> None:
+        module = self.save_module if self.save_module is not None else _unwrap(self.model)
+        if idist.get_rank() == 0:
+            with atomic_path(self.output_dir / name) as temporary:
+                torch.save(module.state_dict(), temporary)
+
     def _close(self, engine: Engine) -> None:
+        self._save_weights(FINAL_NAME)
+        if not (self.output_dir / BEST_RECORD).exists():
+            self._save_weights(MODEL_NAME)
         if self._writer is not None:
             self._writer.close()
 

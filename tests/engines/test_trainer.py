@@ -59,7 +59,8 @@ def test_validation_saves_the_best_model_and_logs(tmp_path):
     scores = iter([0.2, 0.5, 0.3])
     trainer, model = make_trainer(tmp_path, epochs=3, validate=lambda m: {"AP_IoU_0.10_MaxDet_100": next(scores)})
     trainer.run()
-    best = torch.load(tmp_path / "model_best.pt", weights_only=True)
+    best = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert (tmp_path / "model_final.pt").exists()
     assert set(best) == set(model.state_dict())
     assert list((tmp_path / "logs").iterdir()), "TensorBoard logs are written"
     assert trainer.best_metric() == pytest.approx(0.5)
