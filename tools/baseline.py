@@ -5,7 +5,9 @@
 
 from __future__ import annotations
 
+import json
 import sys
+from pathlib import Path
 
 import fire
 from tqdm import tqdm
@@ -24,11 +26,13 @@ def main(datalist: str, out: str, split: str = "test", threshold: float = 40.0, 
         AP@0.1 (mean over classes) when ``evaluate``, else None.
     """
     entries = read_split(datalist, split)
+    # predictions name each image as the datalist does (relative to it), so both files move together
+    written = [entry["image"] for entry in json.loads(Path(datalist).read_text())[split]]
     predictions = []
-    for entry in tqdm(entries, desc="LoG baseline"):
+    for entry, name in tqdm(list(zip(entries, written)), desc="LoG baseline"):
         volume = load_volume(entry["image"])
         found = detect_blobs(volume.array[0], volume.affine, threshold=threshold)
-        predictions.append({"image": entry["image"], **{k: v.tolist() for k, v in found.items()}})
+        predictions.append({"image": name, **{k: v.tolist() for k, v in found.items()}})
     write_json(out, predictions)
     if not evaluate:
         return None

@@ -1,0 +1,1 @@
+"""Data: the embedded synthetic data sets (``synthetic``); preprocessing and sampling live beside it."""

@@ -8,7 +8,7 @@ SHAPE, SPACING = (40, 48, 32), (4.0, 4.0, 5.0)
 
 def test_two_channels_on_one_grid_with_lesions_seen_in_both():
     case = generate_brain_case(np.random.default_rng(1), SHAPE, SPACING)
-    assert case.image.shape == (2, *SHAPE) and case.image.dtype == np.float32
+    assert case.image.shape == (2, *SHAPE) and case.image.dtype == np.int16
     boxes, ids = boxes_from_instance_mask(case.instances)
     assert len(ids) >= 1 and case.labels == [0] * len(ids)
     brain = case.image[0] > np.percentile(case.image[0], 60)

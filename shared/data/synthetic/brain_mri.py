@@ -16,6 +16,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import torch
 from scipy import ndimage
 
 from shared.data.synthetic.case import Case, TaskSpec
@@ -41,13 +42,25 @@ def template_paths() -> dict[str, Path]:
     return {name: folder / f"mni_icbm152_{name}_tal_nlin_sym_09a_converted.nii.gz" for name in _TEMPLATES}
 
 
-@functools.lru_cache(maxsize=1)
-def load_templates() -> tuple[np.ndarray, np.ndarray]:
-    """``(maps, affine)``: maps (3, X, Y, Z) float32 in [0, 1] (T1, grey, white), the templates' RAS affine."""
+@functools.lru_cache(maxsize=2)
+def load_templates(factor: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """The templates, optionally averaged over ``factor``-cubed blocks (for coarse grids: this anti-aliases
+    them and makes sampling several times faster).
+
+    Returns:
+        ``(maps, affine)``: maps (3, X, Y, Z) float32 in [0, 1] (T1, grey, white), their RAS affine.
+    """
     paths = template_paths()
     images = [nib.load(str(paths[name])) for name in _TEMPLATES]
     maps = np.stack([np.asarray(image.dataobj, dtype=np.float32) / 255.0 for image in images])
-    return maps, images[0].affine
+    affine = np.array(images[0].affine, dtype=np.float64)
+    if factor > 1:
+        size = np.array(maps.shape[1:]) // factor
+        maps = maps[:, :size[0] * factor, :size[1] * factor, :size[2] * factor]
+        maps = maps.reshape(3, size[0], factor, size[1], factor, size[2], factor).mean(axis=(2, 4, 6))
+        affine[:3, 3] += affine[:3, :3] @ np.full(3, (factor - 1) / 2)  # block centre
+        affine[:3, :3] *= factor
+    return np.ascontiguousarray(maps), affine
 
 
 def generate_brain_case(rng: np.random.Generator, shape, spacing, preset: str = "quick", empty: bool = False) -> Case:
@@ -61,7 +74,7 @@ def generate_brain_case(rng: np.random.Generator, shape, spacing, preset: str = 
         empty: no lesion.
 
     Returns:
-        The case: image (2, X, Y, Z) float32 (T1c, FLAIR), instances (X, Y, Z), labels all 0.
+        The case: image (2, X, Y, Z) int16 (T1c, FLAIR), instances (X, Y, Z), labels all 0.
     """
     grid = Grid.centred(shape, spacing, np.array(CENTRE) + rng.uniform(-5, 5, 3))
     t1, grey, white = _warped_templates(rng, grid)
@@ -83,18 +96,31 @@ def generate_brain_case(rng: np.random.Generator, shape, spacing, preset: str = 
 
 def _warped_templates(rng: np.random.Generator, grid: Grid) -> list[np.ndarray]:
     """Sample the templates on ``grid`` through a random affine plus a smooth displacement field."""
-    maps, affine = load_templates()
-    x, y, z = np.meshgrid(*[a.ravel() for a in grid.axes()], indexing="ij")
-    points = np.stack([x.ravel(), y.ravel(), z.ravel()], axis=1).astype(np.float64)
+    maps, affine = load_templates(2 if min(grid.spacing) >= 1.8 else 1)
+    x, y, z = grid.axes()
+    points = np.stack(np.broadcast_arrays(x, y, z), axis=-1)  # (X, Y, Z, 3) world mm
     angle = rng.uniform(-0.12, 0.12)
     rotation = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
-    linear = rotation @ np.diag(rng.uniform(0.92, 1.08, 3))
-    centre = np.array(CENTRE)
-    lower, upper = points.min(axis=0), points.max(axis=0)
-    displacement = np.stack([SmoothField(rng, lower, upper, cell_mm=16.0).on_grid(grid).ravel() for _ in range(3)], 1)
+    linear = (rotation @ np.diag(rng.uniform(0.92, 1.08, 3))).astype(np.float32)
+    centre = np.array(CENTRE, dtype=np.float32)
+    lower, upper = points.reshape(-1, 3).min(axis=0), points.reshape(-1, 3).max(axis=0)
+    displacement = np.stack([SmoothField(rng, lower, upper, cell_mm=16.0).on_grid(grid) for _ in range(3)], -1)
     source = (points - centre) @ linear.T + centre + 3.0 * displacement
-    index = (source - affine[:3, 3]) / np.diag(affine)[:3]
-    return [ndimage.map_coordinates(m, index.T, order=1, mode="constant").reshape(grid.shape) for m in maps]
+    index = (source - affine[:3, 3].astype(np.float32)) / np.diag(affine)[:3].astype(np.float32)
+    return _sample_trilinear(maps, index)
+
+
+def _sample_trilinear(maps: np.ndarray, index: np.ndarray) -> list[np.ndarray]:
+    """Trilinear samples of (C, X, Y, Z) ``maps`` at voxel positions ``index`` (..., 3), zero outside.
+
+    ``grid_sample`` does all channels in one pass, several times faster than scipy per channel.
+    """
+    sizes = np.array(maps.shape[1:], dtype=np.float32)
+    normalised = 2 * index / (sizes - 1) - 1  # align_corners=True: -1 and 1 are the end voxels' centres
+    grid = torch.from_numpy(np.ascontiguousarray(normalised[..., ::-1], dtype=np.float32))[None]
+    sampled = torch.nn.functional.grid_sample(torch.from_numpy(maps)[None], grid, mode="bilinear",
+                                              padding_mode="zeros", align_corners=True)[0].numpy()
+    return list(sampled)
 
 
 def _place_lesion(rng, radius, depth, white, t1c, flair, instances, grid: Grid) -> None:
@@ -139,7 +165,8 @@ def _acquire(rng: np.random.Generator, signal: np.ndarray, grid: Grid) -> np.nda
     sigma = rng.uniform(0.02, 0.045)
     real = clean + sigma * rng.standard_normal(grid.shape, dtype=np.float32)
     imaginary = sigma * rng.standard_normal(grid.shape, dtype=np.float32)
-    return (1000.0 * np.sqrt(real ** 2 + imaginary ** 2)).astype(np.float32)
+    # integer intensities, as MR scanners store them (and half the bytes to compress)
+    return np.round(1000.0 * np.sqrt(real ** 2 + imaginary ** 2)).astype(np.int16)
 
 
 BRAIN_MRI = TaskSpec(name="brain_mri", classes=CLASSES, channels=CHANNELS, modality="MRI", grids=GRIDS,

@@ -13,7 +13,7 @@ class Case:
     """One generated scan with its ground truth.
 
     Attributes:
-        image: (C, X, Y, Z) the channels on one grid (int16 Hounsfield units for CT, float32 for MRI).
+        image: (C, X, Y, Z) the channels on one grid (int16: Hounsfield units for CT, scanner-like integers for MRI).
         affine: (4, 4) voxel-index → RAS-mm matrix.
         instances: (X, Y, Z) int16 instance map, 0 background, 1..N objects.
         labels: class of instance ``i + 1`` at position ``i``.
