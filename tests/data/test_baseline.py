@@ -45,3 +45,15 @@ def test_blob_detector_finds_a_sphere_in_air():
     # world LPS: x and y flip sign under a RAS affine
     np.testing.assert_allclose(best[:3], [-20.0, -18.0, 30.0], atol=1.5)
     assert 4 < best[3] < 14
+
+
+def test_average_precision_ignores_a_class_without_ground_truth():
+    truths = [{"box": [[0, 0, 0, 4, 4, 4]], "label": [1]}, {"box": [[10, 10, 10, 4, 4, 4]], "label": [1]}]
+    found = [{"box": [[0, 0, 0, 4, 4, 4], [30, 30, 30, 4, 4, 4]], "label": [1, 0], "label_scores": [0.9, 0.8]},
+             {"box": [[10.5, 10, 10, 4, 4, 4]], "label": [1], "label_scores": [0.7]}]
+    assert average_precision_at(found, truths, 2) == 1.0
+    # a false positive ranked first: precision 1/2 at recall 1/2, 2/3 at recall 1; interpolated
+    # precision is the best at any higher recall, so 2/3 at all 101 points
+    found[1]["label_scores"] = [0.95]
+    found[0]["box"][1], found[0]["label"][1], found[0]["label_scores"][1] = [30, 30, 30, 4, 4, 4], 1, 0.99
+    assert abs(average_precision_at(found, truths, 2) - 2 / 3) < 1e-6

@@ -65,8 +65,9 @@ def detect_blobs(hu: np.ndarray, affine: np.ndarray, *, threshold: float = 40.0)
 
 
 def average_precision_at(predictions: list[dict], truths: list[dict], num_classes: int, iou: float = 0.1) -> float:
-    """COCO AP at one IoU threshold, mean over classes, by MONAI's ``COCOMetric`` (a cross-check until
-    the project's own metrics land). Boxes in world cccwhd: IoU does not change under the voxel → mm map.
+    """COCO AP at one IoU threshold, mean over the classes that have ground truth, by MONAI's
+    ``COCOMetric`` (a stand-in until the project's own metrics land). Boxes in world cccwhd: IoU does
+    not change under the voxel → mm map.
     """
     from monai.apps.detection.metrics.coco import COCOMetric
     from monai.apps.detection.metrics.matching import matching_batch
@@ -86,7 +87,9 @@ def average_precision_at(predictions: list[dict], truths: list[dict], num_classe
         gt_boxes=[corners(t["box"]) for t in truths], gt_classes=[np.asarray(t["label"], dtype=int) for t in truths],
         max_detections=MAX_DETECTIONS)
     scores = metric(results)[0]
-    return float(scores[f"AP_IoU_{iou:.2f}_MaxDet_{MAX_DETECTIONS}"])
+    per_class = [float(scores[f"{c}_AP_IoU_{iou:.2f}_MaxDet_{MAX_DETECTIONS}"]) for c in range(num_classes)]
+    present = [value for value in per_class if value >= 0]  # COCOMetric gives -1 to a class with no ground truth
+    return float(np.mean(present)) if present else 0.0
 
 
 def _box_iou(boxes: np.ndarray, others: np.ndarray) -> np.ndarray:

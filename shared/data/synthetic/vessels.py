@@ -29,7 +29,7 @@ class Segment:
 
 
 def grow_vessel_trees(rng: np.random.Generator, anatomy: ChestAnatomy, *, min_radius_mm: float = 0.6,
-                      trees_per_lung: int = 6) -> list[Segment]:
+                      trees_per_lung: int = 10) -> list[Segment]:
     """Grow ``trees_per_lung`` trees from each hilum; each branch stops at the lung surface or when
     thinner than ``min_radius_mm``."""
     segments: list[Segment] = []
@@ -37,9 +37,9 @@ def grow_vessel_trees(rng: np.random.Generator, anatomy: ChestAnatomy, *, min_ra
     for side in (-1.0, 1.0):
         hilum = np.array([side * (anatomy.lung_centre_x - anatomy.lung_axes[0] * 0.55),
                           anatomy.lung_centre_y + 5.0, base + 0.55 * (apex - base)])
-        for tree in range(trees_per_lung):
-            # lobar trunks fan out upwards, sideways and downwards
-            target = np.array([side * rng.uniform(0.5, 1.0), rng.uniform(-0.8, 0.8), 1.5 - 0.6 * tree])
+        for height in np.linspace(1.5, -1.5, trees_per_lung):
+            # segmental trunks fan out upwards, sideways, forwards, backwards and downwards
+            target = np.array([side * rng.uniform(0.3, 1.0), rng.uniform(-1.2, 1.2), height])
             _grow(rng, anatomy, hilum, target / np.linalg.norm(target), rng.uniform(4.0, 5.5), 0,
                   segments, min_radius_mm)
     return segments
