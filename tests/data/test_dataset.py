@@ -48,12 +48,14 @@ def test_every_box_matches_its_mask_and_classes_are_known(tiny_lung, tiny_sizes)
 
 def test_same_seed_same_bytes_other_seed_other_data(tiny_lung, tiny_sizes, tmp_path):
     out, _ = tiny_lung
-    small = dict(num_training=1, num_validation=0, num_test=0, num_unlabelled=0, shape=tiny_sizes["shape"], previews=False)
+    small = dict(num_training=1, num_validation=0, num_test=0, num_unlabelled=0, shape=tiny_sizes["shape"],
+                 previews=False)
     make_dataset_cli("lung_ct", str(tmp_path / "same"), seed=0, **small)
     make_dataset_cli("lung_ct", str(tmp_path / "other"), seed=1, **small)
     name = "imagesTr/lung_ct_tr_000_0000.nii.gz"
     assert (tmp_path / "same" / name).read_bytes() == (out / name).read_bytes()
-    assert (tmp_path / "same" / "labelsTr/lung_ct_tr_000.nii.gz").read_bytes() == (out / "labelsTr/lung_ct_tr_000.nii.gz").read_bytes()
+    mask = "labelsTr/lung_ct_tr_000.nii.gz"
+    assert (tmp_path / "same" / mask).read_bytes() == (out / mask).read_bytes()
     assert (tmp_path / "other" / name).read_bytes() != (out / name).read_bytes()
     first = json.loads((tmp_path / "same" / "datalist.json").read_text())["training"][0]
     assert first == json.loads((out / "datalist.json").read_text())["training"][0]
@@ -84,3 +86,15 @@ def test_unknown_task_or_preset_is_a_user_error(tmp_path):
         make_dataset("liver", tmp_path)
     with pytest.raises(InputError, match="unknown preset"):
         make_dataset("lung_ct", tmp_path, preset="huge")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["lung_ct", "brain_mri"])
+def test_full_preset_makes_scan_sized_cases(task):
+    from shared.data.synthetic.dataset import TASKS
+
+    shape, spacing = TASKS[task].grids["full"]
+    case = make_case(task, "training", 0, preset="full")
+    assert case.image.shape[1:] == shape and case.instances.shape == shape
+    np.testing.assert_allclose(np.diag(case.affine)[:3], spacing)
+    assert case.instances.max() == len(case.labels) >= 1

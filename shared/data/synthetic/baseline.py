@@ -75,7 +75,9 @@ def average_precision_at(predictions: list[dict], truths: list[dict], num_classe
 
     def corners(boxes) -> np.ndarray:
         boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 6)
-        return np.asarray(convert_box_mode(boxes, src_mode=CenterSizeMode, dst_mode=StandardMode)) if len(boxes) else boxes
+        if not len(boxes):
+            return boxes
+        return np.asarray(convert_box_mode(boxes, src_mode=CenterSizeMode, dst_mode=StandardMode))
 
     metric = COCOMetric(classes=[str(c) for c in range(num_classes)], iou_list=[iou],
                         max_detection=[MAX_DETECTIONS], verbose=False)

@@ -25,7 +25,7 @@ from shared.data.synthetic.fields import Grid, SmoothField
 CLASSES = ("metastasis",)
 CHANNELS = ("T1c", "FLAIR")
 GRIDS = {"quick": ((80, 96, 64), (2.0, 2.0, 2.5)), "full": ((176, 208, 176), (1.0, 1.0, 1.0))}
-RADII = {"quick": (3.0, 12.0), "full": (2.5, 12.0)}  # lesion radius range, mm
+RADII = {"quick": (3.5, 12.0), "full": (2.5, 12.0)}  # lesion radius range, mm
 CENTRE = (0.0, -18.0, 12.0)  # world mm: the middle of the MNI brain
 CREDIT = ("Brain anatomy: MNI ICBM 152 nonlinear symmetric 2009a/c templates (Fonov et al., NeuroImage 2011; "
           "Copyright (C) 1993-2009 Louis Collins, McConnell Brain Imaging Centre, McGill University; free use "
@@ -126,7 +126,7 @@ def _sample_trilinear(maps: np.ndarray, index: np.ndarray) -> list[np.ndarray]:
 def _place_lesion(rng, radius, depth, white, t1c, flair, instances, grid: Grid) -> None:
     """An irregular sphere inside the brain, away from other lesions: rim, core, oedema."""
     options = np.flatnonzero(depth > radius + 2)
-    reach = radius * 3.0  # oedema spreads up to about 2.5 radii
+    reach = radius * 3.0  # oedema spreads up to about 2.8 radii
     size = np.ceil(2 * reach / np.array(grid.spacing)).astype(int) | 1
     for _ in range(20):
         if not len(options):
@@ -136,10 +136,7 @@ def _place_lesion(rng, radius, depth, white, t1c, flair, instances, grid: Grid) 
         region = tuple(slice(l, min(l + n, s)) for l, n, s in zip(low, size, grid.shape))
         if instances[region].any():
             continue
-        axes = [(np.arange(r.start, r.stop) - c) * s for r, c, s in zip(region, centre, grid.spacing)]
-        offset = np.stack(np.meshgrid(*axes, indexing="ij"), -1)
-        bumps = SmoothField(rng, offset.reshape(-1, 3).min(0), offset.reshape(-1, 3).max(0), cell_mm=max(radius / 1.5, 2.0))
-        level = np.linalg.norm(offset, axis=-1) / radius * (1 + 0.18 * bumps.at_points(offset.reshape(-1, 3)).reshape(offset.shape[:3]))
+        level = _lesion_level(rng, region, centre, radius, grid)
         tumour = level < 1
         if not tumour.any():
             return
@@ -149,11 +146,20 @@ def _place_lesion(rng, radius, depth, white, t1c, flair, instances, grid: Grid) 
         flair[region] = np.maximum(flair[region], 1.05 * oedema)
         necrotic = level < (rng.uniform(0.4, 0.65) if radius > 5 else 0)
         rim = tumour & ~necrotic
-        t1c[region][rim] = rng.uniform(0.95, 1.15)
+        t1c[region][rim] = rng.uniform(1.25, 1.5)  # gadolinium: clearly brighter than white matter (0.87)
         t1c[region][necrotic] = rng.uniform(0.15, 0.3)
-        flair[region][rim] = rng.uniform(0.75, 0.9)
+        flair[region][rim] = rng.uniform(0.85, 1.0)
         flair[region][necrotic] = rng.uniform(0.85, 1.0)
         return
+
+
+def _lesion_level(rng, region, centre, radius: float, grid: Grid) -> np.ndarray:
+    """Distance from the lesion centre in radii, bent by a smooth field: < 1 is the lesion."""
+    axes = [(np.arange(r.start, r.stop) - c) * s for r, c, s in zip(region, centre, grid.spacing)]
+    offset = np.stack(np.meshgrid(*axes, indexing="ij"), -1)
+    flat = offset.reshape(-1, 3)
+    bumps = SmoothField(rng, flat.min(0), flat.max(0), cell_mm=max(radius / 1.5, 2.0)).at_points(flat)
+    return np.linalg.norm(offset, axis=-1) / radius * (1 + 0.18 * bumps.reshape(offset.shape[:3]))
 
 
 def _acquire(rng: np.random.Generator, signal: np.ndarray, grid: Grid) -> np.ndarray:

@@ -1,5 +1,7 @@
 """Preview PNGs: a slice through each object with its box and class name, and a mosaic of all cases.
 
+Boxes are drawn one voxel outside the object's box, so small objects stay visible inside them.
+
 Looking at these is how a person checks that the objects are visible and the boxes fit them.
 """
 
@@ -19,19 +21,22 @@ from shared.data.synthetic.case import Case  # noqa: E402
 from shared.io.atomic import atomic_path  # noqa: E402
 
 _MAX_OBJECTS = 3
+_DPI = 100
 
 
 def _window(image: np.ndarray, modality: str) -> tuple[float, float]:
     if modality == "CT":
         return -1350.0, 150.0  # lung window: level -600, width 1500
-    return float(np.percentile(image, 1)), float(np.percentile(image, 99.5))
+    # a high upper bound: enhancing lesions are few voxels, and must not saturate with white matter
+    return float(np.percentile(image, 1)), float(np.percentile(image, 99.95))
 
 
 def save_case_preview(path: str | os.PathLike, case: Case, classes, modality: str, title: str) -> None:
     """Axial and coronal slices through (up to three) objects, per channel, with boxes and class names."""
     boxes, ids = boxes_from_instance_mask(case.instances)
     spacing = np.sqrt((case.affine[:3, :3] ** 2).sum(axis=0))
-    centres = [((b[:3] + b[3:]) / 2).astype(int) for b in boxes[:_MAX_OBJECTS]] or [np.array(case.instances.shape) // 2]
+    centres = [((b[:3] + b[3:]) / 2).astype(int) for b in boxes[:_MAX_OBJECTS]]
+    centres = centres or [np.array(case.instances.shape) // 2]
     channels = case.image.shape[0]
     figure, axes = plt.subplots(channels * 2, len(centres), figsize=(3.2 * len(centres), 3.2 * channels * 2),
                                 squeeze=False)
@@ -44,12 +49,13 @@ def save_case_preview(path: str | os.PathLike, case: Case, classes, modality: st
                 section = np.take(image, centre[axis], axis=axis).T
                 plot.imshow(section, cmap="gray", vmin=low, vmax=high, origin="lower", aspect=aspect)
                 _draw_boxes(plot, boxes, ids, case.labels, classes, axis, centre[axis])
-                plot.set_title(f"{'axial' if axis == 2 else 'coronal'} {'xyz'[axis]}={centre[axis]} ch{channel}", fontsize=8)
+                view = "axial" if axis == 2 else "coronal"
+                plot.set_title(f"{view} {'xyz'[axis]}={centre[axis]} ch{channel}", fontsize=8)
                 plot.axis("off")
     figure.suptitle(title, fontsize=9)
     figure.tight_layout()
     with atomic_path(path) as temporary:
-        figure.savefig(temporary, dpi=80)
+        figure.savefig(temporary, dpi=_DPI)
     plt.close(figure)
 
 
@@ -59,9 +65,10 @@ def _draw_boxes(plot, boxes, ids, labels, classes, axis: int, index: int) -> Non
     for box, instance in zip(boxes, ids):
         if not box[axis] <= index < box[axis + 3]:
             continue
-        # box edges are voxel borders; imshow puts voxel centres on integers
-        x0, y0 = box[in_plane[0]] - 0.5, box[in_plane[1]] - 0.5
-        width, height = box[in_plane[0] + 3] - box[in_plane[0]], box[in_plane[1] + 3] - box[in_plane[1]]
+        # box edges are voxel borders and imshow puts voxel centres on integers (hence - 0.5); drawn one
+        # voxel wider on each side so the outline does not hide an object of a few voxels
+        x0, y0 = box[in_plane[0]] - 1.5, box[in_plane[1]] - 1.5
+        width, height = box[in_plane[0] + 3] - box[in_plane[0]] + 2, box[in_plane[1] + 3] - box[in_plane[1]] + 2
         plot.add_patch(Rectangle((x0, y0), width, height, fill=False, edgecolor="red", linewidth=0.8))
         plot.text(x0, y0 + height + 1, classes[labels[instance - 1]], color="yellow", fontsize=7)
 
@@ -95,5 +102,5 @@ def save_mosaic(path: str | os.PathLike, cases: list[tuple[str, Case]], classes,
         plot.set_title(f"{name} ({len(boxes)})", fontsize=7)
     figure.tight_layout()
     with atomic_path(path) as temporary:
-        figure.savefig(temporary, dpi=80)
+        figure.savefig(temporary, dpi=_DPI)
     plt.close(figure)
