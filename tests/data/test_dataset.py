@@ -98,3 +98,15 @@ def test_full_preset_makes_scan_sized_cases(task):
     assert case.image.shape[1:] == shape and case.instances.shape == shape
     np.testing.assert_allclose(np.diag(case.affine)[:3], spacing)
     assert case.instances.max() == len(case.labels) >= 1
+
+
+@pytest.mark.slow
+def test_parallel_workers_write_the_same_bytes(tmp_path):
+    counts = dict(training=3, validation=0, test=0, unlabelled=1)
+    for workers in (1, 2):
+        make_dataset("lung_ct", tmp_path / str(workers), counts=counts, shape=(40, 40, 24), workers=workers,
+                     progress=False)
+    files = sorted(p.relative_to(tmp_path / "1") for p in (tmp_path / "1").rglob("*") if p.is_file())
+    assert len(files) == 11
+    for name in files:
+        assert (tmp_path / "1" / name).read_bytes() == (tmp_path / "2" / name).read_bytes(), name

@@ -99,7 +99,7 @@ def save_mosaic(path: str | os.PathLike, cases: list[tuple[str, Case]], classes,
         plot.imshow(image[..., index].T, cmap="gray", vmin=low, vmax=high, origin="lower",
                     aspect=spacing[1] / spacing[0])
         _draw_boxes(plot, boxes, ids, case.labels, classes, 2, index)
-        plot.set_title(f"{name} ({len(boxes)})", fontsize=7)
+        plot.set_title(f"{name} ({len(case.labels)})", fontsize=7)
     figure.tight_layout()
     with atomic_path(path) as temporary:
         figure.savefig(temporary, dpi=_DPI)
