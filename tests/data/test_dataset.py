@@ -107,6 +107,6 @@ def test_parallel_workers_write_the_same_bytes(tmp_path):
         make_dataset("lung_ct", tmp_path / str(workers), counts=counts, shape=(40, 40, 24), workers=workers,
                      progress=False)
     files = sorted(p.relative_to(tmp_path / "1") for p in (tmp_path / "1").rglob("*") if p.is_file())
-    assert len(files) == 11
+    assert len(files) == 12  # 3 images, 3 masks, 1 unlabelled, 3 previews, overview, datalist
     for name in files:
         assert (tmp_path / "1" / name).read_bytes() == (tmp_path / "2" / name).read_bytes(), name
