@@ -4,7 +4,6 @@ import numpy as np
 
 from shared.data.synthetic.baseline import average_precision_at, detect_blobs, lung_mask
 from shared.io.datalist import read_split
-from shared.io.images import load_volume
 from tools.baseline import main as baseline_cli
 
 
