@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from monai.data.box_utils import batched_nms
 from torch import Tensor
 
+from shared.boxes.nms import batched_nms
 from shared.detectors.anchors import AnchorGenerator
 from shared.detectors.box_coder import BoxCoder
 
@@ -96,7 +96,7 @@ class DetectionPostprocessor:
         large = ((boxes[:, 3:] - boxes[:, :3]) >= self.min_size).all(dim=1)
         boxes, scores, labels = boxes[large], scores[large], labels[large]
         if boxes.shape[0]:
-            keep = torch.as_tensor(batched_nms(boxes, scores, labels, self.nms_iou), device=boxes.device).long()
+            keep = batched_nms(boxes, scores, labels, self.nms_iou)
             keep = keep[: self.detections_per_image]
             boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
         return {"boxes": boxes, "scores": scores, "labels": labels.long()}

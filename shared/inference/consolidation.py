@@ -18,8 +18,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from monai.data.box_utils import box_iou
 from torch import Tensor
+
+from shared.boxes.nms import box_iou
 
 
 def tile_position_weights(boxes: Tensor, tile_shape: Sequence[int], *, sigma_scale: float = 0.25) -> Tensor:
@@ -93,7 +94,7 @@ def weighted_box_clustering(
 
 
 def _cluster_one_class(boxes, scores, weights, expected, iou_threshold, missing_weight):
-    ious = torch.as_tensor(box_iou(boxes, boxes))
+    ious = box_iou(boxes, boxes)
     pool = scores.argsort(descending=True, stable=True)
     new_boxes, new_scores = [], []
     while pool.numel():
