@@ -39,7 +39,9 @@ class FlatOutputNetwork(nn.Module):
 def unflatten_outputs(flat: Sequence[Tensor], num_levels: int) -> dict:
     """Inverse of :meth:`FlatOutputNetwork.forward`: the contract's dict of per-level lists."""
     if len(flat) not in (2 * num_levels, 2 * num_levels + 1):
-        raise ValueError(f"expected {2 * num_levels} or {2 * num_levels + 1} outputs for {num_levels} levels, got {len(flat)}")
+        raise ValueError(
+            f"expected {2 * num_levels} or {2 * num_levels + 1} outputs for {num_levels} levels, got {len(flat)}"
+        )
     outputs = {"cls_logits": list(flat[:num_levels]), "box_regression": list(flat[num_levels : 2 * num_levels])}
     if len(flat) == 2 * num_levels + 1:
         outputs["seg_logits"] = flat[-1]

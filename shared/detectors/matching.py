@@ -9,7 +9,6 @@ makes images without boxes explicit and returns matches only.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 
 import torch
@@ -34,7 +33,6 @@ class ATSSMatcher:
     def __init__(self, *, num_candidates: int = 4, center_in_gt: bool = False):
         self.num_candidates = int(num_candidates)
         self.center_in_gt = bool(center_in_gt)
-        logging.getLogger("monai").setLevel(max(logging.getLogger("monai").level, logging.WARNING))
         self._matcher = _MonaiATSSMatcher(num_candidates=self.num_candidates, center_in_gt=self.center_in_gt)
 
     def __call__(self, boxes: Tensor, anchors: Tensor, positions_per_level: Sequence[int], num_anchors: int) -> Tensor:

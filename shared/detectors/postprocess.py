@@ -79,7 +79,8 @@ class DetectionPostprocessor:
         """Top-k (anchor, class) pairs of one level and image, decoded."""
         num_classes = cls.shape[0] // num_anchors
         # (A·K, X, Y, Z) → (XYZ·A, K): the anchor order of the generator
-        scores = torch.sigmoid(cls.float().reshape(num_anchors, num_classes, -1).permute(2, 0, 1).reshape(-1, num_classes))
+        logits = cls.float().reshape(num_anchors, num_classes, -1).permute(2, 0, 1).reshape(-1, num_classes)
+        scores = torch.sigmoid(logits)
         deltas = reg.float().reshape(num_anchors, 6, -1).permute(2, 0, 1).reshape(-1, 6)
         flat = scores.flatten()
         keep = torch.nonzero(flat > self.score_threshold).flatten()

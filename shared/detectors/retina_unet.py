@@ -114,35 +114,49 @@ class RetinaUNetDetector(nn.Module):
         return self.postprocessor(outputs["cls_logits"], outputs["box_regression"], tuple(images.shape[2:]))
 
     def compute_losses(self, outputs: Mapping, targets: Mapping, image_shape: Sequence[int]) -> dict[str, Tensor]:
-        """Loss terms from the network's raw outputs (usable outside ``forward``, e.g. with AMP)."""
-        cls_logits = flatten_head_outputs(outputs["cls_logits"], self.num_classes)  # (B, M, K)
-        deltas = flatten_head_outputs(outputs["box_regression"], 6)  # (B, M, 6)
+        """Loss terms and their weighted sum ``"loss"`` from the network's raw outputs.
+
+        Usable outside ``forward`` (e.g. when the training loop runs the network under autocast).
+        ``image_shape`` is the spatial size of the input (unused by the anchors, which follow the
+        feature maps; kept so post-processing and losses take the same arguments).
+        """
+        # losses in float32 even when the network ran under autocast
+        cls_logits = flatten_head_outputs(outputs["cls_logits"], self.num_classes).float()  # (B, M, K)
+        deltas = flatten_head_outputs(outputs["box_regression"], 6).float()  # (B, M, 6)
         grids = [tuple(level.shape[2:]) for level in outputs["cls_logits"]]
-        anchors_per_level = self.anchor_generator.anchors_per_level(grids, device=cls_logits.device)
-        anchors = torch.cat(anchors_per_level)
+        anchors = torch.cat(self.anchor_generator.anchors_per_level(grids, device=cls_logits.device))
         positions = [g[0] * g[1] * g[2] for g in grids]
         classes, positive_deltas, positive_anchors, positive_boxes = [], [], [], []
         for image, (boxes, labels) in enumerate(zip(targets["boxes"], targets["labels"])):
-            boxes = torch.as_tensor(boxes, dtype=torch.float32, device=anchors.device).reshape(-1, 6)
-            labels = torch.as_tensor(labels, dtype=torch.int64, device=anchors.device).reshape(-1)
-            matches = self.matcher(boxes, anchors, positions, self.anchor_generator.num_anchors)
-            positive = matches >= 0
-            image_classes = torch.where(matches >= 0, labels[matches.clamp(min=0)] if len(labels) else matches, matches)
+            image_classes, positive, matched_boxes = self._match_image(image, boxes, labels, anchors, positions)
             classes.append(image_classes)
             positive_deltas.append(deltas[image][positive])
             positive_anchors.append(anchors[positive])
-            positive_boxes.append(boxes[matches[positive]])
+            positive_boxes.append(matched_boxes)
         losses = {"classification": self.classification_loss(cls_logits, torch.stack(classes))}
         predicted = torch.cat(positive_deltas)
         matched_anchors, matched_boxes = torch.cat(positive_anchors), torch.cat(positive_boxes)
         if self.regression_loss is not None:
-            target_deltas = self.box_coder.encode(matched_boxes, matched_anchors)
-            losses["box_l1"] = self.regression_loss(predicted, target_deltas.to(predicted.dtype))
+            losses["box_l1"] = self.regression_loss(predicted, self.box_coder.encode(matched_boxes, matched_anchors))
         if self.giou_loss is not None:
             losses["box_giou"] = self.giou_loss(self.box_coder.decode(predicted, matched_anchors), matched_boxes)
         if self.segmentation_loss is not None and "seg_logits" in outputs:
             if targets.get("seg") is None:
                 raise ValueError("the network predicts segmentation but targets have no 'seg' map")
-            losses["segmentation"] = self.segmentation_loss(outputs["seg_logits"], targets["seg"])
+            losses["segmentation"] = self.segmentation_loss(outputs["seg_logits"].float(), targets["seg"])
         losses["loss"] = sum(self.loss_weights[name] * value for name, value in losses.items())
         return losses
+
+    def _match_image(self, image: int, boxes, labels, anchors: Tensor, positions: list[int]):
+        """Per-anchor classes (-1 background, -2 ignored), positive mask and the positives' boxes."""
+        boxes = torch.as_tensor(boxes, dtype=torch.float32, device=anchors.device).reshape(-1, 6)
+        labels = torch.as_tensor(labels, dtype=torch.int64, device=anchors.device).reshape(-1)
+        if len(labels) != len(boxes) or (len(labels) and not 0 <= labels.min() <= labels.max() < self.num_classes):
+            raise ValueError(
+                f"image {image} of the batch: {len(boxes)} boxes with labels {labels.tolist()}; "
+                f"expected one label per box in 0..{self.num_classes - 1}"
+            )
+        matches = self.matcher(boxes, anchors, positions, self.anchor_generator.num_anchors)
+        positive = matches >= 0
+        classes = torch.where(positive, labels[matches.clamp(min=0)], matches) if len(labels) else matches
+        return classes, positive, boxes[matches[positive]]

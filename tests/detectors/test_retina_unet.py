@@ -64,6 +64,10 @@ def test_configuration_errors(stand_in):
         RetinaUNetDetector(stand_in(), anchor_sizes=ANCHORS, loss_weights={"cls": 1.0})
     with pytest.raises(ValueError, match="needs targets"):
         RetinaUNetDetector(stand_in(), anchor_sizes=ANCHORS).train()(torch.zeros(1, 1, 16, 16, 16))
+    bad_label = _targets([[[2, 3, 4, 8, 9, 9]]])
+    bad_label["labels"] = [torch.tensor([1])]  # one class only: label 1 does not exist
+    with pytest.raises(ValueError, match="labels"):
+        RetinaUNetDetector(stand_in(), anchor_sizes=ANCHORS).train()(torch.zeros(1, 1, 16, 16, 16), bad_label)
 
 
 def test_eval_mode_returns_detections_per_image(stand_in):
@@ -71,7 +75,8 @@ def test_eval_mode_returns_detections_per_image(stand_in):
     results = detector.eval()(torch.randn(3, 1, 16, 16, 16))
     assert len(results) == 3
     for result in results:
-        assert result["boxes"].shape == (7, 6) and result["scores"].shape == (7,) and result["labels"].dtype == torch.int64
+        assert result["boxes"].shape == (7, 6) and result["scores"].shape == (7,)
+        assert result["labels"].dtype == torch.int64
 
 
 def test_overfits_one_image_with_one_box(stand_in):

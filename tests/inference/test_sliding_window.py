@@ -107,7 +107,9 @@ def test_volume_smaller_than_the_patch_is_padded_and_boxes_are_clipped():
     )
     assert len(result["boxes"]) == 1
     torch.testing.assert_close(result["boxes"], torch.tensor([truth], dtype=torch.float32))
-    empty = predict_volume([CellDetector()], torch.zeros(1, 24, 20, 8), patch_size=(32, 32, 16), postprocessor=_postprocessor())
+    empty = predict_volume(
+        [CellDetector()], torch.zeros(1, 24, 20, 8), patch_size=(32, 32, 16), postprocessor=_postprocessor()
+    )
     assert empty["boxes"].shape == (0, 6)
 
 
