@@ -1,0 +1,1 @@
+"""Inference over whole volumes: sliding window, test-time mirroring, box consolidation."""

@@ -1,0 +1,181 @@
+"""Sliding-window detection over a whole preprocessed volume, with mirroring and model ensembles.
+
+Tiles of ``patch_size`` overlap by ``overlap`` (50 % by default) and span the volume (a volume smaller
+than the patch is padded at its end with zeros, the mean of z-scored data). Each tile is run by every
+model, optionally in all 8 mirrorings; each (tile, flip, model) stream is post-processed on its own
+(top-k, decoding, class-wise NMS), its boxes are un-flipped exactly, weighted by their position in the
+tile and shifted to volume coordinates; weighted box clustering then merges the streams.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from shared.detectors.postprocess import DetectionPostprocessor
+from shared.inference.consolidation import tile_position_weights, tiles_covering, weighted_box_clustering
+
+#: the 8 mirrorings of a 3-D tile, as tuples of flipped spatial axes (0 = X)
+ALL_FLIPS: tuple[tuple[int, ...], ...] = tuple(
+    axes for count in range(4) for axes in itertools.combinations(range(3), count)
+)
+
+
+def tile_origins(volume_shape: Sequence[int], patch_size: Sequence[int], overlap: float = 0.5) -> Tensor:
+    """Origins of tiles covering a volume at least as large as the patch, evenly spread per axis.
+
+    Returns:
+        (T, 3) int64 origins; per axis ``ceil((L - P) / (P · (1 - overlap))) + 1`` tiles from 0 to L - P.
+    """
+    if not 0 <= overlap < 1:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+    per_axis = []
+    for length, patch in zip(volume_shape, patch_size):
+        if length < patch:
+            raise ValueError(f"volume axis of {length} voxels is smaller than the patch ({patch}); pad it first")
+        steps = math.ceil((length - patch) / (patch * (1 - overlap))) + 1 if length > patch else 1
+        per_axis.append([round(i * (length - patch) / max(steps - 1, 1)) for i in range(steps)])
+    return torch.tensor(list(itertools.product(*per_axis)), dtype=torch.int64)
+
+
+def unflip_boxes(boxes: Tensor, flip_axes: Sequence[int], tile_shape: Sequence[int]) -> Tensor:
+    """Boxes predicted on a flipped tile → boxes of the unflipped tile.
+
+    Voxel ``i`` flips to ``P - 1 - i``, so the index-space interval ``[a, b)`` becomes ``[P - b, P - a)``.
+    """
+    boxes = boxes.clone()
+    for axis in flip_axes:
+        low, high = boxes[:, axis].clone(), boxes[:, axis + 3].clone()
+        boxes[:, axis], boxes[:, axis + 3] = tile_shape[axis] - high, tile_shape[axis] - low
+    return boxes
+
+
+def _resolve_models(models, postprocessor):
+    """(network, postprocessor) pairs from a detector, a list of detectors or networks."""
+    if isinstance(models, nn.Module):
+        models = [models]
+    pairs = []
+    for model in models:
+        network = getattr(model, "network", model)
+        post = postprocessor or getattr(model, "postprocessor", None)
+        if post is None:
+            raise ValueError("predict_volume needs a postprocessor when given bare networks")
+        pairs.append((network, post))
+    return pairs
+
+
+@torch.no_grad()
+def predict_volume(
+    models: nn.Module | Sequence[nn.Module],
+    volume: Tensor,
+    *,
+    patch_size: Sequence[int],
+    overlap: float = 0.5,
+    mirror: bool = False,
+    batch_size: int = 4,
+    postprocessor: DetectionPostprocessor | None = None,
+    cluster_iou: float = 0.5,
+    score_threshold: float = 0.05,
+    min_size: float = 0.01,
+    detections_per_volume: int = 100,
+    sigma_scale: float = 0.25,
+    timings: dict | None = None,
+) -> dict[str, Tensor]:
+    """Detect objects in a whole volume.
+
+    Args:
+        models: a ``RetinaUNetDetector``, or a list of them (fold ensemble), or bare networks with the
+            head contract (then ``postprocessor`` is required).
+        volume: (C, X, Y, Z) preprocessed volume.
+        patch_size: tile size (X, Y, Z), a multiple of the coarsest detection stride.
+        overlap: tile overlap fraction per axis.
+        mirror: test-time mirroring over all 8 flips.
+        batch_size: tiles per network call.
+        postprocessor: per-stream post-processing; default the detector's own.
+        cluster_iou: IoU threshold of weighted box clustering.
+        score_threshold: smallest consolidated score kept.
+        min_size: smallest consolidated box side kept (voxels).
+        detections_per_volume: most boxes returned.
+        sigma_scale: Gaussian width of the position weights (fraction of the tile).
+        timings: if given, filled with seconds spent in ``forward``, ``postprocess`` (per stream),
+            ``consolidation`` and ``total``.
+
+    Returns:
+        ``{"boxes": (M, 6) xyzxyz voxel of ``volume``, "scores": (M,), "labels": (M,) int64}`` on
+        ``volume``'s device, sorted by score.
+    """
+    start = time.perf_counter()
+    clock = {"forward": 0.0, "postprocess": 0.0, "consolidation": 0.0}
+    pairs = _resolve_models(models, postprocessor)
+    shape = tuple(volume.shape[1:])
+    padded = _pad_to(volume, patch_size)
+    origins = tile_origins(tuple(padded.shape[1:]), patch_size, overlap)
+    flips = ALL_FLIPS if mirror else ((),)
+    jobs = [(origin, flip) for origin in origins for flip in flips]
+    collected = []
+    for network, post in pairs:
+        was_training = network.training
+        network.eval()
+        for first in range(0, len(jobs), batch_size):
+            batch_jobs = jobs[first : first + batch_size]
+            collected += _run_batch(network, post, padded, batch_jobs, patch_size, sigma_scale, clock)
+        network.train(was_training)
+    tic = time.perf_counter()
+    boxes, scores, labels, weights = (torch.cat(parts) for parts in zip(*collected))
+    expected = tiles_covering((boxes[:, :3] + boxes[:, 3:]) / 2, origins.to(boxes.device), patch_size)
+    expected = expected * len(flips) * len(pairs)
+    boxes, scores, labels = weighted_box_clustering(
+        boxes, scores, labels, weights, expected.clamp(min=1), iou_threshold=cluster_iou
+    )
+    result = _finalise(boxes, scores, labels, shape, score_threshold, min_size, detections_per_volume)
+    clock["consolidation"] = time.perf_counter() - tic
+    if timings is not None:
+        timings.update(clock, total=time.perf_counter() - start, streams=len(jobs) * len(pairs))
+    return {key: value.to(volume.device) for key, value in result.items()}
+
+
+def _pad_to(volume: Tensor, patch_size: Sequence[int]) -> Tensor:
+    """Zero-pad at the end of each axis shorter than the patch."""
+    pads = [max(0, p - s) for s, p in zip(volume.shape[1:], patch_size)]
+    if not any(pads):
+        return volume
+    # F.pad lists the last axis first
+    return F.pad(volume, [value for pad in reversed(pads) for value in (0, pad)])
+
+
+def _run_batch(network, post, padded, batch_jobs, patch_size, sigma_scale, clock):
+    """Run one batch of (origin, flip) tiles; returns per-stream (boxes, scores, labels, weights)."""
+    device = next(network.parameters()).device
+    tiles = []
+    for origin, flip in batch_jobs:
+        x, y, z = (int(v) for v in origin)
+        tile = padded[:, x : x + patch_size[0], y : y + patch_size[1], z : z + patch_size[2]]
+        tiles.append(torch.flip(tile, [axis + 1 for axis in flip]) if flip else tile)
+    tic = time.perf_counter()
+    outputs = network(torch.stack(tiles).to(device))
+    clock["forward"] += time.perf_counter() - tic
+    tic = time.perf_counter()
+    detections = post(outputs["cls_logits"], outputs["box_regression"], tuple(patch_size))
+    streams = []
+    for (origin, flip), found in zip(batch_jobs, detections):
+        boxes = unflip_boxes(found["boxes"], flip, patch_size)
+        weights = tile_position_weights(boxes, patch_size, sigma_scale=sigma_scale)
+        shift = origin.to(boxes).repeat(2)
+        streams.append((boxes + shift, found["scores"], found["labels"], weights))
+    clock["postprocess"] += time.perf_counter() - tic
+    return streams
+
+
+def _finalise(boxes, scores, labels, shape, score_threshold, min_size, limit):
+    """Clip to the unpadded volume, drop small or low-scoring boxes, keep the best ``limit``."""
+    upper = torch.as_tensor(shape, dtype=boxes.dtype, device=boxes.device)
+    boxes = torch.cat([boxes[:, :3].clamp(min=0), torch.minimum(boxes[:, 3:], upper)], dim=1)
+    keep = (scores >= score_threshold) & ((boxes[:, 3:] - boxes[:, :3]) >= min_size).all(dim=1)
+    boxes, scores, labels = boxes[keep][:limit], scores[keep][:limit], labels[keep][:limit]
+    return {"boxes": boxes, "scores": scores, "labels": labels}

@@ -1,0 +1,1 @@
+"""Losses for detection: classification (focal, BCE with hard negatives), box regression, segmentation."""

@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from shared.detectors.anchors import AnchorGenerator, anchor_shapes, flatten_head_outputs
+
+SIZES = [[2.0, 3.0, 5.0], [4.0, 6.0, 7.0], [1.0, 8.0, 9.0]]
+
+
+def test_anchor_shapes_order_is_width_major_then_height_then_depth():
+    shapes = anchor_shapes(SIZES)
+    assert shapes.shape == (27, 3)
+    for i_w, i_h, i_d in [(0, 0, 0), (1, 2, 0), (2, 1, 2), (0, 2, 1)]:
+        a = (i_w * 3 + i_h) * 3 + i_d
+        np.testing.assert_array_equal(shapes[a], [SIZES[0][i_w], SIZES[1][i_h], SIZES[2][i_d]])
+
+
+def test_anchor_shapes_needs_three_axes():
+    with pytest.raises(ValueError, match="one list per spatial axis"):
+        anchor_shapes([[1, 2, 3], [1, 2, 3]])
+
+
+def test_anchors_per_level_count_centres_and_scaling():
+    generator = AnchorGenerator(SIZES, [4, 8])
+    level0, level1 = generator.anchors_per_level([(2, 3, 4), (1, 2, 2)])
+    assert level0.shape == (2 * 3 * 4 * 27, 6) and level1.shape == (1 * 2 * 2 * 27, 6)
+    # row = position · A + a with position = (x · Y + y) · Z + z
+    x, y, z, a = 1, 2, 0, 5
+    row = ((x * 3 + y) * 4 + z) * 27 + a
+    centre = torch.tensor([(x + 0.5) * 4, (y + 0.5) * 4, (z + 0.5) * 4])
+    size = torch.tensor(anchor_shapes(SIZES)[a], dtype=torch.float32)
+    torch.testing.assert_close(level0[row], torch.cat([centre - size / 2, centre + size / 2]))
+    # the next level doubles sizes (stride 8 / stride 4) and centres on its own cells
+    row1 = ((0 * 2 + 1) * 2 + 1) * 27 + a
+    centre1 = torch.tensor([4.0, 12.0, 12.0])
+    torch.testing.assert_close(level1[row1], torch.cat([centre1 - size, centre1 + size]))
+
+
+def test_anchors_are_cached_and_checked():
+    generator = AnchorGenerator(SIZES, [4, 8])
+    first = generator.anchors_per_level([(2, 2, 2), (1, 1, 1)])
+    assert generator.anchors_per_level([(2, 2, 2), (1, 1, 1)]) is first
+    assert list(generator.state_dict()) == []
+    with pytest.raises(ValueError, match="2 detection strides"):
+        generator.anchors_per_level([(2, 2, 2)])
+
+
+def test_flatten_head_outputs_follows_the_channel_layout_a_times_k_plus_k():
+    num_anchors, num_classes, grid = 27, 2, (2, 3, 2)
+    a_idx = torch.arange(num_anchors).reshape(-1, 1, 1, 1, 1)
+    k_idx = torch.arange(num_classes).reshape(1, -1, 1, 1, 1)
+    pos = torch.arange(int(np.prod(grid))).reshape(1, 1, *grid)
+    # value encodes (position, anchor, class); channel = a · K + k
+    values = (pos * 1000 + a_idx * 10 + k_idx).float().reshape(1, num_anchors * num_classes, *grid)
+    flat = flatten_head_outputs([values, values[..., :1, :1, :1]], num_classes)
+    assert flat.shape == (1, 12 * 27 + 27, num_classes)
+    for p, a, k in [(0, 0, 1), (5, 13, 0), (11, 26, 1)]:
+        assert flat[0, p * num_anchors + a, k] == p * 1000 + a * 10 + k
+    assert flat[0, 12 * 27 + 4, 1] == 41  # second level starts after all first-level anchors

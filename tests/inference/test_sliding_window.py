@@ -1,0 +1,118 @@
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from monai.data.box_utils import box_iou
+from torch import nn
+
+from shared.boxes.convention import boxes_from_instance_mask
+from shared.detectors.anchors import AnchorGenerator
+from shared.detectors.box_coder import BoxCoder
+from shared.detectors.postprocess import DetectionPostprocessor
+from shared.detectors.retina_unet import RetinaUNetDetector
+from shared.inference.sliding_window import ALL_FLIPS, predict_volume, tile_origins, unflip_boxes
+
+STRIDE = 8
+
+
+class CellDetector(nn.Module):
+    """Parameter-light stand-in: class logit high where an 8³ cell is mostly foreground, zero deltas.
+
+    Average pooling on an aligned grid commutes with flips, so its predictions are mirror-symmetric.
+    """
+
+    detection_strides = (STRIDE,)
+    num_anchors = 1
+    num_classes = 1
+
+    def __init__(self):
+        super().__init__()
+        self.gain = nn.Parameter(torch.tensor(20.0))
+
+    def forward(self, images):
+        pooled = F.avg_pool3d(images[:, :1], STRIDE)
+        cls = self.gain * (pooled - 0.5)
+        return {"cls_logits": [cls], "box_regression": [torch.zeros_like(cls).repeat(1, 6, 1, 1, 1)]}
+
+
+def _postprocessor():
+    return DetectionPostprocessor(AnchorGenerator([[8.0]] * 3, [STRIDE]), BoxCoder(), score_threshold=0.05)
+
+
+def _volume(shape, box):
+    volume = torch.zeros(1, *shape)
+    volume[0, box[0] : box[3], box[1] : box[4], box[2] : box[5]] = 1.0
+    return volume
+
+
+def test_tile_origins():
+    assert tile_origins((64, 32, 40), (32, 32, 32)).tolist()[:3] == [[0, 0, 0], [0, 0, 8], [16, 0, 0]]
+    assert len(tile_origins((64, 32, 40), (32, 32, 32))) == 3 * 1 * 2
+    assert tile_origins((48, 48, 48), (32, 32, 32), overlap=0.0)[:, 0].unique().tolist() == [0, 16]
+    with pytest.raises(ValueError, match="smaller than the patch"):
+        tile_origins((16, 32, 32), (32, 32, 32))
+
+
+@pytest.mark.parametrize("flip", ALL_FLIPS)
+def test_unflip_boxes_is_exact_against_a_flipped_mask(flip):
+    mask = torch.zeros(12, 10, 8, dtype=torch.long)
+    mask[2:5, 3:9, 0:2] = 1
+    flipped = torch.flip(mask, list(flip)) if flip else mask
+    flipped_box, _ = boxes_from_instance_mask(flipped.numpy())
+    original_box, _ = boxes_from_instance_mask(mask.numpy())
+    restored = unflip_boxes(torch.as_tensor(flipped_box), flip, (12, 10, 8))
+    torch.testing.assert_close(restored, torch.as_tensor(original_box))
+
+
+def test_object_seen_by_all_tiles_gives_one_box():
+    truth = [16, 16, 16, 24, 24, 24]
+    timings = {}
+    result = predict_volume(
+        [CellDetector()], _volume((48, 48, 48), truth), patch_size=(32, 32, 32), postprocessor=_postprocessor(),
+        batch_size=3, timings=timings,
+    )
+    assert timings["streams"] == 8  # 2 × 2 × 2 tiles, every one of them sees the object
+    assert len(result["boxes"]) == 1
+    torch.testing.assert_close(result["boxes"], torch.tensor([truth], dtype=torch.float32))
+    torch.testing.assert_close(result["scores"], torch.sigmoid(torch.tensor([10.0])))
+    assert set(timings) >= {"forward", "postprocess", "consolidation", "total"}
+
+
+def test_mirroring_gives_the_same_boxes_for_a_symmetric_network():
+    volume = _volume((48, 40, 32), [8, 16, 0, 16, 24, 8]) + _volume((48, 40, 32), [32, 8, 16, 40, 16, 24])
+    kwargs = {"patch_size": (32, 32, 32), "postprocessor": _postprocessor()}
+    plain = predict_volume([CellDetector()], volume, **kwargs)
+    mirrored = predict_volume([CellDetector()], volume, mirror=True, **kwargs)
+    assert len(plain["boxes"]) == 2
+    torch.testing.assert_close(mirrored["boxes"], plain["boxes"])
+    torch.testing.assert_close(mirrored["scores"], plain["scores"])
+
+
+def test_object_near_tile_borders_in_a_fold_ensemble_of_detectors():
+    # the object lies in only one of the two tiles along x, and the ensemble doubles every stream
+    truth = [0, 8, 8, 8, 16, 16]
+    detectors = [RetinaUNetDetector(CellDetector(), anchor_sizes=[[8.0]] * 3, segmentation_loss=None) for _ in range(2)]
+    result = predict_volume(detectors, _volume((48, 32, 32), truth), patch_size=(32, 32, 32))
+    assert len(result["boxes"]) == 1
+    assert box_iou(result["boxes"], torch.tensor([truth], dtype=torch.float32)).item() > 0.99
+    # every stream that could see it did: no missing-prediction penalty
+    torch.testing.assert_close(result["scores"], torch.sigmoid(torch.tensor([10.0])))
+
+
+def test_volume_smaller_than_the_patch_is_padded_and_boxes_are_clipped():
+    truth = [8, 8, 0, 16, 16, 8]
+    result = predict_volume(
+        [CellDetector()], _volume((24, 20, 8), truth), patch_size=(32, 32, 16), postprocessor=_postprocessor()
+    )
+    assert len(result["boxes"]) == 1
+    torch.testing.assert_close(result["boxes"], torch.tensor([truth], dtype=torch.float32))
+    empty = predict_volume(
+        [CellDetector()], torch.zeros(1, 24, 20, 8), patch_size=(32, 32, 16), postprocessor=_postprocessor()
+    )
+    assert empty["boxes"].shape == (0, 6)
+
+
+def test_bare_networks_need_a_postprocessor():
+    with pytest.raises(ValueError, match="postprocessor"):
+        predict_volume([CellDetector()], torch.zeros(1, 32, 32, 32), patch_size=(32, 32, 32))
