@@ -67,7 +67,8 @@ def load_label_map(path: str | os.PathLike, like: Volume | None = None) -> np.nd
     if not np.all(np.equal(np.mod(array, 1), 0)):
         raise InputError(path, "a label map must hold integer instance ids, found fractional values")
     if like is not None:
-        check_same_grid(path, array.shape, affine, like.array.shape[1:], like.affine, what=f"image {like.sources[0]}")
+        check_same_grid(path, array.shape, affine, like.array.shape[1:], like.affine,
+                        what=f"image {like.sources[0]}")
     return np.ascontiguousarray(array, dtype=np.int32)
 
 
@@ -76,7 +77,8 @@ def check_same_grid(path, shape, affine, reference_shape, reference_affine, *, w
     if tuple(shape) != tuple(reference_shape):
         raise InputError(path, f"shape {tuple(shape)} differs from the {what}'s {tuple(reference_shape)}")
     if not np.allclose(affine, reference_affine, atol=_GRID_TOLERANCE):
-        raise InputError(path, f"affine differs from the {what}'s:\n{np.round(affine, 4)}\nvs\n{np.round(reference_affine, 4)}")
+        raise InputError(path, f"affine differs from the {what}'s:\n{np.round(affine, 4)}\n"
+                               f"vs\n{np.round(reference_affine, 4)}")
 
 
 def _read_3d(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
