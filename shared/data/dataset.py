@@ -138,7 +138,8 @@ class DetectionPatchDataset(Dataset):
         if not cases:
             raise InputError(cache_dir, "no cases to sample from")
         if iterations_per_epoch < 1 or batch_size < 1:
-            raise ValueError(f"iterations_per_epoch and batch_size must be positive, got {iterations_per_epoch}, {batch_size}")
+            raise ValueError(f"iterations_per_epoch and batch_size must be positive, "
+                             f"got {iterations_per_epoch}, {batch_size}")
         if not 0.0 <= foreground_fraction <= 1.0:
             raise ValueError(f"foreground_fraction must be in [0, 1], got {foreground_fraction}")
         for case in cases:  # fail now on a broken case, not in a worker mid-epoch

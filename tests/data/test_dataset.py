@@ -30,7 +30,8 @@ def _dataset(cache, cases=CASES, **overrides):
 def _check_targets(sample):
     """Boxes inside the patch; seg voxels of each class inside a box of that class; every box face touched."""
     boxes, labels, seg = sample["boxes"].numpy(), sample["labels"].numpy(), sample["seg"][0].numpy()
-    assert np.all(boxes[:, :3] >= 0) and np.all(boxes[:, 3:] <= np.array(seg.shape)) and np.all(boxes[:, 3:] > boxes[:, :3])
+    assert np.all(boxes[:, :3] >= 0) and np.all(boxes[:, 3:] <= np.array(seg.shape))
+    assert np.all(boxes[:, 3:] > boxes[:, :3])
     covered = np.zeros(seg.shape, dtype=bool)
     for box, label in zip(np.ceil(boxes - 0.5).astype(int), labels):  # voxels whose centre is inside
         inside = seg[box[0]:box[3], box[1]:box[4], box[2]:box[5]] == label + 1
