@@ -38,8 +38,7 @@ def case_writer():
 @pytest.fixture
 def tiny_cache(tmp_path) -> Path:
     """Cases: ``masked`` (2 instances, ids 1 and 3, classes 0 and 1), ``boxes_only`` (2 boxes, one with
-    fractional edges),
-    ``small`` (smaller than an 8-voxel patch), ``empty`` (mask without objects)."""
+    fractional edges), ``small`` (smaller than an 8-voxel patch), ``empty`` (mask without objects)."""
     rng = np.random.default_rng(1)
     cache = tmp_path / "cache"
     cache.mkdir()
