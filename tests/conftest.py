@@ -1,3 +1,5 @@
+# Every folder under tests/ is a package (has __init__.py): test modules import as tests.<folder>.<name>, so
+# basenames may repeat across folders, and shared helpers are imported as tests._cases.
 import os
 
 import numpy as np

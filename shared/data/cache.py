@@ -47,6 +47,7 @@ class CachedCase:
         original_shape: (X, Y, Z) of the scan as read.
         plan_hash: hash of the plan the case was made with.
         record: the whole ``<case>.json``.
+        source: the ``<case>.json`` path, for error messages.
     """
 
     case: str
@@ -61,6 +62,7 @@ class CachedCase:
     original_shape: tuple[int, int, int]
     plan_hash: str
     record: dict[str, Any] = field(repr=False)
+    source: Path | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -79,22 +81,53 @@ def read_plan(cache_dir: str | os.PathLike) -> dict[str, Any] | None:
 
 
 def read_case(cache_dir: str | os.PathLike, case: str, *, mmap: bool = True) -> CachedCase:
-    """Load one cached case; arrays are memory-mapped (patch reads touch only what they need)."""
+    """Load and check one cached case; arrays are memory-mapped (patch reads touch only what they need).
+
+    Raises:
+        InputError: naming the case's json, when it is missing or unreadable, boxes are not (N, 6), labels
+            or instance ids do not match the boxes, or an array is unreadable or of the wrong shape.
+    """
     cache_dir = Path(cache_dir)
-    record = _read_record(cache_dir / f"{case}.json")
-    mode = "r" if mmap else None
-    image = np.load(cache_dir / f"{case}_image.npy", mmap_mode=mode)
+    source = cache_dir / f"{case}.json"
+    record = _read_record(source)
+    boxes, labels, instances = _annotations(source, record)
+    shape = tuple(int(size) for size in record["shape"]) if "shape" in record else None
+    image = _load_array(source, cache_dir / f"{case}_image.npy", shape, leading=1, mmap=mmap)
     mask_path = cache_dir / f"{case}_mask.npy"
-    mask = np.load(mask_path, mmap_mode=mode) if mask_path.exists() else None
-    instances = record.get("instances")
+    mask = _load_array(source, mask_path, image.shape[1:], leading=0, mmap=mmap) if mask_path.exists() else None
     return CachedCase(
-        case=record["case"], split=record["split"], image=image, mask=mask,
-        boxes=np.asarray(record["boxes"], dtype=np.float32).reshape(-1, 6),
-        labels=np.asarray(record["labels"], dtype=np.int64).reshape(-1),
-        instances=None if instances is None else np.asarray(instances, dtype=np.int64),
-        affine=np.asarray(record["affine"], dtype=np.float64),
+        case=record["case"], split=record["split"], image=image, mask=mask, boxes=boxes, labels=labels,
+        instances=instances, affine=np.asarray(record["affine"], dtype=np.float64),
         original_affine=np.asarray(record["original_affine"], dtype=np.float64),
-        original_shape=tuple(record["original_shape"]), plan_hash=record["plan_hash"], record=record)
+        original_shape=tuple(record["original_shape"]), plan_hash=record["plan_hash"], record=record,
+        source=source)
+
+
+def _annotations(source: Path, record: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    raw_boxes = record.get("boxes") or []
+    if not (isinstance(raw_boxes, list) and all(isinstance(b, list) and len(b) == 6 for b in raw_boxes)):
+        raise InputError(source, f"'boxes' must be a list of [x1, y1, z1, x2, y2, z2], got {raw_boxes!r}")
+    boxes = np.asarray(raw_boxes, dtype=np.float32).reshape(-1, 6)
+    labels = np.asarray(record.get("labels") or [], dtype=np.int64).reshape(-1)
+    if len(labels) != len(boxes):
+        raise InputError(source, f"{len(boxes)} boxes but {len(labels)} labels")
+    instances = record.get("instances")
+    if instances is not None:
+        instances = np.asarray(instances, dtype=np.int64).reshape(-1)
+        if len(instances) != len(boxes):
+            raise InputError(source, f"{len(boxes)} boxes but {len(instances)} instance ids")
+    return boxes, labels, instances
+
+
+def _load_array(source: Path, path: Path, shape: tuple[int, ...] | None, *, leading: int,
+                mmap: bool) -> np.ndarray:
+    try:
+        array = np.load(path, mmap_mode="r" if mmap else None)
+    except (OSError, ValueError) as error:
+        raise InputError(source, f"cannot read {path.name} ({error}); preprocess again with overwrite=True") from error
+    if array.ndim != 3 + leading or (shape is not None and tuple(array.shape[leading:]) != tuple(shape)):
+        raise InputError(source, f"{path.name} has shape {array.shape}, expected spatial shape {list(shape or [])}")
+    return array
 
 
 def list_cases(cache_dir: str | os.PathLike, split: str | None = None) -> list[str]:

@@ -1,17 +1,15 @@
 """Training batches and validation cases from the preprocessed cache.
 
-Reads the cache through its contract (``<case>.json``, ``<case>_image.npy``, ``<case>_mask.npy``) with
-:func:`read_case_record`, a stand-in until the preprocessing side's ``shared.data.cache.read_case``
-exists; images are memory-mapped, so a training sample reads only the region its patch covers. Every training sample is a pure function of ``(seed, rank, epoch, index)``: a resumed run sees
+Reads the cache with :func:`shared.data.cache.read_case`; images are memory-mapped, so a training sample
+reads only the region its patch covers. Every training sample is a pure function of
+``(seed, rank, epoch, index)``: a resumed run sees
 the same data, DataLoader workers never repeat each other, and distributed ranks draw different samples
 without a ``DistributedSampler``.
 """
 
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -19,81 +17,21 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from shared.data.augment import AugmentationSettings, augment_intensity, draw_spatial_matrix, extract_patch, transform_boxes
+from shared.data.augment import (
+    AugmentationSettings,
+    augment_intensity,
+    draw_spatial_matrix,
+    extract_patch,
+    transform_boxes,
+)
+from shared.data.cache import CachedCase, read_case
 from shared.data.rasterize import rasterize_boxes, rasterize_instances
 from shared.data.sampling import boxes_of_patch_instances, choose_patch_origin, crop_boxes, is_foreground_sample
 from shared.io.errors import InputError
 
 
-@dataclass(frozen=True)
-class CaseRecord:
-    """What a training sample needs from one cached case (arrays stay on disk until read).
-
-    ``boxes`` (N, 6) float32 xyzxyz voxel in the preprocessed grid, ``labels`` (N,) int64,
-    ``instances`` (N,) int64 instance id per box row or ``None`` for boxes-only cases.
-    """
-
-    case: str
-    source: Path
-    image_path: Path
-    mask_path: Path | None
-    boxes: np.ndarray
-    labels: np.ndarray
-    instances: np.ndarray | None
-    shape: tuple[int, int, int]
-    affine: np.ndarray
-
-
-def read_case_record(cache_dir: str | os.PathLike, case: str) -> CaseRecord:
-    """Read and check ``<cache_dir>/<case>.json`` and the arrays it announces.
-
-    Raises:
-        InputError: naming the file, when the JSON is missing or unreadable, boxes are not (N, 6),
-            labels or instances do not match the boxes, or an array is missing or of the wrong shape.
-    """
-    source = Path(cache_dir) / f"{case}.json"
-    try:
-        meta = json.loads(source.read_text())
-    except FileNotFoundError:
-        raise InputError(source, f"case '{case}' is not in the cache; run preprocessing first") from None
-    except (OSError, ValueError) as error:
-        raise InputError(source, f"unreadable case file ({error})") from error
-    if not _is_box_list(meta.get("boxes")):
-        raise InputError(source, f"'boxes' must be a list of [x1, y1, z1, x2, y2, z2], got {meta.get('boxes')!r}")
-    boxes = np.asarray(meta.get("boxes") or [], dtype=np.float32).reshape(-1, 6)
-    labels = np.asarray(meta.get("labels") or [], dtype=np.int64).reshape(-1)
-    if len(labels) != len(boxes):
-        raise InputError(source, f"{len(boxes)} boxes but {len(labels)} labels")
-    instances = meta.get("instances")
-    if instances is not None:
-        instances = np.asarray(instances, dtype=np.int64).reshape(-1)
-        if len(instances) != len(boxes):
-            raise InputError(source, f"{len(boxes)} boxes but {len(instances)} instance ids")
-    shape = tuple(int(s) for s in meta.get("shape", ()))
-    image_path = source.with_name(f"{case}_image.npy")
-    mask_path = source.with_name(f"{case}_mask.npy") if instances is not None else None
-    _check_array(source, image_path, shape, leading=1)
-    if mask_path is not None:
-        _check_array(source, mask_path, shape, leading=0)
-    affine = np.asarray(meta.get("affine", np.eye(4)), dtype=np.float64)
-    return CaseRecord(case, source, image_path, mask_path, boxes, labels, instances, shape, affine)
-
-
-def _is_box_list(value: Any) -> bool:
-    return value is None or (isinstance(value, list) and all(isinstance(b, list) and len(b) == 6 for b in value))
-
-
-def _check_array(source: Path, path: Path, shape: tuple[int, ...], *, leading: int) -> None:
-    try:
-        array = np.load(path, mmap_mode="r")
-    except (OSError, ValueError) as error:
-        raise InputError(source, f"cannot read {path.name} ({error}); re-run preprocessing") from error
-    if array.ndim != 3 + leading or tuple(array.shape[leading:]) != shape:
-        raise InputError(source, f"{path.name} has shape {array.shape}, expected spatial shape {list(shape)}")
-
-
 def draw_training_sample(
-    record: CaseRecord,
+    record: CachedCase,
     patch_size: tuple[int, int, int],
     rng: np.random.Generator,
     *,
@@ -104,7 +42,7 @@ def draw_training_sample(
     """One training patch of a case with its boxes, classes and segmentation target.
 
     Args:
-        record: the case (see :func:`read_case_record`).
+        record: the case (see :func:`shared.data.cache.read_case`).
         patch_size: (PX, PY, PZ).
         rng: the sample's generator; every random choice comes from it.
         foreground: centre the patch on a random object (ignored for cases without objects).
@@ -115,8 +53,7 @@ def draw_training_sample(
         ``{"image": (C, PX, PY, PZ) float32, "boxes": (N, 6) float32 xyzxyz voxel in the patch,
         "labels": (N,) int64, "seg": (1, PX, PY, PZ) int64 (0 background, class + 1), "case": id}``.
     """
-    image = np.load(record.image_path, mmap_mode="r")
-    instance_map = None if record.mask_path is None else np.load(record.mask_path, mmap_mode="r")
+    image, instance_map = record.image, record.mask
     matrix = None
     if augmentation is not None:
         may_rotate = instance_map is not None or augmentation.rotate_boxes_only_cases
@@ -128,7 +65,8 @@ def draw_training_sample(
         try:
             boxes, labels, ids = boxes_of_patch_instances(map_patch, record.instances, record.labels)
         except KeyError as missing:
-            raise InputError(record.source, f"instance ids {missing.args[0]} of the mask are not in 'instances'") from None
+            problem = f"instance ids {missing.args[0]} of the mask are not in 'instances'"
+            raise InputError(record.source, problem) from None
         seg = rasterize_instances(map_patch, ids, labels)
     else:
         moved = transform_boxes(record.boxes, origin, patch_size, matrix)
@@ -200,10 +138,15 @@ class DetectionPatchDataset(Dataset):
         if not cases:
             raise InputError(cache_dir, "no cases to sample from")
         if iterations_per_epoch < 1 or batch_size < 1:
-            raise ValueError(f"iterations_per_epoch and batch_size must be positive, got {iterations_per_epoch}, {batch_size}")
+            raise ValueError(f"iterations_per_epoch and batch_size must be positive, "
+                             f"got {iterations_per_epoch}, {batch_size}")
         if not 0.0 <= foreground_fraction <= 1.0:
             raise ValueError(f"foreground_fraction must be in [0, 1], got {foreground_fraction}")
-        self.records = [read_case_record(cache_dir, case) for case in cases]
+        for case in cases:  # fail now on a broken case, not in a worker mid-epoch
+            read_case(cache_dir, case)
+        # Cases are re-read per sample (json + memory maps): a pickled dataset (spawned workers) then
+        # carries ids, not arrays.
+        self.cache_dir, self.cases = Path(cache_dir), list(cases)
         self.patch_size = _patch_size(patch_size)
         self.iterations_per_epoch, self.batch_size = int(iterations_per_epoch), int(batch_size)
         self.foreground_fraction = float(foreground_fraction)
@@ -224,7 +167,7 @@ class DetectionPatchDataset(Dataset):
             raise IndexError(f"sample {index} of an epoch of {len(self)}")
         rng = np.random.default_rng([self.seed, self.rank, self.epoch, int(index)])
         foreground = is_foreground_sample(index % self.batch_size, self.batch_size, self.foreground_fraction, rng)
-        record = self.records[int(rng.integers(len(self.records)))]
+        record = read_case(self.cache_dir, self.cases[int(rng.integers(len(self.cases)))])
         sample = draw_training_sample(
             record, self.patch_size, rng, foreground=foreground,
             augmentation=self.augmentation, min_visible_fraction=self.min_visible_fraction,
@@ -261,15 +204,17 @@ class ValidationCaseDataset(Dataset):
     """
 
     def __init__(self, cache_dir: str | os.PathLike, cases: Sequence[str]):
-        self.records = [read_case_record(cache_dir, case) for case in cases]
+        for case in cases:
+            read_case(cache_dir, case)
+        self.cache_dir, self.cases = Path(cache_dir), list(cases)
 
     def __len__(self) -> int:
-        return len(self.records)
+        return len(self.cases)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        record = self.records[index]
+        record = read_case(self.cache_dir, self.cases[index], mmap=False)
         return {
-            "image": torch.from_numpy(np.load(record.image_path).astype(np.float32, copy=False)),
+            "image": torch.from_numpy(record.image.astype(np.float32, copy=False)),
             "boxes": torch.from_numpy(record.boxes.copy()),
             "labels": torch.from_numpy(record.labels.copy()),
             "affine": torch.from_numpy(record.affine.copy()),

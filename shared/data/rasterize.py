@@ -6,16 +6,14 @@ From an instance map the target is exact; a data set with boxes only gets its bo
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
+
+from shared.boxes import rasterize as box_rasterize
 
 
 def rasterize_boxes(boxes: np.ndarray, labels: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
-    """Paint boxes into a semantic map.
+    """Paint boxes into a semantic map (voxel rule: :func:`shared.boxes.rasterize.box_slices`).
 
-    A voxel belongs to a box when its centre (``index + 0.5`` in index space) lies inside the box; a box
-    thinner than a voxel along an axis still marks the voxel that holds its centre, so no box vanishes.
     Boxes are painted largest first, so where boxes overlap the smaller one shows.
 
     Args:
@@ -30,28 +28,7 @@ def rasterize_boxes(boxes: np.ndarray, labels: np.ndarray, shape: tuple[int, int
     labels = np.asarray(labels, dtype=np.int64).reshape(-1)
     if len(boxes) != len(labels):
         raise ValueError(f"{len(boxes)} boxes but {len(labels)} labels")
-    target = np.zeros(tuple(shape), dtype=np.int64)
-    volumes = np.prod(boxes[:, 3:] - boxes[:, :3], axis=1)
-    for row in np.argsort(-volumes, kind="stable"):
-        slices = _voxel_slices(boxes[row], target.shape)
-        if slices is not None:
-            target[slices] = labels[row] + 1
-    return target
-
-
-def _voxel_slices(box: np.ndarray, shape: tuple[int, ...]) -> tuple[slice, ...] | None:
-    slices = []
-    for axis, size in enumerate(shape):
-        low, high = box[axis], box[axis + 3]
-        start, stop = math.ceil(low - 0.5), math.ceil(high - 0.5)
-        if stop <= start:
-            start = math.floor((low + high) / 2)
-            stop = start + 1
-        start, stop = max(start, 0), min(stop, size)
-        if stop <= start:
-            return None
-        slices.append(slice(start, stop))
-    return tuple(slices)
+    return box_rasterize.rasterize_boxes(boxes, shape, ids=labels + 1, dtype=np.int64)
 
 
 def rasterize_instances(instance_map: np.ndarray, instance_ids: np.ndarray, labels: np.ndarray) -> np.ndarray:

@@ -9,7 +9,8 @@ from torch import nn
 class Encoder(nn.Module):
     """Base of the project's encoders: ``forward(x) -> list`` of feature maps, fine → coarse.
 
-    Subclasses set ``in_channels``, ``stem_keys`` and call :meth:`_declare_levels`.
+    Subclasses set ``in_channels``, ``stem_keys`` and ``stages`` (an ``nn.Sequential``, one module per
+    level) and call :meth:`_declare_levels`.
 
     Attributes:
         in_channels: channels the input must have.
@@ -47,6 +48,14 @@ class Encoder(nn.Module):
                 f"{type(self).__name__} was built for {self.in_channels} input channel(s) but the input has "
                 f"{x.shape[1]} (shape {tuple(x.shape)}); build it with in_channels={x.shape[1]} or fix the data"
             )
+
+    def _run_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Run ``self.stages`` in turn and keep every stage's output, fine → coarse."""
+        features = []
+        for stage in self.stages:
+            x = stage(x)
+            features.append(x)
+        return features
 
     @property
     def strides(self) -> list[int]:

@@ -79,8 +79,4 @@ class PlainConvEncoder(Encoder):
             One feature map per stage, fine → coarse.
         """
         self.check_input(x)
-        features = []
-        for stage in self.stages:
-            x = stage(x)
-            features.append(x)
-        return features
+        return self._run_stages(x)

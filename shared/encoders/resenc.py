@@ -14,7 +14,14 @@ import torch
 from torch import nn
 
 from shared.encoders.base import Encoder
-from shared.layers import BasicResidualBlock, LayerSpec, StackedConvBlocks, StackedResidualBlocks, initialize_kaiming, per_stage
+from shared.layers import (
+    BasicResidualBlock,
+    LayerSpec,
+    StackedConvBlocks,
+    StackedResidualBlocks,
+    initialize_kaiming,
+    per_stage,
+)
 from shared.layers.specs import DEFAULT_ACT, DEFAULT_NORM
 
 
@@ -88,9 +95,4 @@ class ResidualEncoder(Encoder):
             One feature map per stage, fine → coarse.
         """
         self.check_input(x)
-        x = self.stem(x)
-        features = []
-        for stage in self.stages:
-            x = stage(x)
-            features.append(x)
-        return features
+        return self._run_stages(self.stem(x))

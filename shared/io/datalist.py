@@ -110,7 +110,10 @@ def _relative_entry(entry: dict[str, Any], root: Path) -> dict[str, Any]:
     for key in ("image", "mask"):
         if key in entry:
             value = entry[key]
-            entry[key] = [_relative(v, root) for v in value] if isinstance(value, (list, tuple)) else _relative(value, root)
+            if isinstance(value, (list, tuple)):
+                entry[key] = [_relative(v, root) for v in value]
+            else:
+                entry[key] = _relative(value, root)
     return entry
 
 

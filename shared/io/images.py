@@ -10,6 +10,7 @@ from typing import Sequence
 
 import nibabel as nib
 import numpy as np
+from monai.data.utils import correct_nifti_header_if_necessary
 from monai.transforms import LoadImage
 
 from shared.io.atomic import atomic_path
@@ -53,9 +54,11 @@ def load_volume(paths: str | os.PathLike | Sequence[str | os.PathLike], *, dtype
         array, channel_affine = _read_3d(path)
         if affine is not None:
             check_same_grid(path, array.shape, channel_affine, channels[0].shape, affine, what="first channel")
-        channels.append(array.astype(dtype, copy=False))
+        channels.append(np.ascontiguousarray(array, dtype=dtype))  # NIfTI stores Fortran order
         affine = channel_affine if affine is None else affine
-    return Volume(np.stack(channels), affine, [os.fspath(p) for p in paths])
+    # One channel: a view with a channel axis, not a stacked copy of a scan that may be gigabytes.
+    array = channels[0][None] if len(channels) == 1 else np.stack(channels)
+    return Volume(array, affine, [os.fspath(p) for p in paths])
 
 
 def load_label_map(path: str | os.PathLike, like: Volume | None = None) -> np.ndarray:
@@ -64,8 +67,9 @@ def load_label_map(path: str | os.PathLike, like: Volume | None = None) -> np.nd
     if not np.all(np.equal(np.mod(array, 1), 0)):
         raise InputError(path, "a label map must hold integer instance ids, found fractional values")
     if like is not None:
-        check_same_grid(path, array.shape, affine, like.array.shape[1:], like.affine, what=f"image {like.sources[0]}")
-    return array.astype(np.int32)
+        check_same_grid(path, array.shape, affine, like.array.shape[1:], like.affine,
+                        what=f"image {like.sources[0]}")
+    return np.ascontiguousarray(array, dtype=np.int32)
 
 
 def check_same_grid(path, shape, affine, reference_shape, reference_affine, *, what: str) -> None:
@@ -73,7 +77,8 @@ def check_same_grid(path, shape, affine, reference_shape, reference_affine, *, w
     if tuple(shape) != tuple(reference_shape):
         raise InputError(path, f"shape {tuple(shape)} differs from the {what}'s {tuple(reference_shape)}")
     if not np.allclose(affine, reference_affine, atol=_GRID_TOLERANCE):
-        raise InputError(path, f"affine differs from the {what}'s:\n{np.round(affine, 4)}\nvs\n{np.round(reference_affine, 4)}")
+        raise InputError(path, f"affine differs from the {what}'s:\n{np.round(affine, 4)}\n"
+                               f"vs\n{np.round(reference_affine, 4)}")
 
 
 def _read_3d(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
@@ -81,18 +86,34 @@ def _read_3d(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     if not path.exists():
         raise InputError(path, "file not found")
     try:
-        image = LoadImage(image_only=True)(str(path))
+        array, affine = _read_nifti(path) if _is_nifti(path) else _read_with_monai(path)
     except Exception as error:  # readers raise many types; the user needs the file and the reason
         raise InputError(path, f"cannot be read as an image ({type(error).__name__}: {error})") from error
-    array = np.asarray(image)
     if array.ndim == 4 and array.shape[-1] == 1:
         array = array[..., 0]
     if array.ndim != 3:
         raise InputError(path, f"expected a 3-D scan, got {array.ndim}-D data of shape {array.shape}")
-    if not np.isfinite(array).all():
+    if array.dtype.kind == "f" and not np.isfinite(array).all():  # integers cannot hold NaN/Inf
         count = int((~np.isfinite(array)).sum())
         raise InputError(path, f"{count} voxels are NaN or infinite")
-    return array, np.asarray(image.affine, dtype=np.float64)
+    return array, affine
+
+
+def _is_nifti(path: Path) -> bool:
+    return path.is_file() and path.name.lower().endswith((".nii", ".nii.gz"))
+
+
+def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """NIfTI straight through nibabel, as MONAI's NibabelReader reads it (stored axis order, no
+    reorientation, scaling applied, its sform/qform repair), without LoadImage's float32 and tensor copies."""
+    image = nib.load(path, mmap=False)  # in memory, like LoadImage: no open file behind the array
+    image = correct_nifti_header_if_necessary(image)  # header only: picks the form that matches pixdim
+    return np.asanyarray(image.dataobj), np.array(image.affine, dtype=np.float64)
+
+
+def _read_with_monai(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    image = LoadImage(image_only=True)(str(path))
+    return np.asarray(image), np.asarray(image.affine, dtype=np.float64)
 
 
 def save_nifti(path: str | os.PathLike, array: np.ndarray, affine: np.ndarray) -> Path:

@@ -31,6 +31,22 @@ def _drop_foreign_aliases(module, state_dict, prefix, *args) -> None:
         del state_dict[key]
 
 
+def repeat_blocks(block: type[nn.Module], count: int, in_channels: int, out_channels: int,
+                  kernel_size: int | Sequence[int], *, stride: int | Sequence[int], count_name: str,
+                  **layer) -> nn.Sequential:
+    """``count`` blocks in a row: the first strided and taking ``in_channels``, the rest ``out → out``.
+
+    Raises:
+        ValueError: naming ``count_name`` when ``count`` is below 1.
+    """
+    if count < 1:
+        raise ValueError(f"{count_name} must be at least 1, got {count}")
+    return nn.Sequential(
+        block(in_channels, out_channels, kernel_size, stride=stride, **layer),
+        *[block(out_channels, out_channels, kernel_size, **layer) for _ in range(count - 1)],
+    )
+
+
 class ConvNormAct(nn.Module):
     """One convolution, then an optional normalisation, then an optional activation.
 
@@ -111,12 +127,9 @@ class StackedConvBlocks(nn.Module):
         bias: bool = True,
     ):
         super().__init__()
-        if num_convs < 1:
-            raise ValueError(f"num_convs must be at least 1, got {num_convs}")
-        layer = dict(spatial_dims=spatial_dims, norm=norm, act=act, bias=bias)
-        self.convs = nn.Sequential(
-            ConvNormAct(in_channels, out_channels, kernel_size, stride=stride, **layer),
-            *[ConvNormAct(out_channels, out_channels, kernel_size, **layer) for _ in range(num_convs - 1)],
+        self.convs = repeat_blocks(
+            ConvNormAct, num_convs, in_channels, out_channels, kernel_size, stride=stride, count_name="num_convs",
+            spatial_dims=spatial_dims, norm=norm, act=act, bias=bias,
         )
         self.out_channels = out_channels
 

@@ -13,7 +13,7 @@ import torch
 from monai.networks.layers.factories import Pool
 from torch import nn
 
-from shared.layers.blocks import ConvNormAct
+from shared.layers.blocks import ConvNormAct, repeat_blocks
 from shared.layers.specs import DEFAULT_ACT, DEFAULT_NORM, LayerSpec, build_activation
 
 
@@ -59,7 +59,8 @@ class BasicResidualBlock(nn.Module):
         if _is_strided(stride):
             skip.append(Pool[Pool.AVG, spatial_dims](stride, stride))
         if in_channels != out_channels:
-            skip.append(ConvNormAct(in_channels, out_channels, 1, spatial_dims=spatial_dims, norm=norm, act=None, bias=False))
+            skip.append(ConvNormAct(in_channels, out_channels, 1, spatial_dims=spatial_dims, norm=norm, act=None,
+                                    bias=False))
         # An empty Sequential is the identity and keeps the key layout (`skip.1`) of DNA.
         self.skip = nn.Sequential(*skip)
 
@@ -99,12 +100,9 @@ class StackedResidualBlocks(nn.Module):
         bias: bool = True,
     ):
         super().__init__()
-        if num_blocks < 1:
-            raise ValueError(f"num_blocks must be at least 1, got {num_blocks}")
-        layer = dict(spatial_dims=spatial_dims, norm=norm, act=act, bias=bias)
-        self.blocks = nn.Sequential(
-            BasicResidualBlock(in_channels, out_channels, kernel_size, stride=stride, **layer),
-            *[BasicResidualBlock(out_channels, out_channels, kernel_size, **layer) for _ in range(num_blocks - 1)],
+        self.blocks = repeat_blocks(
+            BasicResidualBlock, num_blocks, in_channels, out_channels, kernel_size, stride=stride,
+            count_name="num_blocks", spatial_dims=spatial_dims, norm=norm, act=act, bias=bias,
         )
         self.out_channels = out_channels
 

@@ -18,3 +18,14 @@ def test_small_box_inside_large_stays_visible_and_clipping():
     assert painted[2, 2, 2] == 1 and painted[0, 0, 0] == 2
     assert box_slices(boxes[2], (6, 6, 6)) == (slice(5, 6),) * 3
     assert box_slices([3.2, 3.2, 3.2, 3.3, 3.3, 3.3], (6, 6, 6)) == (slice(3, 4),) * 3  # at least one voxel
+
+
+def test_box_outside_the_grid_paints_nothing():
+    assert box_slices([7, 0, 0, 9, 2, 2], (5, 5, 5)) is None
+    assert not rasterize_boxes(np.array([[7, 0, 0, 9, 2, 2], [-3, 0, 0, -1, 2, 2]]), (5, 5, 5)).any()
+
+
+def test_voxel_belongs_to_box_when_its_centre_is_inside():
+    # centres 2.5, 3.5, 4.5 lie in [2.3, 4.6]; a sub-voxel box marks the voxel holding its centre.
+    assert box_slices([2.3, 0, 0, 4.6, 1, 1], (8, 1, 1))[0] == slice(2, 5)
+    assert box_slices([2.6, 0, 0, 2.9, 1, 1], (5, 1, 1))[0] == slice(2, 3)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from checkpoint_cases import (
+from tests.checkpoints.checkpoint_cases import (
     TINY_SPEC,
     dna_encoder,
     dna_unet,

@@ -2,7 +2,7 @@ import json
 
 import pytest
 import torch
-from checkpoint_cases import dna_encoder, dna_unet
+from tests.checkpoints.checkpoint_cases import dna_encoder, dna_unet
 
 from shared.checkpoints.manifest import export_encoder, load_pretrained, sha256_file
 from shared.io.errors import InputError

@@ -1,6 +1,6 @@
 import pytest
 import torch
-from checkpoint_cases import StandInDetector, dna_encoder, dna_unet
+from tests.checkpoints.checkpoint_cases import StandInDetector, dna_encoder, dna_unet
 
 from shared.checkpoints.manifest import PretrainedEncoder
 from shared.checkpoints.transfer import architecture_differences, transfer_encoder

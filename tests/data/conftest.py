@@ -1,4 +1,4 @@
-"""A tiny preprocessed cache written by hand, following the cache contract."""
+"""A tiny preprocessed cache, written by the cache's own writer."""
 
 from __future__ import annotations
 
@@ -9,25 +9,24 @@ import numpy as np
 import pytest
 
 from shared.boxes.convention import boxes_from_instance_mask
+from shared.data.cache import write_case as cache_write_case
 
 
 def write_case(cache: Path, case: str, image: np.ndarray, *, mask=None, boxes=None, labels=()) -> None:
-    """Write ``<case>.json``, ``<case>_image.npy`` and, with a mask, ``<case>_mask.npy``."""
+    """Write one case through :func:`shared.data.cache.write_case`; a mask gives the boxes and instance ids."""
     instances = None
     if mask is not None:
         boxes, instances = boxes_from_instance_mask(mask)
-        np.save(cache / f"{case}_mask.npy", mask.astype(np.int16))
         instances = instances.tolist()
     boxes = np.zeros((0, 6)) if boxes is None else np.asarray(boxes, dtype=np.float64)
-    np.save(cache / f"{case}_image.npy", np.ascontiguousarray(image, dtype=np.float32))
-    meta = {
+    record = {
         "case": case, "split": "training", "image": [f"/raw/{case}_0000.nii.gz"],
         "mask": None if mask is None else f"/raw/{case}.nii.gz",
         "boxes": boxes.tolist(), "labels": list(labels), "instances": instances,
         "shape": list(image.shape[1:]), "affine": np.eye(4).tolist(), "original_affine": np.eye(4).tolist(),
-        "original_shape": list(image.shape[1:]), "plan_hash": "test",
+        "original_shape": list(image.shape[1:]), "plan_hash": "test", "entry_sha256": "test",
     }
-    (cache / f"{case}.json").write_text(json.dumps(meta))
+    cache_write_case(cache, record, image, mask)
 
 
 @pytest.fixture
@@ -38,8 +37,8 @@ def case_writer():
 
 @pytest.fixture
 def tiny_cache(tmp_path) -> Path:
-    """Cases: ``masked`` (2 instances, ids 1 and 3, classes 0 and 1), ``boxes_only`` (2 boxes, one with fractional edges),
-    ``small`` (smaller than an 8-voxel patch), ``empty`` (mask without objects)."""
+    """Cases: ``masked`` (2 instances, ids 1 and 3, classes 0 and 1), ``boxes_only`` (2 boxes, one with
+    fractional edges), ``small`` (smaller than an 8-voxel patch), ``empty`` (mask without objects)."""
     rng = np.random.default_rng(1)
     cache = tmp_path / "cache"
     cache.mkdir()

@@ -12,8 +12,8 @@ from shared.data.dataset import (
     ValidationCaseDataset,
     collate_detection,
     draw_training_sample,
-    read_case_record,
 )
+from shared.data.cache import read_case
 from shared.data.rasterize import rasterize_boxes
 from shared.io.errors import InputError
 
@@ -30,7 +30,8 @@ def _dataset(cache, cases=CASES, **overrides):
 def _check_targets(sample):
     """Boxes inside the patch; seg voxels of each class inside a box of that class; every box face touched."""
     boxes, labels, seg = sample["boxes"].numpy(), sample["labels"].numpy(), sample["seg"][0].numpy()
-    assert np.all(boxes[:, :3] >= 0) and np.all(boxes[:, 3:] <= np.array(seg.shape)) and np.all(boxes[:, 3:] > boxes[:, :3])
+    assert np.all(boxes[:, :3] >= 0) and np.all(boxes[:, 3:] <= np.array(seg.shape))
+    assert np.all(boxes[:, 3:] > boxes[:, :3])
     covered = np.zeros(seg.shape, dtype=bool)
     for box, label in zip(np.ceil(boxes - 0.5).astype(int), labels):  # voxels whose centre is inside
         inside = seg[box[0]:box[3], box[1]:box[4], box[2]:box[5]] == label + 1
@@ -77,14 +78,14 @@ def test_boxes_only_seg_is_the_rasterised_cropped_boxes(tiny_cache):
 
 
 def test_plain_crop_of_boxes_only_case_is_exact(tiny_cache):
-    record = read_case_record(tiny_cache, "boxes_only")
+    record = read_case(tiny_cache, "boxes_only")
     sample = draw_training_sample(record, (20, 18, 16), np.random.default_rng(0), foreground=False)
     np.testing.assert_array_equal(sample["boxes"].numpy(), record.boxes)
     np.testing.assert_array_equal(sample["image"].numpy(), np.load(tiny_cache / "boxes_only_image.npy"))
 
 
 def test_seg_is_class_plus_one_of_the_instance_map(tiny_cache):
-    record = read_case_record(tiny_cache, "masked")
+    record = read_case(tiny_cache, "masked")
     sample = draw_training_sample(record, (20, 18, 16), np.random.default_rng(0), foreground=False)
     instance_map = np.load(tiny_cache / "masked_mask.npy")
     np.testing.assert_array_equal(sample["seg"][0].numpy(), np.array([0, 1, 0, 2])[instance_map])
@@ -92,7 +93,7 @@ def test_seg_is_class_plus_one_of_the_instance_map(tiny_cache):
 
 
 def test_small_volume_is_padded_with_zero(tiny_cache):
-    record = read_case_record(tiny_cache, "small")
+    record = read_case(tiny_cache, "small")
     sample = draw_training_sample(record, (8, 8, 8), np.random.default_rng(0), foreground=True)
     image = sample["image"][0].numpy()
     assert image.shape == (8, 8, 8)
@@ -103,7 +104,7 @@ def test_small_volume_is_padded_with_zero(tiny_cache):
 def test_empty_case_and_empty_patch_give_no_boxes(tiny_cache):
     empty = _dataset(tiny_cache, ["empty"], foreground_fraction=1.0)[3]
     assert empty["boxes"].shape == (0, 6) and empty["labels"].shape == (0,) and not empty["seg"].any()
-    record = read_case_record(tiny_cache, "masked")
+    record = read_case(tiny_cache, "masked")
     rng = np.random.default_rng(0)
     shapes = [draw_training_sample(record, (2, 2, 2), rng, foreground=False)["boxes"].shape for _ in range(40)]
     assert (0, 6) in shapes
@@ -176,21 +177,22 @@ def test_validation_dataset_returns_whole_cases(tiny_cache):
 
 def test_bad_cache_input_names_the_file(tiny_cache):
     with pytest.raises(InputError, match="missing.json"):
-        read_case_record(tiny_cache, "missing")
+        read_case(tiny_cache, "missing")
     meta = json.loads((tiny_cache / "masked.json").read_text())
     (tiny_cache / "bad.json").write_text(json.dumps({**meta, "labels": [0]}))
     with pytest.raises(InputError, match="bad.json.*2 boxes but 1 labels"):
-        read_case_record(tiny_cache, "bad")
+        read_case(tiny_cache, "bad")
     (tiny_cache / "masked_image.npy").write_bytes(np.save.__doc__.encode()[:10])
     with pytest.raises(InputError, match="masked_image.npy"):
-        read_case_record(tiny_cache, "masked")
+        read_case(tiny_cache, "masked")
     mask = np.load(tiny_cache / "masked_mask.npy")
     mask[0, 0, 0] = 9
     np.save(tiny_cache / "stray_mask.npy", mask)
     np.save(tiny_cache / "stray_image.npy", np.zeros((1,) + mask.shape, np.float32))
     (tiny_cache / "stray.json").write_text(json.dumps({**meta, "case": "stray"}))
     with pytest.raises(InputError, match=r"stray.json.*\[9\]"):
-        draw_training_sample(read_case_record(tiny_cache, "stray"), (20, 18, 16), np.random.default_rng(0), foreground=False)
+        draw_training_sample(read_case(tiny_cache, "stray"), (20, 18, 16), np.random.default_rng(0),
+                             foreground=False)
     with pytest.raises(InputError, match="no cases"):
         DetectionPatchDataset(tiny_cache, [], 8, iterations_per_epoch=1, batch_size=1)
     with pytest.raises(ValueError, match="list of case ids"):

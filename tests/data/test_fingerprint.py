@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from _cases import spaced_affine, write_dataset
+from tests._cases import spaced_affine, write_dataset
 from shared.data.fingerprint import channel_modalities, compute_fingerprint
 from shared.io.datalist import write_datalist
 from shared.io.errors import InputError

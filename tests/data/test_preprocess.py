@@ -4,7 +4,7 @@ import os
 import numpy as np
 import pytest
 
-from _cases import spaced_affine, write_dataset
+from tests._cases import spaced_affine, write_dataset
 from shared.boxes.convention import boxes_voxel_to_world
 from shared.data.cache import list_cases, read_case, read_plan
 from shared.data.preprocess import preprocess, preprocess_volume

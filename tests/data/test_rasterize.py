@@ -21,17 +21,6 @@ def test_mask_box_round_trip(rng):
     np.testing.assert_array_equal(rasterize_boxes(boxes, [0], mask.shape), mask)
 
 
-def test_fractional_box_uses_voxel_centres():
-    # centres 2.5, 3.5, 4.5 lie in [2.3, 4.6); 1.5 and 5.5 do not.
-    target = rasterize_boxes(np.array([[2.3, 0, 0, 4.6, 1, 1]]), np.array([0]), (8, 1, 1))
-    np.testing.assert_array_equal(target[:, 0, 0], [0, 0, 1, 1, 1, 0, 0, 0])
-
-
-def test_sub_voxel_box_still_marks_its_voxel():
-    target = rasterize_boxes(np.array([[2.6, 0.0, 0.0, 2.9, 1.0, 1.0]]), np.array([0]), (5, 1, 1))
-    np.testing.assert_array_equal(target[:, 0, 0], [0, 0, 1, 0, 0])
-
-
 def test_smaller_box_wins_where_boxes_overlap():
     boxes = np.array([[2, 2, 2, 4, 4, 4], [0, 0, 0, 6, 6, 6]], dtype=np.float32)
     target = rasterize_boxes(boxes, np.array([1, 0]), (6, 6, 6))

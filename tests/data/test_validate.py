@@ -4,7 +4,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from _cases import spaced_affine, write_dataset
+from tests._cases import spaced_affine, write_dataset
 from shared.data.preprocess import preprocess
 from shared.data.validate import case_id, validate_datalist
 from shared.io.errors import InputError

@@ -57,3 +57,48 @@ def test_bad_images_name_the_file(tmp_path, problem):
     with pytest.raises(InputError) as caught:
         load_volume([good, bad])
     assert caught.value.source == str(bad)
+
+
+def _oblique_flipped_affine():
+    angle = np.deg2rad(20)
+    rotation = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+    affine = np.eye(4)
+    affine[:3, :3] = rotation @ np.diag([-0.7, 0.8, -1.25])  # x and z flipped, rotated about z
+    affine[:3, 3] = [30.0, -12.0, 7.5]
+    return affine
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii"])
+@pytest.mark.parametrize("kind", ["int16_scaled", "float32", "trailing_singleton", "conflicting_forms"])
+def test_nifti_fast_path_matches_monai_load_image(tmp_path, rng, suffix, kind):
+    from monai.transforms import LoadImage
+
+    path = tmp_path / f"scan{suffix}"
+    data = rng.integers(-1000, 2000, size=(7, 6, 5)).astype(np.int16)
+    if kind == "float32":
+        data = rng.normal(size=(7, 6, 5)).astype(np.float32)
+    elif kind == "trailing_singleton":
+        data = data[..., None]
+    image = nib.Nifti1Image(data, _oblique_flipped_affine())
+    if kind == "int16_scaled":
+        image.header.set_slope_inter(0.5, -3.0)
+    if kind == "conflicting_forms":  # pixdim follows the qform: MONAI's header repair then uses the qform
+        image.set_qform(np.diag([2.0, 2.0, 2.0, 1.0]), code=1)
+    nib.save(image, path)
+    reference = LoadImage(image_only=True)(str(path))
+    volume = load_volume(path)
+    np.testing.assert_array_equal(volume.array[0], np.asarray(reference).reshape(7, 6, 5))
+    np.testing.assert_allclose(volume.affine, np.asarray(reference.affine, dtype=np.float64), atol=1e-6)
+    if kind != "conflicting_forms":
+        np.testing.assert_allclose(volume.affine, _oblique_flipped_affine(), atol=1e-6)
+    assert volume.array.shape == (1, 7, 6, 5) and volume.array.dtype == np.float32
+    assert not isinstance(volume.array, np.memmap) and volume.array.flags.c_contiguous
+
+
+def test_label_map_fast_path_keeps_integer_ids(tmp_path):
+    ids = np.zeros((6, 5, 4), np.int16)
+    ids[1:3, 1:3, 1:3] = 7
+    save_nifti(tmp_path / "ids.nii.gz", ids, _oblique_flipped_affine())
+    labels = load_label_map(tmp_path / "ids.nii.gz")
+    assert labels.dtype == np.int32
+    np.testing.assert_array_equal(labels, ids)

@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from _cases import write_dataset
+from tests._cases import write_dataset
 from shared.io.datalist import read_datalist
 from shared.io.errors import InputError
 from shared.io.images import load_label_map, load_volume

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from _cases import write_dataset
+from tests._cases import write_dataset
 from shared.data.cache import list_cases
 from shared.io.errors import InputError
 from tools import convert
