@@ -144,7 +144,7 @@ def write_box_map(path: str | os.PathLike, entry: dict[str, Any], image: str | S
     boxes = boxes_world_to_voxel(entry["box"], volume.affine)
     labels = np.asarray(entry["label"], dtype=np.int64)
     order = np.argsort(entry["label_scores"])  # the most confident box is drawn last, on top
-    label_map = rasterize_boxes(np.round(boxes[order]), labels[order], volume.array.shape[1:])
+    label_map = rasterize_boxes(boxes[order], labels[order], volume.array.shape[1:])
     save_nifti(path, label_map.astype(np.uint8), volume.affine)
 
 
