@@ -163,9 +163,12 @@ class DetectionPatchDataset(Dataset):
         return self.iterations_per_epoch * self.batch_size
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        if not 0 <= index < len(self):
-            raise IndexError(f"sample {index} of an epoch of {len(self)}")
-        rng = np.random.default_rng([self.seed, self.rank, self.epoch, int(index)])
+        if index < 0:
+            raise IndexError(f"sample indices start at 0, got {index}")
+        # an index past the epoch continues into the next epochs: the trainer's ResumableBatchSampler
+        # hands out global indices so a resumed run sees the same samples
+        epoch, index = divmod(int(index), len(self))
+        rng = np.random.default_rng([self.seed, self.rank, self.epoch + epoch, index])
         foreground = is_foreground_sample(index % self.batch_size, self.batch_size, self.foreground_fraction, rng)
         record = read_case(self.cache_dir, self.cases[int(rng.integers(len(self.cases)))])
         sample = draw_training_sample(

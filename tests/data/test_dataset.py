@@ -142,6 +142,16 @@ def test_samples_are_deterministic_per_seed_epoch_index_and_rank(tiny_cache):
     assert not torch.equal(first["image"], _dataset(tiny_cache, seed=4)[5]["image"])
 
 
+def test_indices_past_the_epoch_continue_into_the_next_epochs(tiny_cache):
+    """The trainer's ResumableBatchSampler hands out global indices."""
+    dataset = _dataset(tiny_cache)
+    continued = dataset[len(dataset) + 5]
+    dataset.set_epoch(1)
+    assert torch.equal(continued["image"], dataset[5]["image"])
+    with pytest.raises(IndexError):
+        dataset[-1]
+
+
 def test_dataloader_with_two_workers_is_deterministic(tiny_cache):
     dataset = _dataset(tiny_cache, iterations_per_epoch=3)
     serial = [collate_detection([dataset[b * 4 + i] for i in range(4)]) for b in range(3)]
