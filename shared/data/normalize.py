@@ -7,6 +7,9 @@ is z-scored per image: MRI intensities have no absolute scale, so only the scan 
 bright. When a scan has a clear background of exact zeros (at least :data:`BACKGROUND_FRACTION` of its
 voxels, as in skull-stripped or masked MRI) the statistics are taken over the nonzero voxels only and
 the background stays 0; otherwise over all voxels.
+
+A channel spec with ``"per_image": true`` is z-scored per image whatever its modality: pre-training
+(paper, section 4: "z-scored inputs") has no labels, so no foreground statistics for CT exist.
 """
 
 from __future__ import annotations
@@ -65,7 +68,8 @@ def normalize_image(array: np.ndarray, channels: Sequence[dict[str, Any]], *, in
 
     Args:
         array: (C, X, Y, Z) float32 scan.
-        channels: the plan's ``channels``: one ``{"modality", "clip", "mean", "std"}`` per channel.
+        channels: the plan's ``channels``: one ``{"modality", "clip", "mean", "std"}`` per channel,
+            optionally with ``"per_image": true`` (z-score with the scan's own statistics).
         in_place: overwrite ``array`` instead of allocating a new one.
 
     Returns:
@@ -75,7 +79,7 @@ def normalize_image(array: np.ndarray, channels: Sequence[dict[str, Any]], *, in
         raise ValueError(f"expected (C, X, Y, Z) with C = {len(channels)} channels, got shape {array.shape}")
     out = array if in_place and array.dtype == np.float32 else np.empty(array.shape, dtype=np.float32)
     for index, spec in enumerate(channels):
-        if spec["modality"] == "CT":
+        if spec["modality"] == "CT" and not spec.get("per_image", False):
             normalize_ct(array[index], clip=spec["clip"], mean=spec["mean"], std=spec["std"], out=out[index])
         else:
             normalize_mri(array[index], out=out[index])

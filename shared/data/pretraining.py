@@ -1,0 +1,177 @@
+"""Pre-training data: unlabelled scans (a datalist's ``unlabelled`` list, or any folder of scans) into
+the preprocessed cache, z-scored per image.
+
+Self-supervised pre-training has no labels, so the detector's plan (CT clipped and z-scored with the
+labelled foreground's statistics, :mod:`shared.data.fingerprint`) cannot be made; SPEC section 4 asks
+for z-scored inputs, so every channel is normalised with the scan's own mean and standard deviation
+(``"per_image": true`` in the plan's channel specs, read by :func:`shared.data.normalize.normalize_image`).
+Entries are stripped of boxes and masks: pre-training sees images only. The cache has the layout of
+:mod:`shared.data.cache` (cases without boxes), so :class:`shared.data.dataset.DetectionPatchDataset`
+draws patches from it.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from shared.data.cache import PLAN_FILE, case_is_current, read_plan, write_case
+from shared.data.fingerprint import channel_modalities
+from shared.data.plan import PLAN_VERSION, file_sha256, parse_spacing, plan_hash
+from shared.data.preprocess import preprocess_case
+from shared.data.resample import spacing_of
+from shared.data.validate import CheckedCase, channel_paths, check_entry
+from shared.io.atomic import write_json
+from shared.io.datalist import read_datalist, write_datalist
+from shared.io.errors import InputError
+
+SCAN_SUFFIXES = (".nii.gz", ".nii", ".mhd", ".mha", ".nrrd")
+LABELLED_SPLITS = ("training", "validation")
+#: what the manifest records as the normalisation of pre-training inputs
+NORMALIZATION = "z-score per image (per channel, the scan's own mean and std)"
+_IMAGE_KEYS = ("image",)
+
+
+@dataclass
+class PretrainingData:
+    """The preprocessed pre-training data.
+
+    Attributes:
+        plan: the cache's plan (target spacing, per-image z-score channels).
+        cases: case ids in the cache.
+        datalist: the datalist they came from.
+        splits: the datalist splits used.
+    """
+
+    plan: dict[str, Any]
+    cases: list[str]
+    datalist: str
+    splits: list[str]
+
+    @property
+    def modality(self) -> list[str]:
+        return [channel["modality"] for channel in self.plan["channels"]]
+
+    @property
+    def in_channels(self) -> int:
+        return len(self.plan["channels"])
+
+
+def write_folder_datalist(folder: str | os.PathLike, datalist_path: str | os.PathLike, *,
+                          modality: str = "CT", recursive: bool = True) -> Path:
+    """Write a datalist whose ``unlabelled`` list holds every scan in ``folder`` (one file per scan).
+
+    Args:
+        folder: folder with ``.nii.gz``, ``.nii``, ``.mhd``, ``.mha`` or ``.nrrd`` files.
+        datalist_path: the datalist to write (paths inside are relative to its folder).
+        modality: the scans' modality (``"CT"`` or e.g. ``"MRI"``), recorded in the manifest.
+        recursive: also look in sub-folders.
+
+    Returns:
+        The datalist's path.
+
+    Raises:
+        InputError: when the folder does not exist or holds no scan.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(folder, "is not a folder")
+    files = folder.rglob("*") if recursive else folder.glob("*")
+    scans = sorted(str(path.resolve()) for path in files
+                   if path.is_file() and path.name.lower().endswith(SCAN_SUFFIXES))
+    if not scans:
+        raise InputError(folder, f"holds no scan (looked for {', '.join(SCAN_SUFFIXES)} files)")
+    return write_datalist(datalist_path, {"modality": modality, "unlabelled": [{"image": scan} for scan in scans]})
+
+
+def prepare_pretraining_data(datalist: str | os.PathLike, cache_dir: str | os.PathLike, *,
+                             splits: Sequence[str] = ("unlabelled",), include_labelled: bool = False,
+                             spacing: str | Sequence[float] = "fixed", num_workers: int = 0,
+                             overwrite: bool = False, progress: bool = True) -> PretrainingData:
+    """Validate the images of ``splits``, plan, and write every scan z-scored to the cache (once).
+
+    Args:
+        datalist: datalist JSON (:mod:`shared.io.datalist`); may hold only an ``unlabelled`` list.
+        cache_dir: output folder, created if needed.
+        splits: splits whose images are used.
+        include_labelled: also use the images (not the labels) of the training and validation splits.
+        spacing: "fixed" (1 mm), "median" (median of the scans used) or three mm values.
+        num_workers: processes for the per-case work; 0 works in this process.
+        overwrite: redo every case even if the cache is current.
+        progress: show a tqdm progress bar.
+
+    Returns:
+        The plan and the case ids.
+
+    Raises:
+        InputError: naming the file, for an invalid entry or when the splits hold no scan.
+    """
+    splits = list(dict.fromkeys([*splits, *(LABELLED_SPLITS if include_labelled else ())]))
+    content = read_datalist(datalist)
+    cases = _checked_images(content, splits)
+    if not cases:
+        raise InputError(datalist, f"the splits {splits} hold no scan to pre-train on")
+    plan = pretraining_plan(cases, content, datalist, spacing=spacing)
+    existing = read_plan(cache_dir)
+    if overwrite or existing is None or existing.get("hash") != plan["hash"]:
+        write_json(Path(cache_dir) / PLAN_FILE, plan)
+    todo = [case for case in cases if overwrite or not case_is_current(
+        cache_dir, case.case, plan["hash"], split=case.split, entry=case.entry)]
+    jobs = [(case, plan, os.fspath(cache_dir)) for case in todo]
+    bar = dict(total=len(jobs), desc="preprocessing", unit="scan", disable=not progress)
+    if num_workers > 0 and len(jobs) > 1:
+        with ProcessPoolExecutor(max_workers=num_workers) as pool:
+            list(tqdm(pool.map(_process_case, jobs), **bar))
+    else:
+        for job in tqdm(jobs, **bar):
+            _process_case(job)
+    return PretrainingData(plan, [case.case for case in cases], os.fspath(datalist), splits)
+
+
+def pretraining_plan(cases: Sequence[CheckedCase], datalist: dict[str, Any], datalist_path: str | os.PathLike, *,
+                     spacing: str | Sequence[float] = "fixed") -> dict[str, Any]:
+    """The plan of a pre-training cache: target spacing and one per-image z-score spec per channel."""
+    mode, target = parse_spacing(spacing)
+    if target is None:
+        target = np.median(np.stack([spacing_of(case.affine) for case in cases]), axis=0).tolist()
+    modalities = channel_modalities(datalist, len(channel_paths(cases[0].entry)), source=os.fspath(datalist_path))
+    channels = [{"modality": modality, "clip": None, "mean": None, "std": None, "per_image": True}
+                for modality in modalities]
+    plan = {"target_spacing": [float(v) for v in target], "spacing_mode": mode, "channels": channels,
+            "classes": [], "num_classes": 0, "datalist": str(Path(datalist_path).resolve()),
+            "version": PLAN_VERSION, "datalist_sha256": file_sha256(datalist_path)}
+    plan["hash"] = plan_hash(plan)
+    return plan
+
+
+def _checked_images(datalist: dict[str, Any], splits: Sequence[str]) -> list[CheckedCase]:
+    """Validate the image part of every entry; case ids must be unique across the splits."""
+    cases, seen, channels = [], {}, None
+    for split in splits:
+        for entry in datalist.get(split, []):
+            checked = check_entry({key: entry[key] for key in _IMAGE_KEYS}, split)
+            first = channel_paths(entry)[0]
+            if checked.case in seen:
+                raise InputError(first, f"case id '{checked.case}' also names {seen[checked.case]}; case ids are "
+                                        "file names without extension and must be unique")
+            count = len(channel_paths(entry))
+            if channels is not None and count != channels:
+                raise InputError(first, f"has {count} channels, other scans have {channels}")
+            seen[checked.case], channels = first, count
+            cases.append(checked)
+    return cases
+
+
+def _process_case(job: tuple[CheckedCase, dict[str, Any], str]) -> str:
+    case, plan, cache_dir = job
+    torch.set_num_threads(1)  # workers share few cores; one thread each avoids oversubscription
+    record, image, _ = preprocess_case(case, plan)
+    write_case(cache_dir, record, image, None)
+    return case.case
