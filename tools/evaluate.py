@@ -36,22 +36,7 @@ def detections(
     max_detections: int = 100,
     data_root: str | None = None,
 ) -> None:
-    """Evaluate a predictions file against one split of a datalist; see ``evaluate_detections``.
-
-    Args:
-        predictions: JSON list of ``{"image", "box" (cccwhd mm), "label", "label_scores"}``.
-        datalist: decathlon-style datalist with the ground truth.
-        out: output folder.
-        split: datalist key to evaluate.
-        iou_thresholds: thresholds with their own AP/AR keys.
-        iou_range: ``start,stop,step`` of mAP/mAR.
-        froc_iou: IoU threshold of the FROC (0.3 for aneurysm-style tasks).
-        class_names: class names, index order (default ``class_0``...).
-        bootstrap: number of bootstrap draws for intervals (0: none).
-        seed: seed of the draws.
-        max_detections: detections kept per image and class.
-        data_root: folder the datalist's relative image paths are relative to (default: its folder).
-    """
+    """Evaluate a predictions file against one split of a datalist; see ``evaluate_detections``."""
     metrics = evaluate_detections(
         predictions, datalist, out, split=split, iou_thresholds=iou_thresholds, iou_range=iou_range,
         froc_iou=froc_iou, class_names=class_names, bootstrap=bootstrap, seed=seed,
@@ -77,17 +62,7 @@ def luna16(
     seriesuids: str | None = None,
     max_marks: int = 100,
 ) -> None:
-    """LUNA16 CPM of a candidates file; see ``evaluate_luna16_files``.
-
-    Args:
-        candidates: CSV ``seriesuid,coordX,coordY,coordZ,probability`` (world mm).
-        annotations: CSV ``seriesuid,coordX,coordY,coordZ,diameter_mm``.
-        out: output folder.
-        excluded: CSV like ``annotations`` of irrelevant findings (diameter -1: 10 mm).
-        seriesuids: one series UID per line, the scans evaluated (default: every scan named in the
-            annotations, excluded findings or candidates; give it for official numbers).
-        max_marks: candidates kept per scan.
-    """
+    """LUNA16 CPM of a candidates file; see ``evaluate_luna16_files``."""
     metrics = evaluate_luna16_files(candidates, annotations, out, excluded=excluded, seriesuids=seriesuids,
                                     max_marks=max_marks)
     print(f"CPM: {format_value(metrics['CPM'])} over {int(metrics['num_scans'])} scans, "
@@ -103,20 +78,22 @@ def compare(
     draws: int = 1000,
     seed: int = 0,
 ) -> None:
-    """Rank models by bootstrap over their common test images; see ``compare_runs``.
-
-    Args:
-        runs: output folders of ``detections`` (each holds ``per_image.npz``).
-        out: output folder.
-        names: model names (default: the folder names).
-        metric: metric to rank by, e.g. ``AP_IoU_0.10_MaxDet_100`` or ``FROC_score_IoU_0.10``.
-        draws: bootstrap draws.
-        seed: seed of the draws.
-    """
+    """Rank models by bootstrap over their common test images; see ``compare_runs``."""
     content = compare_runs(runs, out, names=names, metric=metric, draws=draws, seed=seed)
     for name, rank in sorted(content["mean_rank"].items(), key=lambda item: item[1]):
         print(f"{name}: mean rank {rank:.2f}, {metric} {format_value(content['point_estimate'][name])}")
     print(f"written to {out}: metrics.json, report.md, rank_histograms.png")
+
+
+def _help_from(command, function) -> None:
+    """Give ``command`` the argument help of the library ``function`` (one text for both; fire shows it)."""
+    arguments = function.__doc__.split("\n    Args:\n", 1)[1].split("\n    Returns:", 1)[0]
+    command.__doc__ = f"{command.__doc__.rstrip()}\n\n    Args:\n{arguments.rstrip()}\n    "
+
+
+_help_from(detections, evaluate_detections)
+_help_from(luna16, evaluate_luna16_files)
+_help_from(compare, compare_runs)
 
 
 def main() -> None:

@@ -117,7 +117,10 @@ def evaluate_detections(
                                     arguments, max_detections)
 
 
-def _write_detection_outputs(folder, record, image_ids, names, metrics, intervals, band, counts, arguments, cap) -> dict:
+def _write_detection_outputs(
+    folder, record, image_ids, names, metrics, intervals, band, counts, arguments, cap
+) -> dict:
+    """Write plots, ``per_image.npz``, ``metrics.json`` and ``report.md``; return the ``metrics.json`` content."""
     froc_iou = arguments["froc_iou_thresholds"][0]
     pooled = curve_points(record, None, froc_iou)
     plot_froc(folder / "froc.png", {"all classes": (pooled["false_positives_per_image"], pooled["sensitivity"])},

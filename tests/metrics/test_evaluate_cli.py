@@ -9,29 +9,8 @@ import pytest
 
 from tools import evaluate
 
-NAMES = ["benign", "malignant"]
-
-
-def _files(tmp_path, rng, *, scramble=0.0, name="predictions.json"):
-    datalist, predictions = {"test": [], "training": []}, []
-    for index in range(12):
-        count = int(rng.integers(0, 4))
-        boxes = np.concatenate([rng.uniform(0, 100, (count, 3)), rng.uniform(4, 10, (count, 3))], axis=1)
-        labels = rng.integers(0, 2, count)
-        datalist["test"].append({"image": f"scans/{index}.nii.gz", "box": boxes.tolist(), "label": labels.tolist()})
-        if index == 0:
-            continue  # an image without a prediction entry
-        found = boxes + rng.normal(0, scramble, boxes.shape) * [1, 1, 1, 0, 0, 0]
-        noise = np.array([[50, 50, 50, 5, 5, 5.0]])
-        predictions.append({"image": f"scans/{index}.nii.gz", "box": np.concatenate([found, noise]).tolist(),
-                            "label": labels.tolist() + [0], "label_scores": rng.uniform(0.2, 1, count + 1).tolist()})
-    (tmp_path / "datalist.json").write_text(json.dumps(datalist))
-    (tmp_path / name).write_text(json.dumps(predictions))
-    return tmp_path / name, tmp_path / "datalist.json"
-
-
-def test_detections_prints_a_short_summary_and_returns_nothing(tmp_path, rng, capsys):
-    predictions, datalist = _files(tmp_path, rng)
+def test_detections_prints_a_short_summary_and_returns_nothing(evaluation_files, tmp_path, rng, capsys):
+    predictions, datalist = evaluation_files(tmp_path, rng)
     returned = evaluate.detections(str(predictions), str(datalist), str(tmp_path / "out"),
                                    class_names="benign,malignant", bootstrap=20)
     assert returned is None
@@ -44,9 +23,9 @@ def test_detections_prints_a_short_summary_and_returns_nothing(tmp_path, rng, ca
     assert str(tmp_path / "out") in printed and len(printed.splitlines()) == 3
 
 
-def test_compare_prints_models_best_first(tmp_path, capsys):
+def test_compare_prints_models_best_first(evaluation_files, tmp_path, capsys):
     for name, seed in (("one", 1), ("two", 2)):
-        predictions, datalist = _files(tmp_path, np.random.default_rng(1), scramble=seed * 3.0, name=f"{name}.json")
+        predictions, datalist = evaluation_files(tmp_path, np.random.default_rng(1), scramble=seed * 3.0, name=f"{name}.json")
         evaluate.detections(str(predictions), str(datalist), str(tmp_path / name), bootstrap=0)
     capsys.readouterr()
     assert evaluate.compare([str(tmp_path / "two"), str(tmp_path / "one")], str(tmp_path / "cmp"), draws=10) is None

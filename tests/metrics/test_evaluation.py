@@ -7,33 +7,15 @@ import json
 import numpy as np
 import pytest
 
-from shared.metrics.errors import EvaluationInputError
 from shared.io.errors import InputError
+from shared.metrics.errors import EvaluationInputError
 from shared.metrics.evaluation import compare_runs, evaluate_detections, evaluate_luna16_files
 
 NAMES = ["benign", "malignant"]
 
 
-def _files(tmp_path, rng, *, scramble=0.0, name="predictions.json"):
-    datalist, predictions = {"test": [], "training": []}, []
-    for index in range(12):
-        count = int(rng.integers(0, 4))
-        boxes = np.concatenate([rng.uniform(0, 100, (count, 3)), rng.uniform(4, 10, (count, 3))], axis=1)
-        labels = rng.integers(0, 2, count)
-        datalist["test"].append({"image": f"scans/{index}.nii.gz", "box": boxes.tolist(), "label": labels.tolist()})
-        if index == 0:
-            continue  # an image without a prediction entry
-        found = boxes + rng.normal(0, scramble, boxes.shape) * [1, 1, 1, 0, 0, 0]
-        noise = np.array([[50, 50, 50, 5, 5, 5.0]])
-        predictions.append({"image": f"scans/{index}.nii.gz", "box": np.concatenate([found, noise]).tolist(),
-                            "label": labels.tolist() + [0], "label_scores": rng.uniform(0.2, 1, count + 1).tolist()})
-    (tmp_path / "datalist.json").write_text(json.dumps(datalist))
-    (tmp_path / name).write_text(json.dumps(predictions))
-    return tmp_path / name, tmp_path / "datalist.json"
-
-
-def test_detections_writes_metrics_report_plots_and_records(tmp_path, rng):
-    predictions, datalist = _files(tmp_path, rng)
+def test_detections_writes_metrics_report_plots_and_records(evaluation_files, tmp_path, rng):
+    predictions, datalist = evaluation_files(tmp_path, rng)
     metrics = evaluate_detections(str(predictions), str(datalist), str(tmp_path / "out"),
                                   class_names="benign,malignant", bootstrap=30, iou_thresholds=(0.1, 0.5))
     written = json.loads((tmp_path / "out" / "metrics.json").read_text())
@@ -51,9 +33,9 @@ def test_detections_writes_metrics_report_plots_and_records(tmp_path, rng):
         assert (tmp_path / "out" / name).stat().st_size > 0
 
 
-def test_compare_ranks_runs_on_the_same_images(tmp_path, rng):
-    good, datalist = _files(tmp_path, np.random.default_rng(1), name="good.json")
-    bad, _ = _files(tmp_path, np.random.default_rng(1), scramble=6.0, name="bad.json")
+def test_compare_ranks_runs_on_the_same_images(evaluation_files, tmp_path, rng):
+    good, datalist = evaluation_files(tmp_path, np.random.default_rng(1), name="good.json")
+    bad, _ = evaluation_files(tmp_path, np.random.default_rng(1), scramble=6.0, name="bad.json")
     for name, predictions in (("good", good), ("bad", bad)):
         evaluate_detections(str(predictions), str(datalist), str(tmp_path / name), class_names=NAMES, bootstrap=0)
     content = compare_runs([str(tmp_path / "bad"), str(tmp_path / "good")], str(tmp_path / "cmp"), draws=25,
@@ -64,8 +46,8 @@ def test_compare_ranks_runs_on_the_same_images(tmp_path, rng):
     assert "| good |" in (tmp_path / "cmp" / "report.md").read_text()
 
 
-def test_compare_refuses_different_test_sets(tmp_path, rng):
-    predictions, datalist = _files(tmp_path, rng)
+def test_compare_refuses_different_test_sets(evaluation_files, tmp_path, rng):
+    predictions, datalist = evaluation_files(tmp_path, rng)
     evaluate_detections(str(predictions), str(datalist), str(tmp_path / "one"), bootstrap=0)
     content = json.loads(datalist.read_text())
     content["test"] = content["test"][1:]
@@ -79,8 +61,8 @@ def test_compare_refuses_different_test_sets(tmp_path, rng):
     assert not (tmp_path / "cmp").exists()
 
 
-def test_bad_input_writes_nothing(tmp_path, rng):
-    predictions, datalist = _files(tmp_path, rng)
+def test_bad_input_writes_nothing(evaluation_files, tmp_path, rng):
+    predictions, datalist = evaluation_files(tmp_path, rng)
     content = json.loads(predictions.read_text())
     content[2]["label_scores"][0] = "high"
     predictions.write_text(json.dumps(content))
@@ -89,7 +71,7 @@ def test_bad_input_writes_nothing(tmp_path, rng):
     assert not (tmp_path / "out").exists()
 
 
-def test_luna16_command(tmp_path):
+def test_luna16_files_writes_cpm_and_refuses_nan(tmp_path):
     (tmp_path / "annotations.csv").write_text(
         "seriesuid,coordX,coordY,coordZ,diameter_mm\na,0,0,0,10\na,50,0,0,6\nb,0,0,0,8\n")
     (tmp_path / "excluded.csv").write_text("seriesuid,coordX,coordY,coordZ,diameter_mm\nb,30,0,0,-1\n")
@@ -107,7 +89,7 @@ def test_luna16_command(tmp_path):
     assert (tmp_path / "out" / "froc.png").stat().st_size > 0 and "CPM" in (tmp_path / "out" / "report.md").read_text()
     (tmp_path / "candidates.csv").write_text("seriesuid,coordX,coordY,coordZ,probability\na,1,0,0,nan\n")
     with pytest.raises(EvaluationInputError, match="candidates.csv.*NaN"):
-        evaluate_luna16_files(str(tmp_path / "candidates.csv"), str(tmp_path / "annotations.csv"), str(tmp_path / "o2"))
+        evaluate_luna16_files(tmp_path / "candidates.csv", tmp_path / "annotations.csv", tmp_path / "o2")
 
 
 def test_evaluation_input_error_is_the_project_input_error():
