@@ -12,9 +12,11 @@ input prints one line and exits with status 2.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+import inspect
+from collections.abc import Callable
 
-from shared.metrics.detection_metrics import IOU_RANGE, KEY_METRIC
+from shared.metrics.detection_metrics import KEY_METRIC
 from shared.metrics.evaluation import compare_runs, evaluate_detections, evaluate_luna16_files
 from shared.metrics.report import format_value
 from tools._cli import run_cli
@@ -22,31 +24,20 @@ from tools._cli import run_cli
 __all__ = ["detections", "luna16", "compare", "main"]
 
 
-def detections(
-    predictions: str,
-    datalist: str,
-    out: str,
-    split: str = "test",
-    iou_thresholds: Sequence[float] = (0.1, 0.5, 0.75),
-    iou_range: Sequence[float] = IOU_RANGE,
-    froc_iou: float = 0.1,
-    class_names: Sequence[str] | None = None,
-    bootstrap: int = 1000,
-    seed: int = 0,
-    max_detections: int = 100,
-    data_root: str | None = None,
-) -> None:
-    """Evaluate a predictions file against one split of a datalist; see ``evaluate_detections``."""
-    metrics = evaluate_detections(
-        predictions, datalist, out, split=split, iou_thresholds=iou_thresholds, iou_range=iou_range,
-        froc_iou=froc_iou, class_names=class_names, bootstrap=bootstrap, seed=seed,
-        max_detections=max_detections, data_root=data_root,
-    )
-    key = KEY_METRIC.replace("MaxDet_100", f"MaxDet_{max_detections}")
-    froc = f"FROC_score_IoU_{float(froc_iou):.2f}"
-    print(f"{key}: {_percent(metrics, key)}")
-    print(f"{froc}: {_percent(metrics, froc)}")
-    print(f"written to {out}: metrics.json, report.md, froc.png, pr_curves.png, per_image.npz")
+def _summarised(function: Callable[..., dict], summarise: Callable[[dict, dict], list[str]]) -> Callable[..., None]:
+    """A command running ``function`` (same arguments and help, for fire) that prints a summary, returns None.
+
+    Fire would otherwise print the whole returned dictionary (about a hundred keys).
+    """
+
+    @functools.wraps(function)
+    def command(*args, **kwargs) -> None:
+        bound = inspect.signature(function).bind(*args, **kwargs)
+        bound.apply_defaults()
+        for line in summarise(function(*args, **kwargs), bound.arguments):
+            print(line)
+
+    return command
 
 
 def _percent(metrics: dict, key: str) -> str:
@@ -54,46 +45,29 @@ def _percent(metrics: dict, key: str) -> str:
     return format_value(metrics.get(key), metrics.get(f"{key}_ci95"))
 
 
-def luna16(
-    candidates: str,
-    annotations: str,
-    out: str,
-    excluded: str | None = None,
-    seriesuids: str | None = None,
-    max_marks: int = 100,
-) -> None:
-    """LUNA16 CPM of a candidates file; see ``evaluate_luna16_files``."""
-    metrics = evaluate_luna16_files(candidates, annotations, out, excluded=excluded, seriesuids=seriesuids,
-                                    max_marks=max_marks)
-    print(f"CPM: {format_value(metrics['CPM'])} over {int(metrics['num_scans'])} scans, "
-          f"{int(metrics['num_nodules'])} nodules")
-    print(f"written to {out}: metrics.json, report.md, froc.png")
+def _detections_summary(content: dict, arguments: dict) -> list[str]:
+    key = KEY_METRIC.replace("MaxDet_100", f"MaxDet_{arguments['max_detections']}")
+    froc = f"FROC_score_IoU_{float(arguments['froc_iou']):.2f}"
+    return [f"{key}: {_percent(content, key)}", f"{froc}: {_percent(content, froc)}",
+            f"written to {arguments['out']}: metrics.json, report.md, froc.png, pr_curves.png, per_image.npz"]
 
 
-def compare(
-    runs: Sequence[str],
-    out: str,
-    names: Sequence[str] | None = None,
-    metric: str = KEY_METRIC,
-    draws: int = 1000,
-    seed: int = 0,
-) -> None:
-    """Rank models by bootstrap over their common test images; see ``compare_runs``."""
-    content = compare_runs(runs, out, names=names, metric=metric, draws=draws, seed=seed)
-    for name, rank in sorted(content["mean_rank"].items(), key=lambda item: item[1]):
-        print(f"{name}: mean rank {rank:.2f}, {metric} {format_value(content['point_estimate'][name])}")
-    print(f"written to {out}: metrics.json, report.md, rank_histograms.png")
+def _luna16_summary(metrics: dict, arguments: dict) -> list[str]:
+    return [f"CPM: {format_value(metrics['CPM'])} over {int(metrics['num_scans'])} scans, "
+            f"{int(metrics['num_nodules'])} nodules",
+            f"written to {arguments['out']}: metrics.json, report.md, froc.png"]
 
 
-def _help_from(command, function) -> None:
-    """Give ``command`` the argument help of the library ``function`` (one text for both; fire shows it)."""
-    arguments = function.__doc__.split("\n    Args:\n", 1)[1].split("\n    Returns:", 1)[0]
-    command.__doc__ = f"{command.__doc__.rstrip()}\n\n    Args:\n{arguments.rstrip()}\n    "
+def _compare_summary(content: dict, arguments: dict) -> list[str]:
+    ranked = sorted(content["mean_rank"].items(), key=lambda item: item[1])
+    lines = [f"{name}: mean rank {rank:.2f}, {content['metric']} {format_value(content['point_estimate'][name])}"
+             for name, rank in ranked]
+    return lines + [f"written to {arguments['out']}: metrics.json, report.md, rank_histograms.png"]
 
 
-_help_from(detections, evaluate_detections)
-_help_from(luna16, evaluate_luna16_files)
-_help_from(compare, compare_runs)
+detections = _summarised(evaluate_detections, _detections_summary)
+luna16 = _summarised(evaluate_luna16_files, _luna16_summary)
+compare = _summarised(compare_runs, _compare_summary)
 
 
 def main() -> None:
