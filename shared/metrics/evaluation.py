@@ -68,7 +68,7 @@ def evaluate_detections(
     seed: int = 0,
     max_detections: int = 100,
     data_root: str | Path | None = None,
-) -> dict[str, float]:
+) -> dict:
     """Evaluate a predictions file against one split of a datalist.
 
     Args:
