@@ -101,12 +101,12 @@ def report(root: Path, *, bootstrap: int, **_) -> None:
     from shared.metrics.evaluation import compare_runs
 
     runs = [root / "finetune" / variant / "evaluation" for variant in VARIANTS]
-    ranking = compare_runs([str(run) for run in runs], str(root / "report"), names=list(VARIANTS), draws=bootstrap)
+    compare_runs([str(run) for run in runs], str(root / "report" / "ranking"), names=list(VARIANTS), draws=bootstrap)
     metrics = {variant: json.loads((run / "metrics.json").read_text()) for variant, run in zip(VARIANTS, runs)}
-    write_report(root, metrics, ranking)
+    write_report(root, metrics)
 
 
-def write_report(root: Path, metrics: dict[str, dict], ranking: dict) -> None:
+def write_report(root: Path, metrics: dict[str, dict]) -> None:
     """The pipeline's summary: one row per variant with bootstrap intervals, links to the plots."""
     from shared.io.atomic import write_text
 
@@ -117,13 +117,11 @@ def write_report(root: Path, metrics: dict[str, dict], ranking: dict) -> None:
         cells = [_with_interval(values, key) for key in keys]
         lines.append(f"| {variant} | " + " | ".join(cells) + " |")
     lines += ["", "Intervals: 95% bootstrap over test images.", "",
-              "## Ranking (bootstrap over test images)", "", (root / "report" / "report.md.ranking").read_text()
-              if (root / "report" / "report.md.ranking").exists() else json.dumps(ranking, indent=2, default=str), "",
-              "## Plots", ""]
+              (root / "report" / "ranking" / "report.md").read_text().replace("# ", "## ", 1), "", "## Plots", ""]
     for variant in metrics:
-        lines.append(f"- {variant}: FROC `finetune/{variant}/evaluation/froc.png`, "
-                     f"PR `finetune/{variant}/evaluation/`")
-    lines.append("- rank histogram: `report/rank_histogram.png`")
+        plots = sorted(path.name for path in (root / "finetune" / variant / "evaluation").glob("*.png"))
+        lines.append(f"- {variant}: " + ", ".join(f"`finetune/{variant}/evaluation/{name}`" for name in plots))
+    lines.append("- rank histograms: `report/ranking/rank_histograms.png`")
     write_text(root / "report" / "report.md", "\n".join(lines) + "\n")
 
 
