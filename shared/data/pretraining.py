@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import torch
 
 from shared.data.cache import PLAN_FILE, read_plan
 from shared.data.fingerprint import channel_modalities
