@@ -30,6 +30,11 @@ BUNDLES = Path(__file__).resolve().parents[1] / "bundles"
 
 logger = logging.getLogger("pipeline")
 
+#: the quick profiles shrunk further so the whole job fits in about 15 minutes on 2 CPU cores; a real
+#: comparison needs the bundles' own quick (or paper) settings: pass overrides to get them
+PRETRAIN_PROFILE = {"patch_size": [48, 48, 48], "iterations_per_epoch": 20, "epochs": 3}
+FINETUNE_PROFILE = {"patch_size": [48, 48, 48], "iterations_per_epoch": 40, "epochs": 3}
+
 
 def main(out: str = "runs/quickstart", stages: Sequence[str] = STAGES, force: bool = False, seed: int = 0,
          num_training: int | None = None, pretrain_overrides: dict | None = None,
@@ -42,7 +47,8 @@ def main(out: str = "runs/quickstart", stages: Sequence[str] = STAGES, force: bo
         force: re-run stages already done.
         seed: data, pre-training and fine-tuning seed (the two fine-tunings share it).
         num_training: labelled training scans (default: the quick preset's); the label budget.
-        pretrain_overrides, finetune_overrides: extra bundle overrides, e.g. "{'epochs': 2}".
+        pretrain_overrides, finetune_overrides: bundle overrides on top of :data:`PRETRAIN_PROFILE` and
+            :data:`FINETUNE_PROFILE`, e.g. "{'epochs': 10}".
         bootstrap: bootstrap draws for confidence intervals and the ranking.
 
     Returns:
@@ -53,8 +59,9 @@ def main(out: str = "runs/quickstart", stages: Sequence[str] = STAGES, force: bo
     if unknown:
         raise SystemExit(f"unknown stage(s) {unknown}; stages are {list(STAGES)}")
     root = Path(out).resolve()
-    settings = dict(seed=seed, num_training=num_training, pretrain_overrides=pretrain_overrides or {},
-                    finetune_overrides=finetune_overrides or {}, bootstrap=bootstrap)
+    settings = dict(seed=seed, num_training=num_training, bootstrap=bootstrap,
+                    pretrain_overrides={**PRETRAIN_PROFILE, **(pretrain_overrides or {})},
+                    finetune_overrides={**FINETUNE_PROFILE, **(finetune_overrides or {})})
     for stage in STAGES:
         if stage not in stages:
             continue
