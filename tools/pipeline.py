@@ -33,7 +33,7 @@ logger = logging.getLogger("pipeline")
 #: the quick profiles shrunk further so the whole job fits in about 15 minutes on 2 CPU cores; a real
 #: comparison needs the bundles' own quick (or paper) settings: pass overrides to get them
 PRETRAIN_PROFILE = {"patch_size": [48, 48, 48], "iterations_per_epoch": 20, "epochs": 3}
-FINETUNE_PROFILE = {"patch_size": [48, 48, 48], "iterations_per_epoch": 40, "epochs": 3}
+FINETUNE_PROFILE = {"patch_size": [48, 48, 48], "iterations_per_epoch": 40, "epochs": 3, "validate_every": 3}
 
 
 def main(out: str = "runs/quickstart", stages: Sequence[str] = STAGES, force: bool = False, seed: int = 0,
