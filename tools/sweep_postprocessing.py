@@ -159,7 +159,6 @@ def sweep(
     """
     from shared.detectors.retina_unet import RetinaUNetDetector
 
-    torch.set_grad_enabled(False)
     overrides = config_overrides.split(",") if isinstance(config_overrides, str) else list(config_overrides)
     network, plan, cache_dir, inference = _bundle_parts(bundle, model_dir, dataset_dir, [o for o in overrides if o])
     run_on = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

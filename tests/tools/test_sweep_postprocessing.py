@@ -61,6 +61,7 @@ def test_sweep_writes_the_best_setting_and_inference_reads_it(trained_tiny, caps
     root, overrides = trained_tiny
     content = sweep(str(BUNDLE), str(root / "model"), str(root / "data"), config_overrides=str(overrides),
                     cluster_iou="0.3,0.6", score_threshold=(0.05, 0.4), min_size=0.01, device="cpu")
+    assert torch.is_grad_enabled()  # the sweep leaves the global grad mode alone
     written = json.loads((root / "model" / "postprocessing.json").read_text())
     assert written["settings"] == content["settings"]
     assert written["metric"] == "AP_IoU_0.10_MaxDet_100" and written["validation_cases"] == 2
