@@ -97,7 +97,7 @@ class DetectionPostprocessor:
         large = ((boxes[:, 3:] - boxes[:, :3]) >= self.min_size).all(dim=1)
         boxes, scores, labels = boxes[large], scores[large], labels[large]
         if boxes.shape[0]:
-            keep = batched_nms(boxes, scores, labels, self.nms_iou)
-            keep = keep[: self.detections_per_image]
+            # stopping at the per-image limit skips the full IoU matrix of a busy tile's candidates
+            keep = batched_nms(boxes, scores, labels, self.nms_iou, max_keep=self.detections_per_image)
             boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
         return {"boxes": boxes, "scores": scores, "labels": labels.long()}

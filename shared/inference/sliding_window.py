@@ -13,6 +13,7 @@ import itertools
 import math
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -70,6 +71,24 @@ def _resolve_models(models, postprocessor):
     return pairs
 
 
+@dataclass
+class VolumeStreams:
+    """Every (tile, flip, model) stream's detections of one volume, in volume voxels, before clustering.
+
+    Attributes:
+        boxes: (N, 6) xyzxyz voxel of the padded volume; scores: (N,); labels: (N,) int64.
+        weights: (N,) tile-position weights; expected: (N,) number of streams that could see each box.
+        shape: spatial shape (X, Y, Z) of the unpadded volume.
+    """
+
+    boxes: Tensor
+    scores: Tensor
+    labels: Tensor
+    weights: Tensor
+    expected: Tensor
+    shape: tuple[int, ...]
+
+
 @torch.no_grad()
 def predict_volume(
     models: nn.Module | Sequence[nn.Module],
@@ -111,9 +130,40 @@ def predict_volume(
         ``volume``'s device, sorted by score.
     """
     start = time.perf_counter()
-    clock = {"forward": 0.0, "postprocess": 0.0, "consolidation": 0.0}
+    clock: dict = {}
+    streams = predict_streams(models, volume, patch_size=patch_size, overlap=overlap, mirror=mirror,
+                              batch_size=batch_size, postprocessor=postprocessor, sigma_scale=sigma_scale,
+                              timings=clock)
+    tic = time.perf_counter()
+    result = consolidate_streams(streams, cluster_iou=cluster_iou, score_threshold=score_threshold,
+                                 min_size=min_size, detections_per_volume=detections_per_volume)
+    clock["consolidation"] = time.perf_counter() - tic
+    if timings is not None:
+        timings.update(clock, total=time.perf_counter() - start)
+    return {key: value.to(volume.device) for key, value in result.items()}
+
+
+@torch.no_grad()
+def predict_streams(
+    models: nn.Module | Sequence[nn.Module],
+    volume: Tensor,
+    *,
+    patch_size: Sequence[int],
+    overlap: float = 0.5,
+    mirror: bool = False,
+    batch_size: int = 4,
+    postprocessor: DetectionPostprocessor | None = None,
+    sigma_scale: float = 0.25,
+    timings: dict | None = None,
+) -> VolumeStreams:
+    """The network half of :func:`predict_volume`: every stream's detections, not yet clustered.
+
+    Kept separate so a post-processing sweep runs the networks once per volume and then re-clusters
+    the same streams with :func:`consolidate_streams` for each setting. Arguments as in
+    :func:`predict_volume`; ``timings`` gets ``forward``, ``postprocess`` and ``streams``.
+    """
+    clock = {"forward": 0.0, "postprocess": 0.0}
     pairs = _resolve_models(models, postprocessor)
-    shape = tuple(volume.shape[1:])
     padded = _pad_to(volume, patch_size)
     origins = tile_origins(tuple(padded.shape[1:]), patch_size, overlap)
     flips = ALL_FLIPS if mirror else ((),)
@@ -126,18 +176,32 @@ def predict_volume(
             batch_jobs = jobs[first : first + batch_size]
             collected += _run_batch(network, post, padded, batch_jobs, patch_size, sigma_scale, clock)
         network.train(was_training)
-    tic = time.perf_counter()
     boxes, scores, labels, weights = (torch.cat(parts) for parts in zip(*collected))
     expected = tiles_covering((boxes[:, :3] + boxes[:, 3:]) / 2, origins.to(boxes.device), patch_size)
     expected = expected * len(flips) * len(pairs)
-    boxes, scores, labels = weighted_box_clustering(
-        boxes, scores, labels, weights, expected.clamp(min=1), iou_threshold=cluster_iou
-    )
-    result = _finalise(boxes, scores, labels, shape, score_threshold, min_size, detections_per_volume)
-    clock["consolidation"] = time.perf_counter() - tic
     if timings is not None:
-        timings.update(clock, total=time.perf_counter() - start, streams=len(jobs) * len(pairs))
-    return {key: value.to(volume.device) for key, value in result.items()}
+        timings.update(clock, streams=len(jobs) * len(pairs))
+    return VolumeStreams(boxes, scores, labels, weights, expected, tuple(volume.shape[1:]))
+
+
+def consolidate_streams(
+    streams: VolumeStreams,
+    *,
+    cluster_iou: float = 0.5,
+    score_threshold: float = 0.05,
+    min_size: float = 0.01,
+    detections_per_volume: int = 100,
+) -> dict[str, Tensor]:
+    """The clustering half of :func:`predict_volume`: weighted box clustering, clipping, filtering.
+
+    Returns:
+        ``{"boxes": (M, 6), "scores": (M,), "labels": (M,)}`` on the streams' device, sorted by score.
+    """
+    boxes, scores, labels = weighted_box_clustering(
+        streams.boxes, streams.scores, streams.labels, streams.weights, streams.expected.clamp(min=1),
+        iou_threshold=cluster_iou,
+    )
+    return _finalise(boxes, scores, labels, streams.shape, score_threshold, min_size, detections_per_volume)
 
 
 def _pad_to(volume: Tensor, patch_size: Sequence[int]) -> Tensor:

@@ -45,3 +45,17 @@ def test_nms_golden_and_empty():
     assert nms(boxes, scores, 0.5).tolist() == [1, 2]
     assert batched_nms(boxes, scores, torch.tensor([0, 1, 0]), 0.5).tolist() == [1, 2, 0]
     assert nms(torch.zeros(0, 6), torch.zeros(0), 0.5).shape == (0,)
+
+
+def test_nms_max_keep_is_the_truncated_full_result():
+    generator = torch.Generator().manual_seed(1)
+    boxes = _random_boxes(generator, 400, dtype=torch.float32)
+    scores = torch.rand(400, generator=generator)
+    scores[:50] = 0.5  # ties keep the earlier box in both paths
+    labels = torch.randint(0, 3, (400,), generator=generator)
+    for threshold in (0.03, 0.1):
+        full = batched_nms(boxes, scores, labels, threshold)
+        assert 20 < len(full) < 400
+        for limit in (1, 20, len(full) - 1, len(full), 1000):
+            torch.testing.assert_close(batched_nms(boxes, scores, labels, threshold, max_keep=limit), full[:limit])
+    assert nms(boxes[:0], scores[:0], 0.5, max_keep=3).shape == (0,)

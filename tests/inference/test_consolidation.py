@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from shared.inference.consolidation import tile_position_weights, tiles_covering, weighted_box_clustering
@@ -72,3 +73,38 @@ def test_tiles_covering_counts_tiles_containing_the_centre():
     origins = torch.tensor([[0, 0, 0], [16, 0, 0], [32, 0, 0]])
     points = torch.tensor([[8.0, 5, 5], [20.0, 5, 5], [40.0, 5, 5], [20.0, 40, 5]])
     assert tiles_covering(points, origins, (32, 32, 32)).tolist() == [1, 2, 2, 0]
+
+
+def _reference_wbc_one_class(boxes, scores, weights, expected, iou_threshold):
+    """The plain greedy formulation (full IoU matrix, pool in score order) the fast version must equal."""
+    from shared.boxes.nms import box_iou
+
+    ious, pool, out_boxes, out_scores = box_iou(boxes, boxes), scores.argsort(descending=True, stable=True), [], []
+    while pool.numel():
+        seed_ious = ious[pool[0], pool]
+        in_cluster = seed_ious > iou_threshold
+        in_cluster[0] = True
+        members = pool[in_cluster]
+        match = seed_ious[in_cluster] * weights[members]
+        missing = (expected[members].float().mean() - members.numel()).clamp(min=0)
+        out_scores.append((match * scores[members]).sum() / (match.sum() + missing * match.mean()))
+        out_boxes.append((boxes[members] * (match * scores[members] / (match * scores[members]).sum())[:, None]).sum(0))
+        pool = pool[~in_cluster]
+    order = torch.stack(out_scores).argsort(descending=True, stable=True)
+    return torch.stack(out_boxes)[order], torch.stack(out_scores)[order]
+
+
+@pytest.mark.parametrize("iou_threshold", [0.1, 0.5])
+def test_wbc_equals_the_plain_greedy_formulation_on_many_boxes(iou_threshold):
+    generator = torch.Generator().manual_seed(3)
+    low = torch.rand(600, 3, generator=generator) * 30
+    boxes = torch.cat([low, low + 2 + torch.rand(600, 3, generator=generator) * 8], 1)
+    scores, weights = torch.rand(600, generator=generator), torch.rand(600, generator=generator)
+    expected = torch.randint(1, 8, (600,), generator=generator)
+    labels = torch.zeros(600, dtype=torch.int64)
+    found_boxes, found_scores, _ = weighted_box_clustering(boxes, scores, labels, weights, expected,
+                                                           iou_threshold=iou_threshold)
+    reference_boxes, reference_scores = _reference_wbc_one_class(boxes, scores, weights, expected, iou_threshold)
+    assert 40 < len(found_boxes) < 600
+    torch.testing.assert_close(found_boxes, reference_boxes, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(found_scores, reference_scores, atol=1e-6, rtol=1e-5)

@@ -11,7 +11,8 @@ from shared.detectors.anchors import AnchorGenerator
 from shared.detectors.box_coder import BoxCoder
 from shared.detectors.postprocess import DetectionPostprocessor
 from shared.detectors.retina_unet import RetinaUNetDetector
-from shared.inference.sliding_window import ALL_FLIPS, predict_volume, tile_origins, unflip_boxes
+from shared.inference.sliding_window import (ALL_FLIPS, consolidate_streams, predict_streams, predict_volume,
+                                             tile_origins, unflip_boxes)
 
 STRIDE = 8
 
@@ -116,3 +117,18 @@ def test_volume_smaller_than_the_patch_is_padded_and_boxes_are_clipped():
 def test_bare_networks_need_a_postprocessor():
     with pytest.raises(ValueError, match="postprocessor"):
         predict_volume([CellDetector()], torch.zeros(1, 32, 32, 32), patch_size=(32, 32, 32))
+
+
+def test_streams_then_consolidation_equals_predict_volume():
+    # two objects, one at a tile border, mirrored: the split API must reproduce predict_volume exactly
+    volume = _volume((48, 32, 32), [0, 8, 8, 8, 16, 16]) + _volume((48, 32, 32), [24, 16, 16, 40, 24, 24])
+    settings = {"patch_size": (32, 32, 32), "mirror": True, "postprocessor": _postprocessor()}
+    streams = predict_streams(CellDetector(), volume, **settings)
+    assert streams.boxes.shape[0] == streams.scores.shape[0] == streams.expected.shape[0] > 2
+    assert streams.shape == (48, 32, 32)
+    for cluster_iou, threshold in [(0.5, 0.05), (0.2, 0.9)]:
+        split = consolidate_streams(streams, cluster_iou=cluster_iou, score_threshold=threshold)
+        whole = predict_volume(CellDetector(), volume, cluster_iou=cluster_iou, score_threshold=threshold, **settings)
+        assert len(whole["boxes"]) >= (2 if threshold < 0.5 else 0)
+        for key in whole:
+            torch.testing.assert_close(split[key], whole[key])
