@@ -10,6 +10,8 @@ from torch import nn
 from shared.checkpoints.safe_load import read_checkpoint
 from shared.io.errors import InputError
 
+DETECTOR_PREFIX = "network."
+
 
 def load_weights(network: nn.Module, path: str | os.PathLike) -> nn.Module:
     """Load a state dict saved by our trainer into ``network``, strictly.
@@ -21,6 +23,11 @@ def load_weights(network: nn.Module, path: str | os.PathLike) -> nn.Module:
     state = read_checkpoint(path)
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]  # a "last" training checkpoint: model, optimizer, trainer
+    target_keys = network.state_dict().keys()
+    if state and all(key.startswith(DETECTOR_PREFIX) for key in state) and not any(
+            key.startswith(DETECTOR_PREFIX) for key in target_keys):
+        # the trainer checkpoints the detector, which holds the network under "network."
+        state = {key[len(DETECTOR_PREFIX):]: value for key, value in state.items()}
     target = network.state_dict()
     missing = sorted(set(target) - set(state))
     unexpected = sorted(set(state) - set(target))

@@ -54,7 +54,14 @@ def preprocess(datalist_path: str | os.PathLike, cache_dir: str | os.PathLike, *
     datalist, cases = validate_datalist(datalist_path, tuple(dict.fromkeys(("training", *splits))))
     plan = _plan_for(datalist_path, cache_dir, datalist, cases, spacing=spacing, overwrite=overwrite)
     wanted = [case for case in cases if case.split in splits]
-    todo = [case for case in wanted if overwrite or not case_is_current(
+    write_cases(wanted, plan, cache_dir, overwrite=overwrite, num_workers=num_workers, progress=progress)
+    return [case.case for case in wanted]
+
+
+def write_cases(cases: Sequence[CheckedCase], plan: dict[str, Any], cache_dir: str | os.PathLike, *,
+                overwrite: bool = False, num_workers: int = 0, progress: bool = True) -> None:
+    """Preprocess the cases whose cache entry is missing or stale (another plan or datalist entry)."""
+    todo = [case for case in cases if overwrite or not case_is_current(
         cache_dir, case.case, plan["hash"], split=case.split, entry=case.entry)]
     jobs = [(case, plan, os.fspath(cache_dir)) for case in todo]
     bar = dict(total=len(jobs), desc="preprocessing", unit="case", disable=not progress)
@@ -64,7 +71,6 @@ def preprocess(datalist_path: str | os.PathLike, cache_dir: str | os.PathLike, *
     else:
         for job in tqdm(jobs, **bar):
             _process_case(job)
-    return [case.case for case in wanted]
 
 
 def preprocess_volume(volume: Volume, plan: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:

@@ -13,19 +13,16 @@ draws patches from it.
 from __future__ import annotations
 
 import os
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import torch
-from tqdm import tqdm
 
-from shared.data.cache import PLAN_FILE, case_is_current, read_plan, write_case
+from shared.data.cache import PLAN_FILE, read_plan
 from shared.data.fingerprint import channel_modalities
 from shared.data.plan import PLAN_VERSION, file_sha256, parse_spacing, plan_hash
-from shared.data.preprocess import preprocess_case
+from shared.data.preprocess import write_cases
 from shared.data.resample import spacing_of
 from shared.data.validate import CheckedCase, channel_paths, check_entry
 from shared.io.atomic import write_json
@@ -122,16 +119,7 @@ def prepare_pretraining_data(datalist: str | os.PathLike, cache_dir: str | os.Pa
     existing = read_plan(cache_dir)
     if overwrite or existing is None or existing.get("hash") != plan["hash"]:
         write_json(Path(cache_dir) / PLAN_FILE, plan)
-    todo = [case for case in cases if overwrite or not case_is_current(
-        cache_dir, case.case, plan["hash"], split=case.split, entry=case.entry)]
-    jobs = [(case, plan, os.fspath(cache_dir)) for case in todo]
-    bar = dict(total=len(jobs), desc="preprocessing", unit="scan", disable=not progress)
-    if num_workers > 0 and len(jobs) > 1:
-        with ProcessPoolExecutor(max_workers=num_workers) as pool:
-            list(tqdm(pool.map(_process_case, jobs), **bar))
-    else:
-        for job in tqdm(jobs, **bar):
-            _process_case(job)
+    write_cases(cases, plan, cache_dir, overwrite=overwrite, num_workers=num_workers, progress=progress)
     return PretrainingData(plan, [case.case for case in cases], os.fspath(datalist), splits)
 
 
@@ -167,11 +155,3 @@ def _checked_images(datalist: dict[str, Any], splits: Sequence[str]) -> list[Che
             seen[checked.case], channels = first, count
             cases.append(checked)
     return cases
-
-
-def _process_case(job: tuple[CheckedCase, dict[str, Any], str]) -> str:
-    case, plan, cache_dir = job
-    torch.set_num_threads(1)  # workers share few cores; one thread each avoids oversubscription
-    record, image, _ = preprocess_case(case, plan)
-    write_case(cache_dir, record, image, None)
-    return case.case

@@ -3,7 +3,7 @@
 The objective is the mean, over training boxes, of the best IoU between the box and any anchor of any
 level, both centred at the same point (only shapes matter: the anchor grid is dense). A coordinate
 search on the 9 sizes (3 per axis) with shrinking multiplicative steps maximises it; it is
-deterministic, needs no gradient and takes well under a second for a few thousand boxes.
+deterministic, needs no gradient and takes a few seconds for 2,000 boxes and 4 levels.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def fit_anchor_sizes(
     *,
     sizes_per_axis: int = 3,
     rounds: int = 6,
-    max_boxes: int = 4000,
+    max_boxes: int = 2000,
     min_size: float = 1.0,
     seed: int = 0,
 ) -> list[list[float]]:
@@ -82,16 +82,15 @@ def fit_anchor_sizes(
 
 
 def _initial_sizes(shapes: np.ndarray, strides: Sequence[int], count: int, min_size: float) -> list[list[float]]:
-    """Quantiles of the box sizes that the finest level must cover (coarser levels take the rest)."""
-    ratio = float(strides[-1]) / float(strides[0])
+    """Sizes spread geometrically over one octave from the smallest boxes' size, per axis.
+
+    Each coarser level doubles the anchors (for stride ratios of 2), so one octave at the finest
+    level makes the levels tile the size range without gaps; the search then moves them.
+    """
     sizes = []
     for axis in range(3):
-        values = shapes[:, axis]
-        # boxes much larger than the finest level's range are the coarse levels' job
-        cap = max(np.quantile(values, 0.05) * 2.0, values.min())
-        low = values[values <= max(cap, values.min() * ratio)]
-        quantiles = np.quantile(low, np.linspace(0.1, 0.9, count))
-        sizes.append([max(float(q), min_size) for q in quantiles])
+        smallest = max(float(np.quantile(shapes[:, axis], 0.05)), min_size)
+        sizes.append([float(v) for v in np.geomspace(smallest, 2 * smallest, count + 1)[:-1]])
     return sizes
 
 

@@ -10,5 +10,7 @@ Import the submodule you need (this ``__init__`` imports nothing, so e.g. matplo
 - ``bootstrap.bootstrap_metric_draws`` / ``confidence_intervals`` / ``bootstrap_ranking``;
 - ``luna16.evaluate_luna16``; ``ignite.DetectionMetrics`` (validation during training);
 - ``inputs`` (datalist / predictions files), ``report`` and ``plots`` (outputs);
-- ``errors.EvaluationInputError`` for bad input.
+- ``evaluation.evaluate_detections`` / ``evaluate_luna16_files`` / ``compare_runs``: a whole evaluation
+  from files to ``metrics.json``, ``report.md`` and plots (what ``tools/evaluate.py`` runs);
+- ``errors.EvaluationInputError`` (a ``shared.io.errors.InputError``) for bad input.
 """

@@ -5,8 +5,6 @@ matplotlib runs with the Agg backend (no display); every figure is written atomi
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,6 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 import numpy as np  # noqa: E402
 
+from shared.io.atomic import atomic_path  # noqa: E402
 from shared.metrics.curves import FROC_FALSE_POSITIVES_PER_IMAGE  # noqa: E402
 
 __all__ = ["save_figure", "plot_froc", "plot_precision_recall", "plot_rank_histograms"]
@@ -23,16 +22,11 @@ __all__ = ["save_figure", "plot_froc", "plot_precision_recall", "plot_rank_histo
 
 def save_figure(figure: plt.Figure, path: str | Path) -> None:
     """Write a PNG atomically (temporary file in the same folder, then rename) and close the figure."""
-    path = Path(path)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(handle)
     try:
-        figure.savefig(temporary, dpi=120, bbox_inches="tight")
-        os.replace(temporary, path)
+        with atomic_path(path) as temporary:
+            figure.savefig(temporary, format="png", dpi=120, bbox_inches="tight")
     finally:
         plt.close(figure)
-        if os.path.exists(temporary):
-            os.remove(temporary)
 
 
 def plot_froc(

@@ -1,63 +1,28 @@
-"""Writing evaluation outputs: atomic file writes and the markdown report a person reads."""
+"""The markdown reports a person reads, and metric values made ready for strict JSON."""
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import tempfile
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 
 from shared.metrics.curves import FROC_FALSE_POSITIVES_PER_IMAGE
 
-__all__ = ["write_atomic", "write_json_atomic", "write_npz_atomic", "detection_report", "ranking_report",
-           "luna16_report", "format_value"]
+__all__ = ["json_ready", "detection_report", "ranking_report", "luna16_report", "format_value"]
 
 
-def write_atomic(path: str | Path, text: str) -> None:
-    """Write text so that ``path`` is either absent/old or complete, never half-written."""
-    path = Path(path)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-
-
-def _json_ready(value):
+def json_ready(value):
+    """``value`` with numpy numbers as Python numbers, NaN as ``None`` (strict JSON has none), keys sorted."""
     if isinstance(value, dict):
-        return {key: _json_ready(item) for key, item in value.items()}
+        return {key: json_ready(value[key]) for key in sorted(value)}
     if isinstance(value, (list, tuple, np.ndarray)):
-        return [_json_ready(item) for item in value]
+        return [json_ready(item) for item in value]
     if isinstance(value, (float, np.floating)):
         return None if math.isnan(value) else float(value)
     if isinstance(value, np.integer):
         return int(value)
     return value
-
-
-def write_json_atomic(path: str | Path, content: dict) -> None:
-    """Write JSON atomically; NaN becomes ``null`` (strict JSON has no NaN)."""
-    write_atomic(path, json.dumps(_json_ready(content), indent=2, sort_keys=True) + "\n")
-
-
-def write_npz_atomic(path: str | Path, save) -> None:
-    """Call ``save(temporary_path)`` to write an ``.npz``, then move it to ``path``."""
-    path = Path(path)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".npz")
-    os.close(handle)
-    try:
-        save(temporary)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
 
 
 def format_value(value: float | None, interval: Sequence[float] | None = None) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -33,3 +35,27 @@ def make_random_case(rng: np.random.Generator, *, classes: int, images: int, ign
 @pytest.fixture
 def random_case():
     return make_random_case
+
+
+def write_evaluation_files(tmp_path, rng, *, scramble=0.0, name="predictions.json"):
+    """A 12-image datalist (image 0 without a prediction entry) and predictions with a noise box per image."""
+    datalist, predictions = {"test": [], "training": []}, []
+    for index in range(12):
+        count = int(rng.integers(0, 4))
+        boxes = np.concatenate([rng.uniform(0, 100, (count, 3)), rng.uniform(4, 10, (count, 3))], axis=1)
+        labels = rng.integers(0, 2, count)
+        datalist["test"].append({"image": f"scans/{index}.nii.gz", "box": boxes.tolist(), "label": labels.tolist()})
+        if index == 0:
+            continue  # an image without a prediction entry
+        found = boxes + rng.normal(0, scramble, boxes.shape) * [1, 1, 1, 0, 0, 0]
+        noise = np.array([[50, 50, 50, 5, 5, 5.0]])
+        predictions.append({"image": f"scans/{index}.nii.gz", "box": np.concatenate([found, noise]).tolist(),
+                            "label": labels.tolist() + [0], "label_scores": rng.uniform(0.2, 1, count + 1).tolist()})
+    (tmp_path / "datalist.json").write_text(json.dumps(datalist))
+    (tmp_path / name).write_text(json.dumps(predictions))
+    return tmp_path / name, tmp_path / "datalist.json"
+
+
+@pytest.fixture
+def evaluation_files():
+    return write_evaluation_files

@@ -6,24 +6,14 @@ import math
 import numpy as np
 import pytest
 
-from shared.metrics.report import detection_report, format_value, write_atomic, write_json_atomic, write_npz_atomic
+from shared.metrics.report import detection_report, format_value, json_ready
 
 
-def test_atomic_write_leaves_old_content_on_error(tmp_path):
-    path = tmp_path / "metrics.json"
-    write_json_atomic(path, {"a": 1.0, "b": float("nan"), "c": np.float64(0.5), "d": np.array([1, 2])})
-    assert json.loads(path.read_text()) == {"a": 1.0, "b": None, "c": 0.5, "d": [1, 2]}
-
-    def failing(temporary):
-        with open(temporary, "w") as handle:
-            handle.write("half")
-        raise RuntimeError("disk full")
-
-    write_atomic(tmp_path / "report.md", "old")
-    with pytest.raises(RuntimeError):
-        write_npz_atomic(tmp_path / "r.npz", failing)
-    assert not (tmp_path / "r.npz").exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json", "report.md"]
+def test_json_ready_makes_strict_json_with_sorted_keys():
+    content = json_ready({"b": float("nan"), "a": 1.0, "c": np.float64(0.5), "d": np.array([1, 2]),
+                          "e": {"z": np.int64(3), "y": (np.float32(0.25), math.nan)}})
+    assert json.dumps(content, allow_nan=False) == (
+        '{"a": 1.0, "b": null, "c": 0.5, "d": [1, 2], "e": {"y": [0.25, null], "z": 3}}')
 
 
 def test_format_and_report_mentions_missing_entries_and_no_ground_truth():

@@ -3,7 +3,7 @@
 Writes a synthetic cache of CT-sized cases (normalised noise, spheres as instances) into a temporary
 folder, then times :class:`shared.data.dataset.DetectionPatchDataset` with one thread::
 
-    python -m tools.benchmark_sampling --patch_sizes "[96,128]" --samples 20
+    python -m tools.benchmarks.bench_sampling --patch_sizes "[96,128]" --samples 20
 """
 
 from __future__ import annotations

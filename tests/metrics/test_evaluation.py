@@ -1,0 +1,99 @@
+"""``shared.metrics.evaluation`` on small files: outputs written, rankings, bad input writes nothing."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from shared.io.errors import InputError
+from shared.metrics.errors import EvaluationInputError
+from shared.metrics.evaluation import compare_runs, evaluate_detections, evaluate_luna16_files
+
+NAMES = ["benign", "malignant"]
+
+
+def test_detections_writes_metrics_report_plots_and_records(evaluation_files, tmp_path, rng):
+    predictions, datalist = evaluation_files(tmp_path, rng)
+    metrics = evaluate_detections(str(predictions), str(datalist), str(tmp_path / "out"),
+                                  class_names="benign,malignant", bootstrap=30, iou_thresholds=(0.1, 0.5))
+    written = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    for key in ["AP_IoU_0.10_MaxDet_100", "mAP_IoU_0.10_0.50_0.05_MaxDet_100", "AR_IoU_0.50_MaxDet_100",
+                "mAR_IoU_0.10_0.50_0.05_MaxDet_100", "FROC_score_IoU_0.10", "FROC_sensitivity_IoU_0.10_FPPI_0.125",
+                "FROC_sensitivity_IoU_0.10_FPPI_8", "malignant/AP_IoU_0.10_MaxDet_100", "AP_IoU_0.10_MaxDet_100_ci95"]:
+        assert key in written, key
+    low, high = written["AP_IoU_0.10_MaxDet_100_ci95"]
+    assert low <= written["AP_IoU_0.10_MaxDet_100"] <= high
+    # Boxes are the objects themselves: every object is found, the only errors are the noise boxes.
+    assert metrics["AR_IoU_0.10_MaxDet_100"] < 1.0 and metrics["benign/AR_IoU_0.50_MaxDet_100"] > 0.5
+    assert written["count/images_without_prediction_entry"] == 1
+    assert "no prediction entry (counted as no detections): 1" in (tmp_path / "out" / "report.md").read_text()
+    for name in ("froc.png", "pr_curves.png", "per_image.npz"):
+        assert (tmp_path / "out" / name).stat().st_size > 0
+
+
+def test_compare_ranks_runs_on_the_same_images(evaluation_files, tmp_path, rng):
+    good, datalist = evaluation_files(tmp_path, np.random.default_rng(1), name="good.json")
+    bad, _ = evaluation_files(tmp_path, np.random.default_rng(1), scramble=6.0, name="bad.json")
+    for name, predictions in (("good", good), ("bad", bad)):
+        evaluate_detections(str(predictions), str(datalist), str(tmp_path / name), class_names=NAMES, bootstrap=0)
+    content = compare_runs([str(tmp_path / "bad"), str(tmp_path / "good")], str(tmp_path / "cmp"), draws=25,
+                               metric="AP_IoU_0.50_MaxDet_100")
+    assert content["mean_rank"]["good"] < content["mean_rank"]["bad"]
+    assert json.loads((tmp_path / "cmp" / "metrics.json").read_text())["mean_rank"] == content["mean_rank"]
+    assert (tmp_path / "cmp" / "rank_histograms.png").stat().st_size > 0
+    assert "| good |" in (tmp_path / "cmp" / "report.md").read_text()
+
+
+def test_compare_refuses_different_test_sets(evaluation_files, tmp_path, rng):
+    predictions, datalist = evaluation_files(tmp_path, rng)
+    evaluate_detections(str(predictions), str(datalist), str(tmp_path / "one"), bootstrap=0)
+    content = json.loads(datalist.read_text())
+    content["test"] = content["test"][1:]
+    smaller = tmp_path / "smaller.json"
+    smaller.write_text(json.dumps(content))
+    kept = [p for p in json.loads(predictions.read_text()) if p["image"] != "scans/0.nii.gz"]
+    predictions.write_text(json.dumps(kept))
+    evaluate_detections(str(predictions), str(smaller), str(tmp_path / "two"), bootstrap=0)
+    with pytest.raises(EvaluationInputError, match="other images"):
+        compare_runs([str(tmp_path / "one"), str(tmp_path / "two")], str(tmp_path / "cmp"), draws=5)
+    assert not (tmp_path / "cmp").exists()
+
+
+def test_bad_input_writes_nothing(evaluation_files, tmp_path, rng):
+    predictions, datalist = evaluation_files(tmp_path, rng)
+    content = json.loads(predictions.read_text())
+    content[2]["label_scores"][0] = "high"
+    predictions.write_text(json.dumps(content))
+    with pytest.raises(EvaluationInputError, match="label_scores"):
+        evaluate_detections(str(predictions), str(datalist), str(tmp_path / "out"), bootstrap=0)
+    assert not (tmp_path / "out").exists()
+
+
+def test_luna16_files_writes_cpm_and_refuses_nan(tmp_path):
+    (tmp_path / "annotations.csv").write_text(
+        "seriesuid,coordX,coordY,coordZ,diameter_mm\na,0,0,0,10\na,50,0,0,6\nb,0,0,0,8\n")
+    (tmp_path / "excluded.csv").write_text("seriesuid,coordX,coordY,coordZ,diameter_mm\nb,30,0,0,-1\n")
+    (tmp_path / "candidates.csv").write_text(
+        "seriesuid,coordX,coordY,coordZ,probability\na,1,0,0,0.9\na,2,0,0,0.8\na,100,0,0,0.7\nb,0,0,1,0.6\n"
+        "b,31,0,0,0.95\nb,-40,0,0,0.5\n")
+    (tmp_path / "series.csv").write_text("a\nb\n")
+    metrics = evaluate_luna16_files(str(tmp_path / "candidates.csv"), str(tmp_path / "annotations.csv"),
+                              str(tmp_path / "out"), excluded=str(tmp_path / "excluded.csv"),
+                              seriesuids=str(tmp_path / "series.csv"))
+    # Hits 0.9 and 0.6, false positives 0.7 and 0.5 (0.95 lies on an excluded finding), 3 nodules, 2 scans:
+    # the same curve as the hand-computed case of test_luna16: CPM 11/21.
+    assert metrics["CPM"] == pytest.approx(11 / 21)
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["CPM"] == pytest.approx(11 / 21)
+    assert (tmp_path / "out" / "froc.png").stat().st_size > 0 and "CPM" in (tmp_path / "out" / "report.md").read_text()
+    (tmp_path / "candidates.csv").write_text("seriesuid,coordX,coordY,coordZ,probability\na,1,0,0,nan\n")
+    with pytest.raises(EvaluationInputError, match="candidates.csv.*NaN"):
+        evaluate_luna16_files(tmp_path / "candidates.csv", tmp_path / "annotations.csv", tmp_path / "o2")
+
+
+def test_evaluation_input_error_is_the_project_input_error():
+    error = EvaluationInputError("predictions.json: entry 2: field 'label_scores' must hold numbers.")
+    assert isinstance(error, InputError) and isinstance(error, ValueError)
+    assert str(error) == "predictions.json: entry 2: field 'label_scores' must hold numbers."
+    assert str(EvaluationInputError("no list under 'test'.", source="d.json")) == "d.json: no list under 'test'."
