@@ -230,8 +230,9 @@ def test_resenc_bundle_fine_tunes_from_an_exported_encoder(trained, tmp_path):
     load_weights(_network("resenc"), tmp_path / "out" / "model.pt")
 
 
+@pytest.mark.slow  # about 20 s on its own; keeps the default module near 2.5 minutes on a busy machine
 def test_torchrun_two_processes_on_cpu(trained, tmp_path):
-    # gloo on CPU: the two ranks sample disjoint batches and DDP averages their gradients (about 20 s)
+    # gloo on CPU: the two ranks sample disjoint batches and DDP averages their gradients
     _bundle("--nproc_per_node", "2", "-m", "monai.bundle", "run", "--config_file",
             _configs(PLAIN, "train.json", "quick.json", "multi_gpu_train.json"), "--dataset_dir",
             str(trained / "data"), "--output_dir", str(tmp_path / "out"), *_tiny("plain"), *TRAIN,
