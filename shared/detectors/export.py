@@ -6,6 +6,9 @@ tensors (with ``strict=False``); the network's contract mixes lists of per-level
 returns one flat tuple instead (levels of ``cls_logits``, then of ``box_regression``, then
 ``seg_logits`` if present); :func:`unflatten_outputs` rebuilds the dict, so the same post-processing
 applies to an exported network's raw outputs.
+
+A network built with ``dense_output=True`` returns one (B, K + 6, M) tensor instead (the form MONAI's
+``verify_net_in_out`` checks); :func:`split_dense_output` turns it back into the per-level lists.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from torch import Tensor, nn
+
+BOX_DELTAS = 6
 
 
 class FlatOutputNetwork(nn.Module):
@@ -45,4 +50,43 @@ def unflatten_outputs(flat: Sequence[Tensor], num_levels: int) -> dict:
     outputs = {"cls_logits": list(flat[:num_levels]), "box_regression": list(flat[num_levels : 2 * num_levels])}
     if len(flat) == 2 * num_levels + 1:
         outputs["seg_logits"] = flat[-1]
+    return outputs
+
+
+def split_dense_output(
+    dense: Tensor, image_shape: Sequence[int], strides: Sequence[int], num_anchors: int, num_classes: int
+) -> dict[str, list[Tensor]]:
+    """Inverse of a ``dense_output`` network's forward: the per-level head outputs.
+
+    Args:
+        dense: (B, K + 6, M) class logits then box deltas per anchor, anchors ordered level → x → y →
+            z → anchor (``shared.detectors.anchors.flatten_head_outputs``).
+        image_shape: spatial size (X, Y, Z) of the network's input.
+        strides: the network's ``detection_strides``, fine → coarse (each divides ``image_shape``).
+        num_anchors: anchors per position A.
+        num_classes: foreground classes K.
+
+    Returns:
+        ``{"cls_logits": [(B, A·K, X_l, Y_l, Z_l)], "box_regression": [(B, A·6, X_l, Y_l, Z_l)]}``, the
+        lists the detector's post-processing takes.
+    """
+    grids = [tuple(int(size) // int(stride) for size in image_shape) for stride in strides]
+    expected = sum(g[0] * g[1] * g[2] for g in grids) * num_anchors
+    if dense.dim() != 3 or dense.shape[1] != num_classes + BOX_DELTAS or dense.shape[2] != expected:
+        raise ValueError(
+            f"dense output of shape {tuple(dense.shape)} does not fit an image of {tuple(image_shape)} with "
+            f"strides {list(strides)}, {num_anchors} anchors and {num_classes} classes: expected "
+            f"(B, {num_classes + BOX_DELTAS}, {expected})"
+        )
+    outputs: dict[str, list[Tensor]] = {"cls_logits": [], "box_regression": []}
+    start = 0
+    for grid in grids:
+        count = grid[0] * grid[1] * grid[2] * num_anchors
+        level = dense[:, :, start : start + count]
+        start += count
+        for key, channels in (("cls_logits", slice(0, num_classes)), ("box_regression", slice(num_classes, None))):
+            values = level[:, channels]  # (B, C, XYZ·A), anchor fastest
+            batch, width = values.shape[:2]
+            values = values.reshape(batch, width, -1, num_anchors).permute(0, 3, 1, 2)  # (B, A, C, XYZ)
+            outputs[key].append(values.reshape(batch, num_anchors * width, *grid))
     return outputs

@@ -17,6 +17,7 @@ from monai.networks.layers.factories import Conv
 from torch import nn
 
 from shared.decoders.ufpn import UFPNDecoder
+from shared.detectors.anchors import flatten_head_outputs
 from shared.encoders import Encoder, build_encoder, check_divisible
 from shared.layers import ConvNormAct, LayerSpec, initialize_head_normal, initialize_kaiming
 from shared.layers.specs import DEFAULT_ACT
@@ -85,12 +86,17 @@ class RetinaUNetNetwork(nn.Module):
         prior_probability: initial sigmoid output of the classification head.
         learn_scale: a learnable factor per detection level on the regression output.
         min_decoder_channels: smallest U-FPN width at the fine, segmentation-only levels.
+        dense_output: return one (B, K + 6, M) tensor instead of the dict (for MONAI's
+            ``verify_net_in_out`` and TorchScript export; see :func:`shared.detectors.export.split_dense_output`).
 
     Shape:
         ``forward`` takes (B, in_channels, X, Y, Z) with X, Y, Z divisible by the encoder's coarsest
         stride and returns ``{"cls_logits": [(B, A·K, X_l, Y_l, Z_l)], "box_regression":
         [(B, A·6, X_l, Y_l, Z_l)], "seg_logits": (B, K + 1, X, Y, Z)}`` with one list entry per
         detection level, channel ``a·K + k`` for anchor a and class k, ``a·6 + j`` for delta j.
+        With ``dense_output`` it returns (B, K + 6, M): per anchor its K class logits then its 6 box
+        deltas, the M anchors of all levels in the order of ``flatten_head_outputs`` (level → x → y
+        → z → anchor); no segmentation output.
     """
 
     def __init__(
@@ -109,6 +115,7 @@ class RetinaUNetNetwork(nn.Module):
         prior_probability: float = 0.01,
         learn_scale: bool = True,
         min_decoder_channels: int = 8,
+        dense_output: bool = False,
     ):
         super().__init__()
         if num_classes < 1 or num_anchors < 1:
@@ -120,6 +127,7 @@ class RetinaUNetNetwork(nn.Module):
         self.num_anchors = num_anchors
         self.detection_strides = tuple(int(s) for s in detection_strides)
         self.segmentation = segmentation
+        self.dense_output = bool(dense_output)
         finest = self.encoder.feature_info[0]["stride"]
         if segmentation and finest != 1:
             raise ValueError(f"the segmentation head needs an encoder whose first stride is 1, got {finest}")
@@ -150,13 +158,14 @@ class RetinaUNetNetwork(nn.Module):
             self.segmentation_head = Conv[Conv.CONV, spatial_dims](seg_width, num_classes + 1, 1)
             initialize_kaiming(self.segmentation_head)
 
-    def forward(self, images: torch.Tensor) -> dict[str, Any]:
+    def forward(self, images: torch.Tensor) -> dict[str, Any] | torch.Tensor:
         """Args:
             images: (B, C, X, Y, Z).
 
         Returns:
             ``cls_logits`` and ``box_regression`` (lists over ``detection_strides``) and, with
-            segmentation, ``seg_logits`` (B, K + 1, X, Y, Z).
+            segmentation, ``seg_logits`` (B, K + 1, X, Y, Z); with ``dense_output`` the (B, K + 6, M)
+            tensor of the class docstring.
         """
         check_divisible(images, self.encoder.feature_info[-1]["stride"], type(self).__name__)
         decoded = self.decoder(self.encoder(images))
@@ -165,6 +174,10 @@ class RetinaUNetNetwork(nn.Module):
             "cls_logits": [self.classification_head(x) for x in levels],
             "box_regression": [self.regression_head(x) * self.regression_scales[i] for i, x in enumerate(levels)],
         }
+        if self.dense_output:
+            cls = flatten_head_outputs(outputs["cls_logits"], self.num_classes)  # (B, M, K)
+            deltas = flatten_head_outputs(outputs["box_regression"], BOX_DELTAS)  # (B, M, 6)
+            return torch.cat([cls, deltas], dim=2).transpose(1, 2)
         if self.segmentation:
             outputs["seg_logits"] = self.segmentation_head(decoded[0])
         return outputs

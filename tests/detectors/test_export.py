@@ -3,8 +3,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from shared.detectors.export import FlatOutputNetwork, unflatten_outputs
+from shared.detectors.anchors import flatten_head_outputs
+from shared.detectors.export import FlatOutputNetwork, split_dense_output, unflatten_outputs
 from shared.detectors.retina_unet import RetinaUNetDetector
+from shared.detectors.retina_unet_network import RetinaUNetNetwork
 
 
 def test_the_contract_dict_does_not_trace_as_is(stand_in):
@@ -34,3 +36,46 @@ def test_traced_flat_network_reproduces_outputs_and_detections(stand_in, segment
 def test_unflatten_checks_the_count():
     with pytest.raises(ValueError, match="expected 4 or 5"):
         unflatten_outputs([torch.zeros(1)] * 3, num_levels=2)
+
+
+def _tiny_network(**kwargs) -> RetinaUNetNetwork:
+    torch.manual_seed(0)
+    arguments = dict(encoder={"name": "resenc", "preset": "tiny"}, decoder_channels=16, detection_strides=(4, 8))
+    return RetinaUNetNetwork(1, 2, num_anchors=3, **{**arguments, **kwargs}).eval()
+
+
+def test_dense_output_is_the_flattened_heads_and_splits_back():
+    network = _tiny_network()
+    dense_network = _tiny_network(dense_output=True)
+    images = torch.randn(2, 1, 32, 16, 24)
+    reference = network(images)
+    dense = dense_network(images)
+    # shape from the parameters: K + 6 channels, anchors of both levels at strides 4 and 8
+    assert dense.shape == (2, 2 + 6, (8 * 4 * 6 + 4 * 2 * 3) * 3)
+    torch.testing.assert_close(dense[:, :2].transpose(1, 2), flatten_head_outputs(reference["cls_logits"], 2))
+    torch.testing.assert_close(dense[:, 2:].transpose(1, 2), flatten_head_outputs(reference["box_regression"], 6))
+    split = split_dense_output(dense, (32, 16, 24), (4, 8), num_anchors=3, num_classes=2)
+    for key in ("cls_logits", "box_regression"):
+        assert len(split[key]) == 2
+        for level, expected in zip(split[key], reference[key]):
+            assert torch.equal(level, expected)
+
+
+def test_traced_dense_network_gives_the_detectors_boxes():
+    network = _tiny_network()
+    images = torch.randn(1, 1, 32, 32, 32)
+    traced = torch.jit.trace(_tiny_network(dense_output=True), images)
+    detector = RetinaUNetDetector(network, anchor_sizes=[[4.0], [6.0], [4.0, 6.0, 8.0]], score_threshold=0.0).eval()
+    outputs = split_dense_output(traced(images), (32, 32, 32), network.detection_strides, 3, 2)
+    from_export = detector.postprocessor(outputs["cls_logits"], outputs["box_regression"], (32, 32, 32))
+    direct = detector(images)
+    assert len(direct[0]["boxes"]) > 0
+    for exported, eager in zip(from_export, direct):
+        torch.testing.assert_close(exported["boxes"], eager["boxes"])
+        torch.testing.assert_close(exported["scores"], eager["scores"])
+        assert torch.equal(exported["labels"], eager["labels"])
+
+
+def test_split_dense_output_checks_the_shape():
+    with pytest.raises(ValueError, match=r"expected \(B, 8, 216\)"):
+        split_dense_output(torch.zeros(1, 8, 215), (16, 16, 16), (4, 8), num_anchors=3, num_classes=2)

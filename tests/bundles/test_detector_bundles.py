@@ -1,0 +1,243 @@
+"""The two Retina U-Net bundles end to end, through ``python -m monai.bundle`` from another folder.
+
+The plain-encoder bundle runs every command once on tiny generated data (train, resume, evaluate,
+inference, verify_net_in_out, ckpt_export) and every bad input; the ResEnc bundle, whose configs differ
+only in the encoder, runs what differs: its metadata and network, and fine-tuning from an exported
+encoder. Sizes: tiny presets, 32³ patches, 2 iterations.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from shared.bundles import check_metadata
+from shared.checkpoints.manifest import export_encoder
+from shared.checkpoints.weights import load_weights
+from shared.data.synthetic.dataset import make_dataset
+from shared.detectors.export import split_dense_output
+from shared.detectors.retina_unet import RetinaUNetDetector
+from shared.detectors.retina_unet_network import RetinaUNetNetwork
+from shared.networks.resenc_unet import ResEncUNet
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+PLAIN = REPOSITORY / "bundles" / "retina_unet_detection" / "configs"
+RESENC = REPOSITORY / "bundles" / "resenc_retina_unet_detection" / "configs"
+NETWORK = {"decoder_channels": 16, "detection_strides": [4, 8]}
+
+
+def _tiny(encoder_name: str) -> list[str]:
+    encoder = {"name": encoder_name, "preset": "tiny"}
+    return ["--encoder", json.dumps(encoder), "--decoder_channels", "16", "--detection_strides", "[4,8]"]
+
+
+TRAIN = ["--patch_size", "[32,32,32]", "--batch_size", "2", "--iterations_per_epoch", "2", "--epochs", "1",
+         "--warmup_iterations", "1", "--checkpoint_every", "2"]
+
+
+def _bundle(*arguments: str, cwd: Path, expect_failure: bool = False, command: list[str] | None = None
+            ) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "PYTHONPATH": str(REPOSITORY), "OMP_NUM_THREADS": "1"}
+    command = command or [sys.executable, "-m", "monai.bundle"]
+    result = subprocess.run([*command, *arguments], cwd=cwd, env=environment, capture_output=True, text=True,
+                            timeout=300)
+    output = result.stdout[-4000:] + result.stderr[-4000:]
+    assert (result.returncode != 0) == expect_failure, output
+    return result
+
+
+def _configs(folder: Path, *names: str) -> str:
+    return "[" + ",".join(f"'{folder / name}'" for name in names) + "]"
+
+
+def _network(encoder_name: str = "plain", **kwargs) -> RetinaUNetNetwork:
+    return RetinaUNetNetwork(1, 2, encoder={"name": encoder_name, "preset": "tiny"}, **NETWORK, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """Data, a 2-iteration training run of the plain bundle and its inference, run from ``root/elsewhere``."""
+    root = tmp_path_factory.mktemp("detector")
+    counts = {"training": 3, "validation": 1, "test": 1, "unlabelled": 0}
+    make_dataset("lung_ct", root / "data", counts=counts, shape=(40, 40, 24), previews=False, progress=False)
+    (root / "elsewhere").mkdir()
+    common = ["--dataset_dir", str(root / "data"), "--output_dir", str(root / "out"), *_tiny("plain")]
+    _bundle("run", "--config_file", _configs(PLAIN, "train.json", "quick.json"), *common, *TRAIN,
+            cwd=root / "elsewhere")
+    _bundle("run", "--config_file", _configs(PLAIN, "inference.json", "quick.json"), *common,
+            "--prediction_dir", str(root / "predictions"), "--write_box_maps", "True", cwd=root / "elsewhere")
+    return root
+
+
+def test_training_writes_a_model_that_loads_into_network_def(trained):
+    out = trained / "out"
+    load_weights(_network(), out / "model.pt")
+    plan = json.loads((out / "model_plan.json").read_text())
+    assert plan["patch_size"] == [32, 32, 32] and plan["detection_strides"] == [4, 8]
+    assert (out / "checkpoints" / "last_checkpoint_2.pt").is_file()
+
+
+def test_training_resumes_from_its_checkpoint(trained):
+    result = _bundle("run", "--config_file", _configs(PLAIN, "train.json", "quick.json"), "--dataset_dir",
+                     str(trained / "data"), "--output_dir", str(trained / "out"), *_tiny("plain"), *TRAIN[:-6],
+                     "--epochs", "2", "--warmup_iterations", "1", "--checkpoint_every", "2", cwd=trained)
+    assert "resuming from" in result.stdout + result.stderr
+    assert (trained / "out" / "checkpoints" / "last_checkpoint_4.pt").is_file()
+    load_weights(_network(), trained / "out" / "model.pt")
+
+
+def test_inference_writes_per_scan_and_combined_outputs_and_box_maps(trained):
+    predictions = trained / "predictions"
+    combined = json.loads((predictions / "predictions.json").read_text())
+    assert len(combined) == 1 and set(combined[0]) == {"image", "box", "label", "label_scores"}
+    assert json.loads((predictions / "lung_ct_ts_000.json").read_text()) == combined[0]
+    assert (predictions / "candidates.csv").read_text().startswith("seriesuid,coordX,coordY,coordZ,probability")
+    box_map = nib.load(predictions / "lung_ct_ts_000_boxes.nii.gz")
+    assert box_map.shape == nib.load(combined[0]["image"]).shape
+
+
+def test_evaluate_overrides_train_and_writes_metrics(trained):
+    _bundle("run", "--config_file", _configs(PLAIN, "train.json", "quick.json", "evaluate.json"), "--dataset_dir",
+            str(trained / "data"), "--output_dir", str(trained / "out"), *_tiny("plain"), "--bootstrap", "10",
+            cwd=trained / "elsewhere")
+    metrics = json.loads((trained / "out" / "evaluation" / "metrics.json").read_text())
+    value = metrics["AP_IoU_0.10_MaxDet_100"]
+    assert value is None or math.isnan(value) or 0.0 <= value <= 1.0  # NaN: nothing to find after 2 iterations
+    assert (trained / "out" / "evaluation" / "report.md").is_file()
+
+
+def test_metadata_and_network_in_out(trained):
+    check_metadata(PLAIN / "metadata.json")
+    _bundle("verify_net_in_out", "network_def", "--meta_file", str(PLAIN / "metadata.json"), "--config_file",
+            _configs(PLAIN, "train.json", "quick.json"), *_tiny("plain"), "--network_def#dense_output", "True",
+            cwd=trained / "elsewhere")
+
+
+def test_exported_torchscript_gives_the_eager_detectors_boxes(trained):
+    exported = trained / "model.ts"
+    _bundle("ckpt_export", "network_def", "--filepath", str(exported), "--ckpt_file", str(trained / "out" / "model.pt"),
+            "--meta_file", str(PLAIN / "metadata.json"), "--config_file", _configs(PLAIN, "train.json", "quick.json"),
+            *_tiny("plain"), "--network_def#dense_output", "True", "--use_trace", "True",
+            "--input_shape", "[1,1,32,32,32]", cwd=trained / "elsewhere")
+    scripted = torch.jit.load(str(exported))
+    network = load_weights(_network(), trained / "out" / "model.pt").eval()
+    anchor_sizes = json.loads((trained / "out" / "model_plan.json").read_text())["anchor_sizes"]
+    detector = RetinaUNetDetector(network, anchor_sizes=anchor_sizes, score_threshold=0.0).eval()
+    torch.manual_seed(0)
+    for shape in [(32, 32, 32), (40, 32, 48)]:  # the trace also holds at a size it did not see
+        images = torch.randn(1, 1, *shape)
+        with torch.no_grad():
+            outputs = split_dense_output(scripted(images), shape, [4, 8], network.num_anchors, 2)
+        from_export = detector.postprocessor(outputs["cls_logits"], outputs["box_regression"], shape)[0]
+        eager = detector(images)[0]
+        assert len(eager["boxes"]) > 0
+        torch.testing.assert_close(from_export["boxes"], eager["boxes"], rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(from_export["scores"], eager["scores"], rtol=1e-4, atol=1e-5)
+        assert torch.equal(from_export["labels"], eager["labels"])
+
+
+def _write_scan(path: Path, array: np.ndarray) -> str:
+    nib.save(nib.Nifti1Image(array.astype(np.float32), np.eye(4)), path)
+    return str(path)
+
+
+def _datalist(data: Path, folder: Path, **splits) -> Path:
+    """A copy of the generated datalist with absolute paths, its splits replaced by ``splits``."""
+    datalist = json.loads((data / "datalist.json").read_text())
+    for entry in datalist["training"]:
+        entry.update({key: str(data / entry[key]) for key in ("image", "mask")})
+    path = folder / "datalist.json"
+    path.write_text(json.dumps({**datalist, **splits}))
+    return path
+
+
+@pytest.mark.parametrize("case", ["channels", "not_3d", "architecture", "empty_split"])
+def test_bad_inference_input_fails_clearly_and_writes_nothing(trained, tmp_path, case):
+    arguments = ["--output_dir", str(trained / "out"), *_tiny("plain"), "--prediction_dir", str(tmp_path / "pred")]
+    rng = np.random.default_rng(0)
+    if case == "channels":
+        channel = _write_scan(tmp_path / "channel.nii.gz", rng.normal(size=(40, 40, 24)))
+        scan = [channel, channel]  # one file per channel
+        expected = "expects 1 channel(s), the scan has 2"
+    elif case == "not_3d":
+        scan = _write_scan(tmp_path / "flat.nii.gz", rng.normal(size=(40, 40)))
+        expected = "flat.nii.gz: expected a 3-D scan"
+    else:
+        scan = str(sorted((trained / "data" / "imagesTr").glob("lung_ct_ts_000*"))[0])
+    if case == "architecture":
+        torch.save(_network("resenc").state_dict(), tmp_path / "other.pt")
+        arguments += ["--checkpoints", json.dumps([str(tmp_path / "other.pt")])]
+        expected = "other.pt"
+    datalist = _datalist(trained / "data", tmp_path, test=[] if case == "empty_split" else [{"image": scan}])
+    if case == "empty_split":
+        expected = "the 'test' split is empty"
+    result = _bundle("run", "--config_file", _configs(PLAIN, "inference.json", "quick.json"), "--datalist",
+                     str(datalist), *arguments, cwd=tmp_path, expect_failure=True)
+    message = result.stdout + result.stderr
+    assert expected in message, message[-3000:]
+    if case == "architecture":
+        assert "unexpected" in message and "missing" in message, message[-3000:]
+    assert not (tmp_path / "pred" / "predictions.json").exists()
+
+
+@pytest.mark.parametrize("case", ["patch_size", "empty_split"])
+def test_bad_training_input_fails_clearly_and_writes_no_model(trained, tmp_path, case):
+    datalist = trained / "data" / "datalist.json"
+    arguments = list(TRAIN)
+    if case == "patch_size":
+        arguments[1] = "[36,36,36]"
+        expected = "not divisible by the network's total stride 8"
+    else:
+        datalist = _datalist(trained / "data", tmp_path, validation=[])
+        expected = "the 'validation' split is empty"
+    result = _bundle("run", "--config_file", _configs(PLAIN, "train.json", "quick.json"), "--datalist", str(datalist),
+                     "--output_dir", str(tmp_path / "out"), *_tiny("plain"), *arguments, cwd=tmp_path,
+                     expect_failure=True)
+    assert expected in result.stdout + result.stderr, (result.stdout + result.stderr)[-3000:]
+    assert not (tmp_path / "out" / "model.pt").exists()
+
+
+def test_resenc_bundle_metadata_and_network_in_out(tmp_path):
+    check_metadata(RESENC / "metadata.json")
+    _bundle("verify_net_in_out", "network_def", "--meta_file", str(RESENC / "metadata.json"), "--config_file",
+            _configs(RESENC, "train.json", "quick.json"), *_tiny("resenc"), "--network_def#dense_output", "True",
+            cwd=tmp_path)
+
+
+def test_resenc_bundle_fine_tunes_from_an_exported_encoder(trained, tmp_path):
+    torch.manual_seed(1)
+    pretrained = ResEncUNet(1, 1, encoder_spec={"name": "resenc", "preset": "tiny"})
+    manifest = export_encoder(pretrained, tmp_path / "encoder", architecture={"name": "resenc", "preset": "tiny"},
+                              in_channels=1, modality="CT", spacing=[1.5, 1.5, 1.5], normalization="ct",
+                              method="mae")
+    result = _bundle("run", "--config_file", _configs(RESENC, "train.json", "quick.json"), "--dataset_dir",
+                     str(trained / "data"), "--output_dir", str(tmp_path / "out"), *_tiny("resenc"), *TRAIN,
+                     "--cache_dir", str(trained / "out" / "cache"), "--pretrained_encoder", str(manifest),
+                     cwd=tmp_path)
+    found = re.search(r"transferred (\d+) tensors from (\S+) \(mode encoder, stem random\); (\d+) skipped",
+                      result.stdout + result.stderr)
+    assert found and found.group(2) == str(manifest), (result.stdout + result.stderr)[-3000:]
+    # every encoder tensor is either transferred or, with the random stem strategy, a skipped stem tensor
+    assert int(found.group(1)) + int(found.group(3)) == len(pretrained.encoder.state_dict())
+    assert int(found.group(3)) > 0
+    load_weights(_network("resenc"), tmp_path / "out" / "model.pt")
+
+
+@pytest.mark.slow  # about 20 s on its own; keeps the default module near 2.5 minutes on a busy machine
+def test_torchrun_two_processes_on_cpu(trained, tmp_path):
+    # gloo on CPU: the two ranks sample disjoint batches and DDP averages their gradients
+    _bundle("--nproc_per_node", "2", "-m", "monai.bundle", "run", "--config_file",
+            _configs(PLAIN, "train.json", "quick.json", "multi_gpu_train.json"), "--dataset_dir",
+            str(trained / "data"), "--output_dir", str(tmp_path / "out"), *_tiny("plain"), *TRAIN,
+            cwd=tmp_path, command=[sys.executable, "-m", "torch.distributed.run"])
+    load_weights(_network(), tmp_path / "out" / "model.pt")
