@@ -63,7 +63,8 @@ class Trainer:
         device: where the model lives; amp: mixed precision, only honoured on CUDA.
         gradient_clip: max gradient norm (None: off).
         checkpoint_every: iterations between "last" checkpoints (also written at each epoch end).
-        validate: ``(model) -> metrics`` run every ``validate_every`` epochs on rank 0.
+        validate: ``(model) -> metrics`` run every ``validate_every`` epochs on every rank (each rank
+            validates its share; see :class:`shared.engines.validation.DetectionValidator`).
         key_metric: metric deciding the best model, saved as ``output_dir/model.pt`` with its metrics
             in ``model_best.json``; the last weights go to ``model_final.pt`` (and to ``model.pt`` when
             nothing was validated).
@@ -144,11 +145,11 @@ class Trainer:
         )
         engine.add_event_handler(Events.ITERATION_COMPLETED(every=checkpoint_every) | Events.EPOCH_COMPLETED,
                                  self.checkpoint)
+        if validate is not None:  # every rank validates its share; the metrics gather across ranks
+            engine.add_event_handler(Events.EPOCH_COMPLETED(every=validate_every), self._validate,
+                                     validate, key_metric)
         if idist.get_rank() == 0:
             engine.add_event_handler(Events.ITERATION_COMPLETED(every=10), self._log_losses)
-            if validate is not None:
-                engine.add_event_handler(Events.EPOCH_COMPLETED(every=validate_every), self._validate,
-                                         validate, key_metric)
             if progress:
                 from ignite.handlers import ProgressBar
 
@@ -182,6 +183,8 @@ class Trainer:
     def _validate(self, engine: Engine, validate, key_metric: str) -> None:
         metrics = validate(_unwrap(self.model))
         engine.state.metrics.update(metrics)
+        if idist.get_rank() != 0:
+            return
         for name, value in metrics.items():
             if isinstance(value, (int, float)) and math.isfinite(value):
                 self.writer.add_scalar(f"validation/{name}", value, engine.state.iteration)

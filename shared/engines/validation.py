@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any, Sequence
 
+import ignite.distributed as idist
 import torch
 from torch import nn
 
@@ -42,7 +43,8 @@ class DetectionValidator:
     ):
         if not len(cases):
             raise ValueError(f"no validation cases in {cache_dir}: validation needs at least one")
-        self.dataset = ValidationCaseDataset(cache_dir, list(cases))
+        # in distributed runs each rank takes every world_size-th case; DetectionMetrics gathers them
+        self.dataset = ValidationCaseDataset(cache_dir, list(cases)[idist.get_rank()::idist.get_world_size()])
         self.class_names = list(class_names)
         self.patch_size = tuple(int(size) for size in patch_size)
         self.inference = dict(inference or {})

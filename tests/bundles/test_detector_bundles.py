@@ -233,11 +233,12 @@ def test_resenc_bundle_fine_tunes_from_an_exported_encoder(trained, tmp_path):
     load_weights(_network("resenc"), tmp_path / "out" / "model.pt")
 
 
-@pytest.mark.slow  # about 20 s on its own; keeps the default module near 2.5 minutes on a busy machine
 def test_torchrun_two_processes_on_cpu(trained, tmp_path):
-    # gloo on CPU: the two ranks sample disjoint batches and DDP averages their gradients
-    _bundle("--nproc_per_node", "2", "-m", "monai.bundle", "run", "--config_file",
+    # gloo on CPU: the two ranks sample disjoint batches, DDP averages their gradients, and each rank
+    # validates its share of the cases (the metrics gather them)
+    result = _bundle("--nproc_per_node", "2", "-m", "monai.bundle", "run", "--config_file",
             _configs(PLAIN, "train.json", "quick.json", "multi_gpu_train.json"), "--dataset_dir",
             str(trained / "data"), "--output_dir", str(tmp_path / "out"), *_tiny("plain"), *TRAIN,
             cwd=tmp_path, command=[sys.executable, "-m", "torch.distributed.run"])
     load_weights(_network(), tmp_path / "out" / "model.pt")
+    assert "validation AP_IoU_0.10_MaxDet_100 =" in result.stdout + result.stderr, "the ranks validated together"
