@@ -38,7 +38,7 @@ FINETUNE_PROFILE = {"patch_size": [48, 48, 48], "iterations_per_epoch": 40, "epo
 
 def main(out: str = "runs/quickstart", stages: Sequence[str] = STAGES, force: bool = False, seed: int = 0,
          num_training: int | None = None, pretrain_overrides: dict | None = None,
-         finetune_overrides: dict | None = None, bootstrap: int = 1000) -> str:
+         finetune_overrides: dict | None = None, bootstrap: int = 1000, data_overrides: dict | None = None) -> None:
     """Run the pipeline's stages in order and print where the report is.
 
     Args:
@@ -50,16 +50,15 @@ def main(out: str = "runs/quickstart", stages: Sequence[str] = STAGES, force: bo
         pretrain_overrides, finetune_overrides: bundle overrides on top of :data:`PRETRAIN_PROFILE` and
             :data:`FINETUNE_PROFILE`, e.g. "{'epochs': 10}".
         bootstrap: bootstrap draws for confidence intervals and the ranking.
-
-    Returns:
-        The report's path.
+        data_overrides: keyword arguments of ``shared.data.synthetic.make_dataset`` (e.g. a smaller
+            ``shape`` or ``counts`` for a smoke test).
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     unknown = [stage for stage in stages if stage not in STAGES]
     if unknown:
         raise SystemExit(f"unknown stage(s) {unknown}; stages are {list(STAGES)}")
     root = Path(out).resolve()
-    settings = dict(seed=seed, num_training=num_training, bootstrap=bootstrap,
+    settings = dict(seed=seed, num_training=num_training, bootstrap=bootstrap, data_overrides=data_overrides or {},
                     pretrain_overrides={**PRETRAIN_PROFILE, **(pretrain_overrides or {})},
                     finetune_overrides={**FINETUNE_PROFILE, **(finetune_overrides or {})})
     for stage in STAGES:
@@ -76,14 +75,15 @@ def main(out: str = "runs/quickstart", stages: Sequence[str] = STAGES, force: bo
         logger.info("stage %s: done in %.0f s", stage, time.perf_counter() - start)
     report = root / "report" / "report.md"
     print(f"\nreport: {report}" if report.exists() else f"\noutputs: {root}")
-    return str(report)
 
 
-def make_data(root: Path, *, seed: int, num_training: int | None, **_) -> None:
+def make_data(root: Path, *, seed: int, num_training: int | None, data_overrides: dict, **_) -> None:
     from shared.data.synthetic import make_dataset
 
-    counts = {} if num_training is None else {"training": int(num_training)}
-    make_dataset("lung_ct", root / "data", preset="quick", seed=seed, counts=counts)
+    settings = {"preset": "quick", "seed": seed, **data_overrides}
+    if num_training is not None:
+        settings["counts"] = {**settings.get("counts", {}), "training": int(num_training)}
+    make_dataset("lung_ct", root / "data", **settings)
 
 
 def pretrain(root: Path, *, seed: int, pretrain_overrides: dict, **_) -> None:
