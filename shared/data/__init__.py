@@ -1,1 +1,2 @@
-"""Data: embedded data sets, validation, fingerprint and plan, preprocessing into a cache, patch sampling and augmentation."""
+"""Data: embedded data sets, validation, fingerprint and plan, preprocessing into a cache, patch sampling
+and augmentation."""

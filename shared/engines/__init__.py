@@ -1,1 +1,2 @@
-"""Engines shared by every bundle: the LR schedule, a resumable sampler, the trainer, warm-up freezing, validation and inference."""
+"""Engines shared by every bundle: the LR schedule, a resumable sampler, the trainer, warm-up freezing,
+fine-tuning setup, validation and inference."""

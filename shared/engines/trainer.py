@@ -225,7 +225,8 @@ class Trainer:
         checkpoint = self.last_checkpoint() if resume else None
         if checkpoint is not None:
             logger.info("resuming from %s", checkpoint)
-            Checkpoint.load_objects(self._state_objects(), torch.load(checkpoint, map_location="cpu", weights_only=True))
+            state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+            Checkpoint.load_objects(self._state_objects(), state)
         self.engine.run(self.data_loader, max_epochs=self.max_epochs, epoch_length=self.iterations_per_epoch)
         return self.engine
 
