@@ -143,8 +143,9 @@ class Trainer:
             DiskSaver(self.output_dir / "checkpoints", require_empty=False, atomic=True),
             filename_prefix=LAST_PREFIX, n_saved=1, global_step_transform=lambda e, _: e.state.iteration,
         )
-        engine.add_event_handler(Events.ITERATION_COMPLETED(every=checkpoint_every) | Events.EPOCH_COMPLETED,
-                                 self.checkpoint)
+        saving = Events.ITERATION_COMPLETED(every=checkpoint_every) | Events.EPOCH_COMPLETED
+        engine.add_event_handler(saving, self.checkpoint)
+        engine.add_event_handler(saving, self._remove_older_checkpoints)
         if validate is not None:  # every rank validates its share; the metrics gather across ranks
             engine.add_event_handler(Events.EPOCH_COMPLETED(every=validate_every), self._validate,
                                      validate, key_metric)
@@ -161,6 +162,13 @@ class Trainer:
         if self.amp:
             objects["scaler"] = self.scaler
         return objects
+
+    def _remove_older_checkpoints(self, engine: Engine) -> None:
+        """Ignite keeps ``n_saved`` of this process's checkpoints; one left by a run before a resume
+        would stay forever, so only the newest is kept."""
+        if idist.get_rank() == 0:
+            for stale in self._checkpoints()[:-1]:
+                stale.unlink(missing_ok=True)
 
     def _move_sampler(self, engine: Engine) -> None:
         sampler = getattr(self.data_loader, "batch_sampler", None)
@@ -215,9 +223,12 @@ class Trainer:
             self._writer.close()
 
     # -- running --------------------------------------------------------------------------------------
+    def _checkpoints(self) -> list[Path]:
+        return sorted((self.output_dir / "checkpoints").glob(f"{LAST_PREFIX}_checkpoint_*.pt"),
+                      key=lambda path: int(path.stem.rsplit("_", 1)[-1]))
+
     def last_checkpoint(self) -> Path | None:
-        found = sorted((self.output_dir / "checkpoints").glob(f"{LAST_PREFIX}_checkpoint_*.pt"),
-                       key=lambda path: int(path.stem.rsplit("_", 1)[-1]))
+        found = self._checkpoints()
         return found[-1] if found else None
 
     def run(self, resume: bool = True) -> Engine:

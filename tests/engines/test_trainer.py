@@ -51,6 +51,7 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path):
     second, resumed_model = make_trainer(tmp_path / "resumed", epochs=3)
     engine = second.run()
     assert engine.state.iteration == 12
+    assert [path.name for path in (tmp_path / "resumed" / "checkpoints").iterdir()] == ["last_checkpoint_12.pt"]
     for a, b in zip(straight_model.parameters(), resumed_model.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
