@@ -27,6 +27,7 @@ from shared.data.rasterize import rasterize_boxes
 from shared.inference.sliding_window import predict_volume
 from shared.io.atomic import write_json
 from shared.io.datalist import read_split
+from shared.io.errors import InputError
 from shared.io.images import Volume, load_volume, save_nifti
 from shared.io.luna16 import export_luna16_candidates
 
@@ -70,17 +71,16 @@ class ScanPredictor:
         self.plan, self.patch_size = plan, tuple(int(size) for size in patch_size)
         self.inference = dict(inference or {})
         self.device = torch.device(device)
-        expected = len(plan["channels"])
+        self.channels = len(plan["channels"])
         for model in self.models:
             model.to(self.device).eval()
-        self.channels = expected
 
     @torch.no_grad()
     def predict_volume(self, volume: Volume) -> dict[str, np.ndarray]:
         """``{"boxes": (M, 6) world cccwhd, "labels": (M,), "scores": (M,)}`` for a loaded scan."""
         if volume.array.shape[0] != self.channels:
-            raise ValueError(f"{volume.sources[0]}: the model expects {self.channels} channel(s), "
-                             f"the scan has {volume.array.shape[0]}")
+            raise InputError(volume.sources[0], f"the model expects {self.channels} channel(s), "
+                                                f"the scan has {volume.array.shape[0]}")
         array, affine = preprocess_volume(volume, self.plan)
         image = torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
         result = predict_volume(self.models, image, patch_size=self.patch_size, **self.inference)
