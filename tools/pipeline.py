@@ -34,9 +34,16 @@ logger = logging.getLogger("pipeline")
 #: comparison needs the bundles' own quick (or paper) settings: pass overrides to get them
 PRETRAIN_PROFILE = {"patch_size": [48, 48, 48], "iterations_per_epoch": 20, "epochs": 3}
 FINETUNE_PROFILE = {"patch_size": [48, 48, 48], "iterations_per_epoch": 40, "epochs": 3, "validate_every": 3}
+#: per embedded task: bundle overrides its scans need (channels, classes, spacing) for (pre-training, fine-tuning)
+TASKS = {
+    "lung_ct": ({}, {}),
+    "brain_mri": ({"in_channels": 2, "spacing": [2.0, 2.0, 2.0]},
+                  {"in_channels": 2, "num_classes": 1, "spacing": [2.0, 2.0, 2.0]}),
+}
 
 
 def main(out: str = "runs/quickstart", stages: Sequence[str] = STAGES, force: bool = False, seed: int = 0,
+         task: str = "lung_ct",
          num_training: int | None = None, pretrain_overrides: dict | None = None,
          finetune_overrides: dict | None = None, bootstrap: int = 1000, data_overrides: dict | None = None) -> None:
     """Run the pipeline's stages in order and print where the report is.
@@ -46,6 +53,7 @@ def main(out: str = "runs/quickstart", stages: Sequence[str] = STAGES, force: bo
         stages: which stages to run (default all): data, pretrain, finetune, evaluate, report.
         force: re-run stages already done.
         seed: data, pre-training and fine-tuning seed (the two fine-tunings share it).
+        task: embedded data set, ``lung_ct`` (default) or ``brain_mri`` (two MRI channels, one class).
         num_training: labelled training scans (default: the quick preset's); the label budget.
         pretrain_overrides, finetune_overrides: bundle overrides on top of :data:`PRETRAIN_PROFILE` and
             :data:`FINETUNE_PROFILE`, e.g. "{'epochs': 10}".
@@ -57,10 +65,14 @@ def main(out: str = "runs/quickstart", stages: Sequence[str] = STAGES, force: bo
     unknown = [stage for stage in stages if stage not in STAGES]
     if unknown:
         raise SystemExit(f"unknown stage(s) {unknown}; stages are {list(STAGES)}")
+    if task not in TASKS:
+        raise SystemExit(f"unknown task {task!r}; tasks are {list(TASKS)}")
     root = Path(out).resolve()
-    settings = dict(seed=seed, num_training=num_training, bootstrap=bootstrap, data_overrides=data_overrides or {},
-                    pretrain_overrides={**PRETRAIN_PROFILE, **(pretrain_overrides or {})},
-                    finetune_overrides={**FINETUNE_PROFILE, **(finetune_overrides or {})})
+    pretrain_task, finetune_task = TASKS[task]
+    settings = dict(seed=seed, task=task, num_training=num_training, bootstrap=bootstrap,
+                    data_overrides=data_overrides or {},
+                    pretrain_overrides={**PRETRAIN_PROFILE, **pretrain_task, **(pretrain_overrides or {})},
+                    finetune_overrides={**FINETUNE_PROFILE, **finetune_task, **(finetune_overrides or {})})
     for stage in STAGES:
         if stage not in stages:
             continue
@@ -77,13 +89,13 @@ def main(out: str = "runs/quickstart", stages: Sequence[str] = STAGES, force: bo
     print(f"\nreport: {report}" if report.exists() else f"\noutputs: {root}")
 
 
-def make_data(root: Path, *, seed: int, num_training: int | None, data_overrides: dict, **_) -> None:
+def make_data(root: Path, *, seed: int, task: str, num_training: int | None, data_overrides: dict, **_) -> None:
     from shared.data.synthetic import make_dataset
 
     settings = {"preset": "quick", "seed": seed, **data_overrides}
     if num_training is not None:
         settings["counts"] = {**settings.get("counts", {}), "training": int(num_training)}
-    make_dataset("lung_ct", root / "data", **settings)
+    make_dataset(task, root / "data", **settings)
 
 
 def pretrain(root: Path, *, seed: int, pretrain_overrides: dict, **_) -> None:
@@ -104,21 +116,21 @@ def evaluate(root: Path, *, finetune_overrides: dict, bootstrap: int, **_) -> No
                    output_dir=root / "finetune" / variant, bootstrap=bootstrap, **finetune_overrides)
 
 
-def report(root: Path, *, bootstrap: int, **_) -> None:
+def report(root: Path, *, bootstrap: int, task: str = "lung_ct", **_) -> None:
     from shared.metrics.evaluation import compare_runs
 
     runs = [root / "finetune" / variant / "evaluation" for variant in VARIANTS]
     compare_runs([str(run) for run in runs], str(root / "report" / "ranking"), names=list(VARIANTS), draws=bootstrap)
     metrics = {variant: json.loads((run / "metrics.json").read_text()) for variant, run in zip(VARIANTS, runs)}
-    write_report(root, metrics)
+    write_report(root, metrics, task)
 
 
-def write_report(root: Path, metrics: dict[str, dict]) -> None:
+def write_report(root: Path, metrics: dict[str, dict], task: str = "lung_ct") -> None:
     """The pipeline's summary: one row per variant with bootstrap intervals, links to the plots."""
     from shared.io.atomic import write_text
 
     keys = ("AP_IoU_0.10_MaxDet_100", "mAP_IoU_0.10_0.50_0.05_MaxDet_100", "FROC_score_IoU_0.10")
-    lines = ["# Pre-trained (MAE) vs from scratch: ResEnc Retina U-Net on the embedded lung_ct data", "",
+    lines = [f"# Pre-trained (MAE) vs from scratch: ResEnc Retina U-Net on the embedded {task} data", "",
              "| model | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
     for variant, values in metrics.items():
         cells = [_with_interval(values, key) for key in keys]

@@ -31,3 +31,19 @@ def test_pipeline_runs_every_stage_and_writes_the_report(tmp_path, capsys):
     before = (out / "stages" / "data.json").stat().st_mtime_ns
     main(str(out), stages=["data", "report"], data_overrides=TINY_DATA, bootstrap=20)
     assert (out / "stages" / "data.json").stat().st_mtime_ns == before
+
+
+def test_brain_task_passes_its_channels_and_classes_to_the_bundles(tmp_path, monkeypatch):
+    import pytest
+
+    import tools.pipeline as pipeline
+
+    calls = []
+    monkeypatch.setattr(pipeline, "run_bundle", lambda bundle, configs, **overrides: calls.append((bundle, overrides)))
+    main(str(tmp_path / "run"), stages=["pretrain", "finetune"], task="brain_mri")
+    pretrain, *finetunes = calls
+    assert pretrain[1]["in_channels"] == 2 and "num_classes" not in pretrain[1]
+    assert [call[1]["num_classes"] for call in finetunes] == [1, 1]
+    assert all(call[1]["in_channels"] == 2 for call in finetunes)
+    with pytest.raises(SystemExit, match="unknown task"):
+        main(str(tmp_path / "other"), task="liver_ct")
