@@ -57,6 +57,14 @@ def test_bce_with_hard_negatives_and_no_segmentation(stand_in):
     assert torch.isfinite(losses["loss"])
 
 
+def test_none_turns_a_loss_term_off_and_omitting_it_gives_the_default(stand_in):
+    detector = RetinaUNetDetector(stand_in(), anchor_sizes=ANCHORS, segmentation_loss=None, regression_loss=None).train()
+    losses = detector(torch.randn(1, 1, 16, 16, 16), _targets([[[2, 3, 4, 8, 9, 9]]]))
+    assert set(losses) == {"classification", "box_giou", "loss"}
+    with pytest.raises(ValueError, match="classification_loss cannot be None"):
+        RetinaUNetDetector(stand_in(), anchor_sizes=ANCHORS, classification_loss=None)
+
+
 def test_configuration_errors(stand_in):
     with pytest.raises(ValueError, match="27"):
         RetinaUNetDetector(stand_in(), anchor_sizes=[[4.0, 8.0]] * 3)
