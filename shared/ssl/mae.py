@@ -48,7 +48,9 @@ class MaskedAutoencoder(nn.Module):
         block_size: mask block edge in voxels, one int or one per axis.
         mask_ratio: fraction of blocks hidden per sample.
         seed: seed of the mask generator (masks are drawn on the CPU, so runs are reproducible
-            whatever the device); ``None`` draws from torch's global generator.
+            whatever the device); ``None`` draws from torch's global generator. The generator's state
+            is part of the state dict, so a resumed run draws the masks the uninterrupted run would;
+            give each distributed rank its own seed.
     """
 
     def __init__(
@@ -66,6 +68,14 @@ class MaskedAutoencoder(nn.Module):
         self.generator: torch.Generator | None = None
         if seed is not None:
             self.generator = torch.Generator().manual_seed(int(seed))
+
+    def get_extra_state(self) -> torch.Tensor:
+        """The mask generator's state (empty without a seed), saved with the weights."""
+        return self.generator.get_state() if self.generator is not None else torch.zeros(0, dtype=torch.uint8)
+
+    def set_extra_state(self, state: torch.Tensor) -> None:
+        if self.generator is not None and state.numel():
+            self.generator.set_state(state)
 
     @property
     def encoder(self) -> nn.Module:

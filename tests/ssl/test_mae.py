@@ -86,6 +86,17 @@ def test_seeded_masks_repeat():
     assert torch.equal(first, second)
 
 
+def test_mask_generator_state_travels_with_the_state_dict():
+    images = torch.randn(2, 1, 8, 8, 8)
+    running = MaskedAutoencoder(TinyUNet(1), block_size=4, seed=5)
+    running(images)  # the generator has moved on
+    resumed = MaskedAutoencoder(TinyUNet(1), block_size=4, seed=5)
+    resumed.load_state_dict(running.state_dict())
+    assert torch.equal(resumed(images)["mask"], running(images)["mask"])
+    unseeded = MaskedAutoencoder(TinyUNet(1), block_size=4)
+    unseeded.load_state_dict(unseeded.state_dict())  # nothing to restore, and no error
+
+
 def test_loss_falls_when_training():
     torch.manual_seed(0)
     model = MaskedAutoencoder(TinyUNet(1), block_size=4, mask_ratio=0.5, seed=0)
