@@ -18,10 +18,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import ignite.distributed as idist
 import numpy as np
 
 from shared.io.atomic import atomic_path, write_json
@@ -190,3 +192,18 @@ def _save_array(path: Path, array: np.ndarray) -> None:
     with atomic_path(path) as temporary:
         with open(temporary, "wb") as handle:
             np.save(handle, array)
+
+
+@contextmanager
+def rank_zero_first():
+    """Under ``torchrun``, rank 0 runs the block (e.g. filling the cache) before the other ranks enter it.
+
+    The others then find the work done instead of writing the same files at the same time; outside a
+    distributed run this does nothing.
+    """
+    distributed = idist.get_world_size() > 1
+    if distributed and idist.get_rank() > 0:
+        idist.barrier()
+    yield
+    if distributed and idist.get_rank() == 0:
+        idist.barrier()

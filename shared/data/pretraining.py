@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from shared.data.cache import PLAN_FILE, read_plan
+from shared.data.cache import PLAN_FILE, rank_zero_first, read_plan
 from shared.data.fingerprint import channel_modalities
 from shared.data.plan import PLAN_VERSION, file_sha256, parse_spacing, plan_hash
 from shared.data.preprocess import write_cases
@@ -116,10 +116,11 @@ def prepare_pretraining_data(datalist: str | os.PathLike, cache_dir: str | os.Pa
     if not cases:
         raise InputError(datalist, f"the splits {splits} hold no scan to pre-train on")
     plan = pretraining_plan(cases, content, datalist, spacing=spacing)
-    existing = read_plan(cache_dir)
-    if overwrite or existing is None or existing.get("hash") != plan["hash"]:
-        write_json(Path(cache_dir) / PLAN_FILE, plan)
-    write_cases(cases, plan, cache_dir, overwrite=overwrite, num_workers=num_workers, progress=progress)
+    with rank_zero_first():
+        existing = read_plan(cache_dir)
+        if overwrite or existing is None or existing.get("hash") != plan["hash"]:
+            write_json(Path(cache_dir) / PLAN_FILE, plan)
+        write_cases(cases, plan, cache_dir, overwrite=overwrite, num_workers=num_workers, progress=progress)
     return PretrainingData(plan, [case.case for case in cases], os.fspath(datalist), splits)
 
 

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from shared.data.cache import list_cases, read_case, read_plan
+from shared.data.cache import list_cases, rank_zero_first, read_case, read_plan
 from shared.data.preprocess import preprocess
 from shared.detectors.anchor_fitting import fit_anchor_sizes
 from shared.io.atomic import write_json
@@ -66,7 +66,8 @@ def prepare_detection_data(
     if any(int(size) % coarsest for size in patch_size):
         raise InputError(datalist, f"patch_size {list(patch_size)} is not divisible by the network's total "
                                    f"stride {coarsest}: choose multiples of {coarsest}")
-    preprocess(datalist, cache_dir, splits=("training", "validation"), spacing=spacing, num_workers=num_workers)
+    with rank_zero_first():
+        preprocess(datalist, cache_dir, splits=("training", "validation"), spacing=spacing, num_workers=num_workers)
     plan = read_plan(cache_dir)
     if len(plan["channels"]) != in_channels:
         raise InputError(datalist, f"the scans have {len(plan['channels'])} channel(s) but the network expects "
