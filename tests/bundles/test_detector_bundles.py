@@ -172,13 +172,16 @@ def test_bad_inference_input_fails_clearly_and_writes_nothing(trained, tmp_path,
     elif case == "not_3d":
         scan = _write_scan(tmp_path / "flat.nii.gz", rng.normal(size=(40, 40)))
         expected = "flat.nii.gz: expected a 3-D scan"
-    else:
-        scan = str(sorted((trained / "data" / "imagesTr").glob("lung_ct_ts_000*"))[0])
+    good = str(sorted((trained / "data" / "imagesTr").glob("lung_ct_ts_000*"))[0])
+    if case in ("architecture", "empty_split"):
+        scan = good
     if case == "architecture":
         torch.save(_network("resenc").state_dict(), tmp_path / "other.pt")
         arguments += ["--checkpoints", json.dumps([str(tmp_path / "other.pt")])]
         expected = "other.pt"
-    datalist = _datalist(trained / "data", tmp_path, test=[] if case == "empty_split" else [{"image": scan}])
+    # a good scan before the bad one: the bad one must fail before the good one's outputs are written
+    entries = [{"image": scan}] if scan == good else [{"image": good}, {"image": scan}]
+    datalist = _datalist(trained / "data", tmp_path, test=[] if case == "empty_split" else entries)
     if case == "empty_split":
         expected = "the 'test' split is empty"
     result = _bundle("run", "--config_file", _configs(PLAIN, "inference.json", "quick.json"), "--datalist",
@@ -187,7 +190,7 @@ def test_bad_inference_input_fails_clearly_and_writes_nothing(trained, tmp_path,
     assert expected in message, message[-3000:]
     if case == "architecture":
         assert "unexpected" in message and "missing" in message, message[-3000:]
-    assert not (tmp_path / "pred" / "predictions.json").exists()
+    assert not list((tmp_path / "pred").glob("*.json"))
 
 
 @pytest.mark.parametrize("case", ["patch_size", "empty_split"])
