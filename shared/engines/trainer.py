@@ -147,8 +147,11 @@ class Trainer:
         engine.add_event_handler(saving, self.checkpoint)
         engine.add_event_handler(saving, self._remove_older_checkpoints)
         if validate is not None:  # every rank validates its share; the metrics gather across ranks
-            engine.add_event_handler(Events.EPOCH_COMPLETED(every=validate_every), self._validate,
-                                     validate, key_metric)
+            # every validate_every epochs and always after the last one, so a run always has a best model
+            def due(engine: Engine, epoch: int) -> bool:
+                return epoch % validate_every == 0 or epoch == engine.state.max_epochs
+
+            engine.add_event_handler(Events.EPOCH_COMPLETED(event_filter=due), self._validate, validate, key_metric)
         if idist.get_rank() == 0:
             engine.add_event_handler(Events.ITERATION_COMPLETED(every=10), self._log_losses)
             if progress:

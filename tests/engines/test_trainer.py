@@ -67,6 +67,14 @@ def test_validation_saves_the_best_model_and_logs(tmp_path):
     assert trainer.best_metric() == pytest.approx(0.5)
 
 
+def test_validation_runs_every_n_epochs_and_after_the_last(tmp_path):
+    epochs = []
+    trainer, _ = make_trainer(tmp_path, epochs=5, validate_every=2,
+                              validate=lambda m: epochs.append(trainer.engine.state.epoch) or {"AP_IoU_0.10_MaxDet_100": 0.1})
+    trainer.run()
+    assert epochs == [2, 4, 5]
+
+
 def test_non_finite_loss_stops_with_a_clear_error(tmp_path):
     trainer, model = make_trainer(tmp_path, epochs=1)
     with torch.no_grad():
