@@ -88,7 +88,8 @@ def _image_id(entry: Any, path: str | Path, position: int) -> str:
 
 
 def _absolute(image: str, root: str | Path) -> str:
-    return os.path.normpath(image if os.path.isabs(image) else os.path.join(os.path.abspath(root), image))
+    """The image's absolute path with symbolic links resolved (datalists resolve them when read)."""
+    return os.path.realpath(image if os.path.isabs(image) else os.path.join(os.path.abspath(root), image))
 
 
 def _parse_boxes(value: Any, path: str | Path, image: str, field: str = "box") -> np.ndarray:
@@ -219,7 +220,7 @@ def load_predictions(
         if index is None and data_root is not None:
             index = ground_truth.lookup.get(_absolute(image, data_root))
         if index is None:
-            index = ground_truth.lookup.get(os.path.normpath(image) if os.path.isabs(image) else "")
+            index = ground_truth.lookup.get(os.path.realpath(image) if os.path.isabs(image) else "")
         if index is None:
             raise EvaluationInputError(f"{path}: image {image!r} (entry {position}) is not in the evaluated split.")
         if seen[index]:

@@ -43,6 +43,18 @@ def test_predictions_match_by_written_or_absolute_path_and_wrapped_dicts(datalis
     assert found.scores[0].tolist() == [0.5] and found.images_without_entry == ["scans/c.nii.gz"]
 
 
+def test_predictions_match_through_a_symlinked_data_folder(tmp_path):
+    # inference reads the datalist with symbolic links resolved; the evaluated datalist may sit behind one
+    (tmp_path / "real" / "scans").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    content = {"test": [{"image": "scans/a.nii.gz", "box": [[10, 10, 10, 4, 4, 4]], "label": [0]}]}
+    (tmp_path / "real" / "datalist.json").write_text(json.dumps(content))
+    truth = load_ground_truth(tmp_path / "link" / "datalist.json", "test")
+    resolved = str(tmp_path.resolve() / "real" / "scans" / "a.nii.gz")
+    entries = [{"image": resolved, "box": [[10, 10, 10, 4, 4, 4]], "label": [0], "label_scores": [0.9]}]
+    assert load_predictions(_write(tmp_path, entries), truth).scores[0].tolist() == [0.9]
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [
