@@ -24,7 +24,6 @@ from tqdm import tqdm
 from shared.boxes.convention import boxes_voxel_to_world, boxes_world_to_voxel
 from shared.data.preprocess import preprocess_volume
 from shared.data.rasterize import rasterize_boxes
-from shared.data.validate import image_grid
 from shared.inference.sliding_window import predict_volume
 from shared.io.atomic import write_json
 from shared.io.datalist import read_split
@@ -107,36 +106,23 @@ def predict_scans(
     write_box_maps: bool = False,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
-    """Predict every scan and write the per-scan and combined outputs into ``out_dir``.
+    """Predict every scan, then write the per-scan and combined outputs into ``out_dir``.
 
-    Every scan is checked first (readable, 3-D, the model's channel count; headers only for NIfTI), so a
-    bad scan fails before anything is written instead of after the scans before it.
+    Nothing is written until every scan is predicted, so a scan that fails (unreadable, not 3-D, the
+    wrong channel count) leaves no outputs of the scans before it.
     """
     out_dir = Path(out_dir)
-    for image in images:
-        check_scan(image, predictor.channels)
-    predictions = []
-    for image in tqdm(images, desc="inference", unit="scan", disable=not progress):
-        entry = predictor.predict_scan(image)
+    predictions = [predictor.predict_scan(image)
+                   for image in tqdm(images, desc="inference", unit="scan", disable=not progress)]
+    for image, entry in zip(images, predictions):
         name = case_id(image)
         write_json(out_dir / f"{name}.json", entry)
         if write_box_maps:
             write_box_map(out_dir / f"{name}_boxes.nii.gz", entry, image)
-        predictions.append(entry)
     write_json(out_dir / "predictions.json", predictions)
     export_luna16_candidates(out_dir / "predictions.json", out_dir / "candidates.csv")
     logger.info("wrote %d predictions to %s", len(predictions), out_dir)
     return predictions
-
-
-def check_scan(image: str | Sequence[str], channels: int) -> None:
-    """Raise :class:`InputError` naming the file if a scan cannot be predicted by a ``channels``-channel model."""
-    paths = [image] if isinstance(image, (str, os.PathLike)) else list(image)
-    if len(paths) != channels:
-        raise InputError(paths[0] if paths else None,
-                         f"the model expects {channels} channel(s), the scan has {len(paths)} file(s)")
-    for path in paths:
-        image_grid(os.fspath(path))
 
 
 def split_images(datalist: str | os.PathLike, split: str) -> list[str | list[str]]:
