@@ -31,10 +31,12 @@ from shared.detectors.retina_unet_network import RetinaUNetNetwork
 from shared.engines.detection_setup import prepare_detection_data
 from shared.engines.schedule import learning_rate_at, set_learning_rate
 from shared.inference.sliding_window import predict_volume
+from shared.losses.classification import FocalClassificationLoss, HardNegativeBCELoss
 from shared.metrics.ignite import DetectionMetrics
 from tools._cli import run_cli
 
 AP, AR = "AP_IoU_0.10_MaxDet_100", "AR_IoU_0.10_MaxDet_100"
+CLASSIFICATION_LOSSES = {"focal": FocalClassificationLoss, "hard_negative_bce": HardNegativeBCELoss}
 
 
 def score_cases(detector: RetinaUNetDetector, dataset: ValidationCaseDataset, class_names: Sequence[str],
@@ -58,8 +60,15 @@ def main(datalist: str, cache_dir: str, spacing: float | Sequence[float] = 1.5, 
          iterations: int = 800, eval_every: int = 200, batch_size: int = 2, optimizer: str = "adamw",
          learning_rate: float = 1e-3, warmup_iterations: int = 20, foreground_fraction: float = 0.5,
          augment: bool = True, encoder: str = "resenc", preset: str = "small", decoder_channels: int = 32,
-         detection_strides: Sequence[int] = (4, 8, 16), train_cases: int = 6, seed: int = 0) -> None:
-    """Train and print the learning-curve table (see the module docstring)."""
+         detection_strides: Sequence[int] = (4, 8, 16), classification: str = "focal", train_cases: int = 6,
+         seed: int = 0) -> None:
+    """Train and print the learning-curve table (see the module docstring).
+
+    ``classification``: ``"focal"`` (the bundles' default) or ``"hard_negative_bce"`` (nnDetection's BCE on
+    all positives and the hardest negatives).
+    """
+    if classification not in CLASSIFICATION_LOSSES:
+        raise ValueError(f"classification must be one of {sorted(CLASSIFICATION_LOSSES)}, got {classification!r}")
     torch.manual_seed(seed)
     spacing = [float(spacing)] * 3 if np.isscalar(spacing) else [float(s) for s in spacing]
     patch = [int(patch_size)] * 3
@@ -69,7 +78,8 @@ def main(datalist: str, cache_dir: str, spacing: float | Sequence[float] = 1.5, 
     network = RetinaUNetNetwork(len(data.plan["channels"]), len(data.class_names),
                                 encoder={"name": encoder, "preset": preset}, decoder_channels=decoder_channels,
                                 detection_strides=list(detection_strides))
-    detector = RetinaUNetDetector(network, anchor_sizes=data.anchor_sizes, score_threshold=1e-3)
+    detector = RetinaUNetDetector(network, anchor_sizes=data.anchor_sizes, score_threshold=1e-3,
+                                  classification_loss=CLASSIFICATION_LOSSES[classification]())
     samples = DetectionPatchDataset(cache_dir, data.train_cases, patch, iterations_per_epoch=iterations,
                                     batch_size=batch_size, foreground_fraction=foreground_fraction,
                                     augmentation={} if augment else None, seed=seed)
@@ -81,7 +91,7 @@ def main(datalist: str, cache_dir: str, spacing: float | Sequence[float] = 1.5, 
     validation = ValidationCaseDataset(cache_dir, data.validation_cases)
     training = ValidationCaseDataset(cache_dir, data.train_cases[:train_cases])
     print(f"anchors {data.anchor_sizes}; {len(data.train_cases)} training / {len(data.validation_cases)} "
-          f"validation cases; {optimizer} lr {learning_rate}")
+          f"validation cases; {optimizer} lr {learning_rate}; {classification} classification")
     print("| iteration | seconds | classification | box L1 | GIoU | segmentation | val AP | val AP (any) | "
           "val AR (any) | val top score | train AP (any) | train AR (any) |")
     print("|---" * 12 + "|")
