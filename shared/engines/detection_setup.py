@@ -54,15 +54,18 @@ def prepare_detection_data(
     num_classes: int,
     patch_size: Sequence[int],
     detection_strides: Sequence[int],
+    network_stride: int | None = None,
     num_workers: int = 0,
 ) -> DetectionData:
     """Preprocess the training and validation splits (once; cached), fit anchors, write the model plan.
 
     Raises:
         InputError: naming the datalist, when its channel or class count differs from the network's,
-            a split is empty, or the patch size is not a multiple of the network's coarsest stride.
+            a split is empty, or the patch size is not a multiple of the network's total stride (the
+            encoder's coarsest stride ``network_stride`` when given, which may exceed the coarsest
+            detection stride).
     """
-    coarsest = max(int(stride) for stride in detection_strides)
+    coarsest = max(int(stride) for stride in [*detection_strides, *([network_stride] if network_stride else [])])
     if any(int(size) % coarsest for size in patch_size):
         raise InputError(datalist, f"patch_size {list(patch_size)} is not divisible by the network's total "
                                    f"stride {coarsest}: choose multiples of {coarsest}")
