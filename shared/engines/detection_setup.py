@@ -65,7 +65,7 @@ def prepare_detection_data(
             encoder's coarsest stride ``network_stride`` when given, which may exceed the coarsest
             detection stride).
     """
-    coarsest = max(int(stride) for stride in [*detection_strides, *([network_stride] if network_stride else [])])
+    coarsest = max(int(stride) for stride in [*detection_strides, network_stride or 1])
     if any(int(size) % coarsest for size in patch_size):
         raise InputError(datalist, f"patch_size {list(patch_size)} is not divisible by the network's total "
                                    f"stride {coarsest}: choose multiples of {coarsest}")
