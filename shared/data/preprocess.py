@@ -66,7 +66,9 @@ def write_cases(cases: Sequence[CheckedCase], plan: dict[str, Any], cache_dir: s
     jobs = [(case, plan, os.fspath(cache_dir)) for case in todo]
     bar = dict(total=len(jobs), desc="preprocessing", unit="case", disable=not progress)
     if num_workers > 0 and len(jobs) > 1:
-        with ProcessPoolExecutor(max_workers=num_workers) as pool:
+        # workers share few cores: one thread each avoids oversubscription (never set in this process,
+        # whose training would then run on one thread)
+        with ProcessPoolExecutor(max_workers=num_workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
             list(tqdm(pool.map(_process_case, jobs), **bar))
     else:
         for job in tqdm(jobs, **bar):
@@ -117,7 +119,6 @@ def preprocess_case(case: CheckedCase, plan: dict[str, Any]) -> tuple[dict[str, 
 
 def _process_case(job: tuple[CheckedCase, dict[str, Any], str]) -> str:
     case, plan, cache_dir = job
-    torch.set_num_threads(1)  # workers share few cores; one thread each avoids oversubscription
     record, image, mask = preprocess_case(case, plan)
     write_case(cache_dir, record, image, mask)
     return case.case

@@ -3,6 +3,7 @@ import os
 
 import numpy as np
 import pytest
+import torch
 
 from tests._cases import spaced_affine, write_dataset
 from shared.boxes.convention import boxes_voxel_to_world
@@ -111,3 +112,15 @@ def test_workers_give_the_same_cache(tmp_path, rng):
     preprocess(path, tmp_path / "parallel", progress=False, num_workers=2)
     for case in ("case0", "case1"):
         np.testing.assert_array_equal(read_case(tmp_path / "serial", case).image, read_case(tmp_path / "parallel", case).image)
+
+
+def test_preprocessing_in_this_process_keeps_its_thread_count(tmp_path, rng):
+    # the training that follows in the same process must keep every thread it had
+    path = write_dataset(tmp_path / "raw", rng=rng, training=1, validation=0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        preprocess(path, tmp_path / "cache", progress=False)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
