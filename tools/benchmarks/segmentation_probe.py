@@ -22,7 +22,7 @@ import torch
 from monai.losses import DiceCELoss
 from monai.networks.nets import BasicUNet
 
-from shared.data.cache import list_cases
+from shared.data.cache import list_cases, read_plan
 from shared.data.dataset import DetectionPatchDataset, collate_detection
 from shared.data.preprocess import preprocess
 from tools._cli import run_cli
@@ -53,7 +53,8 @@ def main(datalist: str, cache_dir: str, spacing: float | Sequence[float] = 1.5, 
     patch = [int(patch_size)] * 3
     preprocess(datalist, cache_dir, splits=("training", "validation"), spacing=spacing)
     train_cases = list_cases(cache_dir, "training")[:num_training]
-    network = BasicUNet(spatial_dims=3, in_channels=1, out_channels=2, features=tuple(features))
+    channels = len(read_plan(cache_dir)["channels"])
+    network = BasicUNet(spatial_dims=3, in_channels=channels, out_channels=2, features=tuple(features))
     loss_function = DiceCELoss(include_background=False, to_onehot_y=True, softmax=True, batch=True)
     samples = DetectionPatchDataset(cache_dir, train_cases, patch, iterations_per_epoch=iterations,
                                     batch_size=batch_size, foreground_fraction=foreground_fraction,
