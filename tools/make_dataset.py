@@ -22,7 +22,7 @@ def main(task: str, out: str, preset: str = "quick", seed: int = 0, num_training
     Args:
         task: lung_ct or brain_mri.
         out: output folder.
-        preset: quick (small volumes, 24/6/10 + 16 unlabelled) or full (realistic scan sizes).
+        preset: quick (small volumes; lung_ct 96/6/10, brain_mri 24/6/10, + 16 unlabelled) or full (realistic scan sizes).
         seed: same seed, same bytes.
         num_training: override the preset's number of training cases (likewise the other num_*).
         shape: override the grid, e.g. "[48,48,32]" (the preset's spacing is kept).

@@ -25,6 +25,8 @@ from shared.data.synthetic.fields import Grid, SmoothField
 CLASSES = ("metastasis",)
 CHANNELS = ("T1c", "FLAIR")
 GRIDS = {"quick": ((80, 96, 64), (2.0, 2.0, 2.5)), "full": ((176, 208, 176), (1.0, 1.0, 1.0))}
+#: cases per split (training, validation, test, unlabelled)
+COUNTS = {"quick": (24, 6, 10, 16), "full": (80, 20, 50, 150)}
 RADII = {"quick": (3.5, 12.0), "full": (2.5, 12.0)}  # lesion radius range, mm
 CENTRE = (0.0, -18.0, 12.0)  # world mm: the middle of the MNI brain
 CREDIT = ("Brain anatomy: MNI ICBM 152 nonlinear symmetric 2009a/c templates (Fonov et al., NeuroImage 2011; "
@@ -176,4 +178,4 @@ def _acquire(rng: np.random.Generator, signal: np.ndarray, grid: Grid) -> np.nda
 
 
 BRAIN_MRI = TaskSpec(name="brain_mri", classes=CLASSES, channels=CHANNELS, modality="MRI", grids=GRIDS,
-                     generate=generate_brain_case, credits=CREDIT)
+                     counts=COUNTS, generate=generate_brain_case, credits=CREDIT)

@@ -35,6 +35,7 @@ class TaskSpec:
         channels: one name per image channel.
         modality: ``"CT"`` or ``"MRI"``.
         grids: preset name → (shape (X, Y, Z), spacing mm).
+        counts: preset name → cases per split (training, validation, test, unlabelled).
         generate: ``generate(rng, shape, spacing, preset, empty) -> Case``; ``empty`` asks for a scan
             without objects.
         credits: where the real data inside the task come from, and their licences.
@@ -45,5 +46,6 @@ class TaskSpec:
     channels: tuple[str, ...]
     modality: str
     grids: dict[str, tuple[tuple[int, int, int], tuple[float, float, float]]]
+    counts: dict[str, tuple[int, int, int, int]]
     generate: Callable[..., Case]
     credits: str

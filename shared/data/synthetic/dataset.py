@@ -27,7 +27,6 @@ from shared.io.images import save_nifti
 
 TASKS: dict[str, TaskSpec] = {LUNG_CT.name: LUNG_CT, BRAIN_MRI.name: BRAIN_MRI}
 SPLITS = ("training", "validation", "test", "unlabelled")
-COUNTS = {"quick": (24, 6, 10, 16), "full": (80, 20, 50, 150)}
 _CODES = {"training": "tr", "validation": "va", "test": "ts", "unlabelled": "un"}
 
 
@@ -58,7 +57,7 @@ def make_dataset(task: str, out: str | os.PathLike, *, preset: str = "quick", se
     Args:
         task: ``"lung_ct"`` or ``"brain_mri"``.
         out: the data set's folder (created).
-        preset: ``"quick"`` (small volumes, 24/6/10 labelled + 16 unlabelled) or ``"full"``.
+        preset: ``"quick"`` (small volumes) or ``"full"``; the task's ``counts`` give the cases per split.
         seed: the data set's seed.
         counts: cases per split, overriding the preset's (keys from :data:`SPLITS`).
         shape: grid (X, Y, Z) overriding the preset's (spacing stays), e.g. tiny sizes for tests.
@@ -71,7 +70,7 @@ def make_dataset(task: str, out: str | os.PathLike, *, preset: str = "quick", se
     """
     spec = _task(task)
     preset = _preset(spec, preset)
-    counts = {**dict(zip(SPLITS, COUNTS[preset])), **(counts or {})}
+    counts = {**dict(zip(SPLITS, spec.counts[preset])), **(counts or {})}
     out = Path(out)
     jobs = [(task, split, index, seed, preset, shape, str(out), previews)
             for split in SPLITS for index in range(int(counts[split]))]

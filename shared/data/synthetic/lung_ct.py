@@ -25,6 +25,9 @@ CLASSES = ("benign", "malignant")
 GRIDS = {"quick": ((96, 96, 56), (1.4, 1.4, 2.5)), "full": ((512, 512, 256), (0.7, 0.7, 1.25))}
 #: smallest and largest nodule (largest in-plane extent, mm) per preset; quick keeps them >= 4 voxels wide
 DIAMETERS = {"quick": (5.0, 30.0), "full": (3.0, 30.0)}
+#: cases per split (training, validation, test, unlabelled); quick has 96 training scans because
+#: fewer do not teach a network these small nodules (docs/data.md, "Presets")
+COUNTS = {"quick": (96, 6, 10, 16), "full": (80, 20, 50, 150)}
 JUXTA_PLEURAL = 0.2  # fraction of nodules placed against the chest wall
 
 
@@ -136,4 +139,4 @@ def _scanner(rng: np.random.Generator, hu: np.ndarray, grid: Grid) -> np.ndarray
 
 
 LUNG_CT = TaskSpec(name="lung_ct", classes=CLASSES, channels=("CT",), modality="CT", grids=GRIDS,
-                   generate=generate_lung_case, credits=CREDIT)
+                   counts=COUNTS, generate=generate_lung_case, credits=CREDIT)

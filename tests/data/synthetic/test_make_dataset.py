@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from shared.boxes.convention import boxes_from_instance_mask, boxes_voxel_to_world
-from shared.data.synthetic.dataset import make_case, make_dataset
+from shared.data.synthetic.dataset import SPLITS, TASKS, make_case, make_dataset
 from shared.io.datalist import entry_boxes, read_datalist
 from shared.io.errors import InputError
 from shared.io.images import load_label_map, load_volume
@@ -110,3 +110,9 @@ def test_parallel_workers_write_the_same_bytes(tmp_path):
     assert len(files) == 12  # 3 images, 3 masks, 1 unlabelled, 3 previews, overview, datalist
     for name in files:
         assert (tmp_path / "1" / name).read_bytes() == (tmp_path / "2" / name).read_bytes(), name
+
+
+def test_every_preset_has_a_count_per_split():
+    for spec in TASKS.values():
+        assert spec.counts.keys() == spec.grids.keys(), spec.name
+        assert all(len(counts) == len(SPLITS) for counts in spec.counts.values()), spec.name
