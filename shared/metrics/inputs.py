@@ -160,7 +160,8 @@ def load_ground_truth(
             ``{"image", "box" (cccwhd mm), "label"}``; a missing ``box`` means no object).
         split: the key of the evaluated list.
         data_root: folder the datalist's relative image paths are relative to (default: its folder).
-        class_names: class names (default ``class_0`` ... up to the largest label).
+        class_names: class names (default: the datalist's ``classes`` list, else ``class_0`` ... up to
+            the largest label).
 
     Returns:
         the :class:`GroundTruthSet`.
@@ -168,6 +169,8 @@ def load_ground_truth(
     content = read_json(path)
     if not isinstance(content, dict) or not isinstance(content.get(split), list):
         raise EvaluationInputError(f"{path}: no list under the split key {split!r}.")
+    if class_names is None and isinstance(content.get("classes"), list):
+        class_names = [str(name) for name in content["classes"]]
     root = Path(data_root) if data_root is not None else Path(path).parent
     image_ids, boxes, labels, lookup = [], [], [], {}
     for position, entry in enumerate(content[split]):

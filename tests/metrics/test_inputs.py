@@ -34,6 +34,14 @@ def test_ground_truth_boxes_become_xyzxyz(datalist):
     assert load_ground_truth(datalist, "test").class_names == ["class_0", "class_1"]
 
 
+def test_class_names_default_to_the_datalists_classes(datalist, tmp_path):
+    named = _write(tmp_path, {**json.loads(datalist.read_text()), "classes": ["benign", "malignant"]}, "named.json")
+    assert load_ground_truth(named, "test").class_names == ["benign", "malignant"]
+    too_few = _write(tmp_path, {**json.loads(datalist.read_text()), "classes": ["benign"]}, "too_few.json")
+    with pytest.raises(EvaluationInputError, match="class 1 is unknown"):
+        load_ground_truth(too_few, "test")
+
+
 def test_predictions_match_by_written_or_absolute_path_and_wrapped_dicts(datalist, tmp_path):
     truth = load_ground_truth(datalist, "test")
     absolute = str((tmp_path / "scans" / "b.nii.gz").resolve())
