@@ -61,7 +61,7 @@ def plot_froc(
     axis.set_ylabel("Sensitivity")
     axis.set_title(title)
     axis.grid(True, which="both", alpha=0.3)
-    axis.legend(loc="lower right")
+    axis.legend(loc="upper left")  # FROC curves rise to the right: the upper left stays empty
     save_figure(figure, path)
 
 
