@@ -7,7 +7,7 @@ a run separates "the objects cannot be learnt from these scans in this many iter
 detector learns them slower than a segmenter would". ``--num_training`` uses only the first N
 training scans, so one generated data set answers how much the number of scans matters.
 
-    python -m tools.make_dataset lung_ct --out /tmp/lung96 --num_training 96
+    python -m tools.make_dataset lung_ct --out /tmp/lung96     # the quick preset: 96 training scans
     python -m tools.benchmarks.segmentation_probe --datalist /tmp/lung96/datalist.json --cache_dir /tmp/cache96 \\
         --num_training 24 --iterations 1000 --eval_every 100
 """
