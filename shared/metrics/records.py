@@ -60,8 +60,14 @@ class MatchRecord:
         return int(self.ground_truth_count.shape[0])
 
     def threshold_index(self, iou_threshold: float) -> int:
-        """Index of an IoU threshold (compared to 1e-9), raising ``KeyError`` with the known ones."""
-        close = np.flatnonzero(np.abs(self.iou_thresholds - iou_threshold) < 1e-9)
+        """Index of an IoU threshold, raising ``KeyError`` with the known ones.
+
+        The exact value wins: a record may hold both 0.3 (named by the user) and the IoU range's
+        0.30000000000000004, matched apart (a detection at IoU exactly 0.3 matches only the first). A
+        value within 1e-9 is accepted only when no exact one exists (e.g. a key's rounded ``0.30``).
+        """
+        exact = np.flatnonzero(self.iou_thresholds == iou_threshold)
+        close = exact if exact.size else np.flatnonzero(np.abs(self.iou_thresholds - iou_threshold) < 1e-9)
         if close.size == 0:
             known = ", ".join(f"{value:.2f}" for value in self.iou_thresholds)
             raise KeyError(f"IoU threshold {iou_threshold} was not matched; matched thresholds: {known}.")

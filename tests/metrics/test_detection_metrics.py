@@ -134,3 +134,24 @@ def test_metric_key_requirements_and_curve_points():
     points = curve_points(record, 0, 0.1)
     np.testing.assert_allclose(points["recall"], [0, 1])
     np.testing.assert_allclose(points["sensitivity"], [0, 1])
+
+
+@pytest.mark.parametrize("extra", [0.15, 0.3, 0.45])
+def test_a_threshold_named_twice_does_not_change_the_range(extra):
+    """0.3 and the range's 0.30000000000000004 are matched apart; each key reads its own matching."""
+    truth = np.array([[0.0, 0, 0, 20, 20, 20]])
+    # One detection overlapping the object with IoU exactly ``extra``: matched at ``extra``, not at the
+    # range's point one float step above it.
+    detection = np.array([[0.0, 0, 0, 20, 20, 20 * extra]])
+    assert pairwise_iou_3d(detection, truth)[0, 0] == extra
+    metrics = {}
+    for froc in ((0.1,), (extra,)):
+        record = match_detections([detection], [[0]], [[0.9]], [truth], [[0]], num_classes=1,
+                                  iou_thresholds=matching_thresholds((0.1, 0.5, 0.75), (0.1, 0.5, 0.05), froc))
+        metrics[froc] = compute_detection_metrics(record, ["a"], froc_iou_thresholds=froc)
+    key = "mAP_IoU_0.10_0.50_0.05_MaxDet_100"
+    range_points = iou_range_thresholds((0.1, 0.5, 0.05))
+    expected = float(np.mean(range_points <= extra))  # AP 1 where the detection matches, else 0
+    assert metrics[(0.1,)][key] == metrics[(extra,)][key] == pytest.approx(expected)
+    assert metrics[(0.1,)][key.replace("mAP", "mAR")] == metrics[(extra,)][key.replace("mAP", "mAR")]
+    assert metrics[(extra,)][f"FROC_score_IoU_{extra:.2f}"] == 1.0  # the FROC reads the exact threshold

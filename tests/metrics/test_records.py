@@ -51,3 +51,14 @@ def test_threshold_lookup_and_mismatched_concatenation(random_case, rng):
     other = match_detections([np.zeros((0, 6))], [[]], [[]], [np.zeros((0, 6))], [[]], num_classes=2)
     with pytest.raises(ValueError, match="differ"):
         concatenate_records([record, other])
+
+
+def test_threshold_lookup_prefers_the_exact_value():
+    above = float(np.linspace(0.1, 0.5, 9)[4])  # the IoU range's 0.30000000000000004
+    assert above != 0.3
+    record = match_detections([np.zeros((0, 6))], [[]], [[]], [np.zeros((0, 6))], [[]], num_classes=1,
+                              iou_thresholds=[0.3, above])
+    assert record.threshold_index(0.3) == 0 and record.threshold_index(above) == 1
+    only_range = match_detections([np.zeros((0, 6))], [[]], [[]], [np.zeros((0, 6))], [[]], num_classes=1,
+                                  iou_thresholds=[above])
+    assert only_range.threshold_index(0.3) == 0  # a key's rounded 0.30 still finds the range's value
