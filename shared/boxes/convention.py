@@ -12,9 +12,22 @@ the world frame flips the signs of x and y.
 
 World coordinates locate voxel *centres* (the affine maps index ``i`` to the centre of voxel ``i``),
 while index-space box edges sit on voxel borders; the half-voxel shift between the two is applied here
-and nowhere else. Oblique affines give the axis-aligned hull of the two transformed corners, as MONAI's
-``apply_affine_to_boxes`` does; we do it in float64 because that function computes in float32, which
+and nowhere else. We compute in float64: MONAI's ``apply_affine_to_boxes`` computes in float32, which
 puts visible rounding (0.69999695 mm) into world coordinates of a few hundred millimetres.
+
+Oblique and sheared scans: scans are never reoriented (preprocessing resamples along the scan's own
+axes), so a box in memory is axis-aligned in the scan's voxel grid and a box in a file is axis-aligned
+in the world; when the affine is oblique or sheared, neither is a box in the other frame. A conversion
+gives the axis-aligned hull of all 8 transformed corners (MONAI's ``apply_affine_to_boxes`` transforms
+only two opposite corners, which can collapse a rotated box to zero width). What is guaranteed:
+
+* an affine whose direction is axis-aligned (any permutation and flips of the axes, any spacing) maps
+  a box to exactly the same box, so the round trip is exact up to float rounding;
+* otherwise the converted box *contains* the original one: an object inside the box stays inside. It
+  is larger: each side becomes ``sum_j |M_ij| * side_j`` for the linear part ``M`` (voxel sides times
+  spacing); a cube rotated by ``a`` in one plane grows by ``|cos a| + |sin a|`` along the two rotated
+  axes (x1.16 at 10 degrees, x1.37 at 30, x1.41 at 45; up to x1.73 for a general 3-D rotation), and a
+  round trip grows it twice (x2.0 at 45 degrees), so converting back and forth is not an identity.
 """
 
 from __future__ import annotations
@@ -27,6 +40,7 @@ BOX_MODE = StandardMode
 FILE_BOX_MODE = CenterSizeMode
 #: RAS (MONAI's in-memory affines) to LPS (ITK physical space, the frame of boxes in files).
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+_CORNER_BITS = np.array(list(np.ndindex(2, 2, 2)), dtype=bool)  # (8, 3): which edge of each axis
 
 
 def empty_boxes(dtype=np.float32) -> np.ndarray:
@@ -106,10 +120,12 @@ def boxes_world_to_voxel(boxes: np.ndarray | list, affine_ras: np.ndarray | torc
 
 
 def _transform_corners(boxes: np.ndarray, matrix: np.ndarray) -> np.ndarray:
-    """Axis-aligned hull of the two corners of each xyzxyz box after a (4, 4) affine, in float64."""
-    low = _apply(matrix, boxes[:, :3])
-    high = _apply(matrix, boxes[:, 3:])
-    return np.concatenate([np.minimum(low, high), np.maximum(low, high)], axis=1)
+    """Axis-aligned hull of all 8 corners of each xyzxyz box (N, 6) after a (4, 4) affine, in float64."""
+    # corner k takes the high edge along the axes whose bit is set; with an axis-aligned matrix each
+    # output coordinate is one of the two edges' images, so the hull is exactly the transformed box
+    corners = np.stack([np.where(bits, boxes[:, 3:], boxes[:, :3]) for bits in _CORNER_BITS], axis=1)
+    moved = corners @ matrix[:3, :3].T + matrix[:3, 3]  # (N, 8, 3)
+    return np.concatenate([moved.min(axis=1), moved.max(axis=1)], axis=1)
 
 
 def _apply(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
