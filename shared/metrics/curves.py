@@ -12,7 +12,10 @@ Conventions (those of ``monai.apps.detection.metrics.coco`` / nnDetection / pyco
 - Recall (AR) is reported exactly (float64), not rounded to float32 as MONAI does.
 - FROC: one curve point per distinct score (tied scores form one step, as ``sklearn.roc_curve``),
   starting at (0, 0); sensitivity at a false-positives-per-image value by linear interpolation
-  (``numpy.interp``), as nnDetection's ``FROCMetric``.
+  (``numpy.interp``), as nnDetection's ``FROCMetric``. The corners are computed in their floating-point
+  order, not as exact ratios (see :func:`scaled_fraction`): where the curve rises vertically at exactly
+  a reported rate, that puts the step one float step to the right, so the reading there is the bottom of
+  the step, as in nnDetection and the official LUNA16 script.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ __all__ = [
     "curve_statistics",
     "froc_points",
     "precision_recall_points",
+    "scaled_fraction",
 ]
 
 # Built exactly like MONAI's COCOMetric.recall_thresholds so that comparisons agree bit for bit.
@@ -134,23 +138,47 @@ def _interpolated_precision(true_positives: np.ndarray, false_positives: np.ndar
     return np.where(ground_truth > 0, precision_at.mean(axis=1), np.nan)
 
 
+def scaled_fraction(counts: np.ndarray, total: float, divisor: float) -> np.ndarray:
+    """``counts / divisor`` computed as ``(counts / total) * total / divisor``, 0 where ``total`` is 0.
+
+    nnDetection's ``FROCMetric`` and the official LUNA16 script take sklearn's ``roc_curve`` fractions
+    (``counts / total``) and scale them back: ``fps = fpr * num_false_positives / num_images`` and
+    ``sens = tpr * num_true_positives / num_objects``. That can land one float step away from the exact
+    ratio (``(7 / 25) * 25 / 7`` is ``1.0000000000000002``), and where the curve rises vertically at a
+    reported rate the step then lies just right of it, so they read its bottom. We compute the same
+    floats so that our sensitivities equal theirs bit for bit. Both write 0 when there is no false
+    positive; with no true positive their sensitivity is NaN, ours 0.
+
+    Shapes ``(P,)`` -> ``(P,)``.
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    if total == 0:
+        return np.zeros_like(counts)
+    return counts / total * total / divisor
+
+
 def _froc_sensitivity(
     true_corners: np.ndarray,
     false_corners: np.ndarray,
+    false_total: np.ndarray,
     ground_truth: np.ndarray,
     image_count: np.ndarray,
     false_positives_per_image: np.ndarray,
 ) -> np.ndarray:
     """Interpolated FROC sensitivities per column from cumulative counts at the curve's corners.
 
-    Shapes ``(P, B)``, ``(P, B)``, ``(B,)``, ``(B,)``, ``(F,)`` -> ``(B, F)``.
+    Shapes ``(P, B)``, ``(P, B)``, ``(B,)``, ``(B,)``, ``(B,)``, ``(F,)`` -> ``(B, F)``; ``false_total``
+    counts every false positive, also those after the last corner.
     """
     columns = true_corners.shape[1]
     result = np.full((columns, false_positives_per_image.size), np.nan)
     for column in range(columns):
         if ground_truth[column] > 0:
-            x_points = np.concatenate([[0.0], false_corners[:, column] / image_count[column]])
-            y_points = np.concatenate([[0.0], true_corners[:, column] / ground_truth[column]])
+            true_total = true_corners[-1, column] if true_corners.shape[0] else 0.0
+            rates = scaled_fraction(false_corners[:, column], false_total[column], image_count[column])
+            found = scaled_fraction(true_corners[:, column], true_total, ground_truth[column])
+            x_points = np.concatenate([[0.0], rates])
+            y_points = np.concatenate([[0.0], found])
             result[column] = np.interp(false_positives_per_image, x_points, y_points)
     return result
 
@@ -184,6 +212,8 @@ def curve_statistics(
     image_count = weights.shape[1]
     ground_truth = weights @ np.asarray(ground_truth_per_image, dtype=np.float64)
     images_drawn = weights.sum(axis=1)
+    false_mask = np.asarray(false_positive, bool)
+    false_total = weights @ np.bincount(np.asarray(detection_image, np.int64)[false_mask], minlength=image_count)
     layout = _layout(np.asarray(scores, float), np.asarray(true_positive, bool), np.asarray(false_positive, bool),
                      np.asarray(detection_image, np.int64), image_count, false_positives_per_image is not None)
     points = None if false_positives_per_image is None else np.asarray(false_positives_per_image, float)
@@ -203,7 +233,8 @@ def curve_statistics(
             true_corners = np.cumsum(layout.froc_true @ columns, axis=0)
             false_corners = np.cumsum(layout.froc_false @ columns, axis=0)
             froc_parts.append(
-                _froc_sensitivity(true_corners, false_corners, ground_truth[rows], images_drawn[rows], points)
+                _froc_sensitivity(true_corners, false_corners, false_total[rows], ground_truth[rows],
+                                  images_drawn[rows], points)
             )
     return CurveStatistics(
         average_precision=np.concatenate(precision_parts),
@@ -232,9 +263,11 @@ def froc_points(
     ends = np.flatnonzero(np.append(np.diff(sorted_scores) != 0, True)) if order.size else np.zeros(0, int)
     true_cumulative = np.cumsum(sorted_true)[ends]
     false_cumulative = np.cumsum(~sorted_true)[ends]
-    rate = np.concatenate([[0.0], false_cumulative / image_count])
-    sensitivity = np.concatenate([[0.0], true_cumulative / lesion_count]) if lesion_count else np.zeros(ends.size + 1)
-    return rate, sensitivity
+    true_total, false_total = int(sorted_true.sum()), int((~sorted_true).sum())
+    # As nnDetection and the LUNA16 script compute them (see scaled_fraction), not as exact ratios.
+    rate = np.concatenate([[0.0], scaled_fraction(false_cumulative, false_total, image_count)])
+    found = scaled_fraction(true_cumulative, true_total, lesion_count) if lesion_count else np.zeros(ends.size)
+    return rate, np.concatenate([[0.0], found])
 
 
 def precision_recall_points(

@@ -103,3 +103,47 @@ def test_plot_points():
     rate, sensitivity = froc_points(np.array([0.9, 0.9, 0.1]), np.array([True, False, True]), 4, 2)
     np.testing.assert_allclose(rate, [0, 0.5, 0.5])
     np.testing.assert_allclose(sensitivity, [0, 0.25, 0.5])
+
+
+def _nndetection_froc(scores, true, image_count, object_count):
+    """nnDetection's ``FROCMetric`` (and the LUNA16 script) written out: sklearn's ``roc_curve`` corners
+    (one per distinct score), then ``fps = fpr * num_fp / num_images``, ``sens = tpr * num_tp / num_gt``."""
+    order = np.argsort(-scores, kind="stable")
+    ends = np.flatnonzero(np.append(np.diff(scores[order]) != 0, True))
+    true_cumulative = np.concatenate([[0], np.cumsum(true[order])[ends]]).astype(float)
+    false_cumulative = np.concatenate([[0], np.cumsum(~true[order])[ends]]).astype(float)
+    fpr = false_cumulative / false_cumulative[-1]
+    tpr = true_cumulative / true_cumulative[-1]
+    fps = fpr * false_cumulative[-1] / image_count
+    sens = tpr * true_cumulative[-1] / object_count
+    return np.interp([0.125, 0.25, 0.5, 1, 2, 4, 8], fps, sens)
+
+
+def test_froc_rate_is_computed_like_nndetection_and_the_luna16_script():
+    """7 images, 25 false positives, the one object found after the 7th: the curve rises vertically at
+    1 FP per image, which ``(7 / 25) * 25 / 7`` puts one float step above 1; nnDetection therefore reads
+    the bottom of the step at 1 (sensitivity 0), and so do we."""
+    scores = np.linspace(1.0, 0.1, 26)
+    true = np.zeros(26, bool)
+    true[7] = True
+    images = np.arange(26) % 7
+    objects = np.bincount([0], minlength=7)
+    stats = curve_statistics(scores, true, ~true, images, objects, np.ones((1, 7)))
+    expected = [0, 0, 0, 0, 1, 1, 1]
+    np.testing.assert_array_equal(_nndetection_froc(scores, true, 7, 1), expected)
+    np.testing.assert_array_equal(stats.froc_sensitivity[0], expected)
+
+
+def test_froc_equals_the_nndetection_formula_bit_for_bit(rng):
+    for _ in range(20):
+        count, image_count = int(rng.integers(2, 60)), int(rng.integers(1, 9))
+        scores = np.round(rng.uniform(size=count), 1)
+        true = rng.uniform(size=count) < 0.3
+        true[0], true[-1] = True, False
+        images = rng.integers(0, image_count, count)
+        objects = np.bincount(images[true], minlength=image_count) + rng.integers(0, 2, image_count)
+        order = np.lexsort((images, -scores))
+        stats = curve_statistics(scores[order], true[order], ~true[order], images[order], objects,
+                                 np.ones((1, image_count)))
+        expected = _nndetection_froc(scores, true, image_count, objects.sum())
+        np.testing.assert_array_equal(stats.froc_sensitivity[0], expected)

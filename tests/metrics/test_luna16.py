@@ -65,3 +65,17 @@ def test_no_nodules_gives_nan_and_grid_reading():
     values = luna16_sensitivities(np.array([0.0, 8.0]), np.array([0.0, 1.0]))
     assert values[0] == pytest.approx(0.125 / 8) and values[-1] == 1.0
     assert values[3] < 1 / 8 and values[3] == pytest.approx(1 / 8, abs=1e-4)
+
+
+def test_a_vertical_step_at_8_is_read_at_its_bottom_like_the_official_script():
+    """7 scans, 82 false positives, the second of two nodules found after the 56th: the curve rises
+    vertically at exactly 8 FPs per scan. The script's ``fpr * 82 / 7`` puts that step one float step
+    right of 8 (``(56 / 82) * 82 / 7``), so its grid point 8.0 reads the bottom: all seven sensitivities
+    are 1/2 and the official CPM is 0.5 (exact ratios would read 1 at 8: CPM 4/7)."""
+    annotations = _table([("s0", 0, 0, 0, 10), ("s0", 100, 0, 0, 10)])
+    false = [(f"s{i % 7}", 500 + 20 * i, 0, 0, 0.9 - 0.001 * i) for i in range(82)]
+    marks = _table([("s0", 0, 0, 0, 1.0), ("s0", 100, 0, 0, 0.9 - 0.001 * 55.5)] + false)
+    result = evaluate_luna16(marks, annotations, [f"s{i}" for i in range(7)])
+    assert result.metrics["num_false_positives"] == 82 and result.metrics["num_nodules_hit"] == 2
+    assert [result.metrics[f"sensitivity_FPPI_{x:g}"] for x in (0.125, 0.25, 0.5, 1, 2, 4, 8)] == [0.5] * 7
+    assert result.metrics["CPM"] == 0.5
