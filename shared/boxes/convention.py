@@ -89,6 +89,9 @@ def world_affine(affine_ras: np.ndarray | torch.Tensor) -> np.ndarray:
 def boxes_voxel_to_world(boxes: np.ndarray | torch.Tensor, affine_ras: np.ndarray | torch.Tensor) -> np.ndarray:
     """Voxel xyzxyz boxes (index-space edges) → world-mm ``cccwhd`` boxes as written to files.
 
+    On an oblique or sheared scan each world box is the axis-aligned hull of the voxel box's 8 corners:
+    it contains the voxel box and is larger (module docstring).
+
     Args:
         boxes: (N, 6) StandardMode boxes in voxel index space.
         affine_ras: (4, 4) MONAI affine of the image the boxes live in.
@@ -105,8 +108,15 @@ def boxes_voxel_to_world(boxes: np.ndarray | torch.Tensor, affine_ras: np.ndarra
 
 
 def boxes_world_to_voxel(boxes: np.ndarray | list, affine_ras: np.ndarray | torch.Tensor) -> np.ndarray:
-    """World-mm ``cccwhd`` boxes from a file → voxel xyzxyz boxes (index-space edges); inverse of
-    :func:`boxes_voxel_to_world`.
+    """World-mm ``cccwhd`` boxes from a file → voxel xyzxyz boxes (index-space edges).
+
+    The inverse of :func:`boxes_voxel_to_world` when the scan's axes are aligned with the world's (in any
+    order and direction); on an oblique or sheared scan the axis-aligned hull of the world box's 8
+    corners, which contains it and is larger (module docstring).
+
+    Args:
+        boxes: (N, 6) ``cccwhd`` boxes in world (LPS) millimetres.
+        affine_ras: (4, 4) MONAI affine of the image the boxes are wanted in.
 
     Returns:
         (N, 6) float32 StandardMode boxes in voxel index space.
