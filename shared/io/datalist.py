@@ -79,9 +79,15 @@ def _checked_entry(path: Path, root: Path, split: str, index: int, entry: Any) -
     if not isinstance(entry, dict) or "image" not in entry:
         raise InputError(path, f"{where} needs an 'image' field")
     entry = dict(entry)
-    entry["image"] = _absolute(root, entry["image"])
+    image = entry["image"]
+    if not (_is_path(image) or (isinstance(image, list) and image and all(_is_path(item) for item in image))):
+        raise InputError(path, f"{where}: 'image' must be a file path or a non-empty list of paths (one per "
+                               f"channel), got {json.dumps(image)}")
+    entry["image"] = _absolute(root, image)
     where = f"{where} ({_first(entry['image'])})"
-    if "mask" in entry:
+    if entry.get("mask") is not None and not _is_path(entry["mask"]):
+        raise InputError(path, f"{where}: 'mask' must be a file path or null, got {json.dumps(entry['mask'])}")
+    if entry.get("mask"):
         entry["mask"] = _absolute(root, entry["mask"])
     boxes, labels = entry.get("box", []), entry.get("label", [])
     try:
@@ -97,6 +103,10 @@ def _checked_entry(path: Path, root: Path, split: str, index: int, entry: Any) -
         raise InputError(path, f"{where}: labels must be class indices 0..C-1, got {labels.tolist()}")
     entry["box"], entry["label"] = boxes.tolist(), labels.astype(int).tolist()
     return entry
+
+
+def _is_path(value: Any) -> bool:
+    return isinstance(value, str) and bool(value.strip())
 
 
 def _absolute(root: Path, image: Any) -> str | list[str]:

@@ -33,6 +33,12 @@ def test_write_read_round_trip_relative_paths(tmp_path):
     ('{"training": [{"image": "a", "box": [[0,0,0,1,1,1]], "label": []}]}', "1 boxes but 0 labels"),
     ('{"training": [{"image": "a", "box": [[0,0,0,0,1,1]], "label": [0]}]}', "positive"),
     ('{"training": [{"image": "a", "box": [[0,0,0,1,1,1]], "label": [0.5]}]}', "class indices"),
+    ('{"training": [{"image": 3}]}', r"training\[0\]: 'image' must be a file path.*got 3"),
+    ('{"training": [{"image": null}]}', r"'image' must be a file path.*got null"),
+    ('{"training": [{"image": {}}]}', r"'image' must be a file path.*got \{\}"),
+    ('{"training": [{"image": []}]}', r"'image' must be a file path.*got \[\]"),
+    ('{"training": [{"image": ["a", 2]}]}', "'image' must be a file path"),
+    ('{"validation": [{"image": "a", "mask": 5}]}', r"validation\[0\].*'mask' must be a file path or null, got 5"),
 ])
 def test_bad_datalists(tmp_path, content, problem):
     path = tmp_path / "d.json"
@@ -49,3 +55,9 @@ def test_missing_and_empty_split(tmp_path):
     path.write_text('{"training": []}')
     with pytest.raises(InputError, match="empty"):
         read_split(path, "training")
+
+
+def test_null_mask_means_no_mask(tmp_path):
+    path = tmp_path / "d.json"
+    path.write_text('{"training": [{"image": "a.nii.gz", "mask": null}]}')
+    assert read_datalist(path)["training"][0]["mask"] is None
