@@ -17,6 +17,9 @@ from shared.io.atomic import atomic_path
 from shared.io.errors import InputError
 
 _GRID_TOLERANCE = 1e-3  # mm; scanners round affines differently between series of one study
+#: fewer voxels than this along an axis is not a volume (a single 2-D slice loads as X x Y x 1)
+MIN_AXIS_VOXELS = 4
+_MIN_VOXEL_VOLUME = 1e-9  # mm^3; a smaller |det| means a zero or singular affine, not a tiny voxel
 
 
 @dataclass
@@ -42,8 +45,9 @@ def load_volume(paths: str | os.PathLike | Sequence[str | os.PathLike], *, dtype
     """Read a scan given as one file or one file per channel; all channels must share one grid.
 
     Raises:
-        InputError: naming the file, if it is missing, unreadable, not 3-D, holds NaN/Inf, or its grid
-            differs from the first channel's.
+        InputError: naming the file, if it is missing, unreadable, not 3-D, has fewer than
+            :data:`MIN_AXIS_VOXELS` voxels along an axis, holds NaN/Inf, has a zero or singular affine,
+            or its grid differs from the first channel's.
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
@@ -52,6 +56,7 @@ def load_volume(paths: str | os.PathLike | Sequence[str | os.PathLike], *, dtype
     channels, affine = [], None
     for path in paths:
         array, channel_affine = _read_3d(path)
+        check_volume_shape(path, array.shape)
         if affine is not None:
             check_same_grid(path, array.shape, channel_affine, channels[0].shape, affine, what="first channel")
         channels.append(np.ascontiguousarray(array, dtype=dtype))  # NIfTI stores Fortran order
@@ -70,6 +75,23 @@ def load_label_map(path: str | os.PathLike, like: Volume | None = None) -> np.nd
         check_same_grid(path, array.shape, affine, like.array.shape[1:], like.affine,
                         what=f"image {like.sources[0]}")
     return np.ascontiguousarray(array, dtype=np.int32)
+
+
+def check_volume_shape(path, shape) -> None:
+    """Raise :class:`InputError` naming ``path`` when an axis has fewer than :data:`MIN_AXIS_VOXELS` voxels."""
+    if min(shape) < MIN_AXIS_VOXELS:
+        raise InputError(path, f"shape {tuple(int(s) for s in shape)} has fewer than {MIN_AXIS_VOXELS} voxels along an "
+                               "axis: a 2-D slice or a thin slab, not a 3-D scan")
+
+
+def check_affine(path, affine) -> None:
+    """Raise :class:`InputError` naming ``path`` when its voxel-to-world affine is not finite or is singular
+    (a zero voxel size or collinear axes in the header: no world position, box or spacing can be computed)."""
+    affine = np.asarray(affine, dtype=np.float64)
+    if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < _MIN_VOXEL_VOLUME:
+        raise InputError(path, f"the voxel-to-world affine is zero, singular or not finite "
+                               f"(spacing {np.round(np.sqrt((affine[:3, :3] ** 2).sum(axis=0)), 6).tolist()} mm); "
+                               "fix the header's spacing and orientation")
 
 
 def check_same_grid(path, shape, affine, reference_shape, reference_affine, *, what: str) -> None:
@@ -93,6 +115,7 @@ def _read_3d(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
         array = array[..., 0]
     if array.ndim != 3:
         raise InputError(path, f"expected a 3-D scan, got {array.ndim}-D data of shape {array.shape}")
+    check_affine(path, affine)
     if array.dtype.kind == "f" and not np.isfinite(array).all():  # integers cannot hold NaN/Inf
         count = int((~np.isfinite(array)).sum())
         raise InputError(path, f"{count} voxels are NaN or infinite")

@@ -38,7 +38,7 @@ def test_label_map_checks(tmp_path):
         check_same_grid("x.nii", (1, 2, 3), _affine(), (1, 2, 4), _affine(), what="image")
 
 
-@pytest.mark.parametrize("problem", ["missing", "corrupt", "2d", "4d", "nan", "grid"])
+@pytest.mark.parametrize("problem", ["missing", "corrupt", "2d", "4d", "nan", "grid", "zero affine"])
 def test_bad_images_name_the_file(tmp_path, problem):
     good = save_nifti(tmp_path / "good.nii.gz", np.zeros((4, 4, 4), np.float32), _affine())
     bad = tmp_path / "bad.nii.gz"
@@ -54,9 +54,22 @@ def test_bad_images_name_the_file(tmp_path, problem):
         save_nifti(bad, array, _affine())
     elif problem == "grid":
         save_nifti(bad, np.zeros((4, 4, 5), np.float32), _affine())
+    elif problem == "zero affine":  # nibabel's writers refuse it; a header can still carry it
+        header = nib.Nifti1Header()
+        header.set_sform(np.diag([0.0, 0.0, 0.0, 1.0]), code=1)
+        nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), None, header=header), bad)
     with pytest.raises(InputError) as caught:
         load_volume([good, bad])
     assert caught.value.source == str(bad)
+
+
+def test_a_single_slice_is_not_a_volume(tmp_path):
+    # one DICOM file used to load as a 128 x 128 x 1 "volume" (and gave 100 boxes)
+    bad = save_nifti(tmp_path / "slice.nii.gz", np.zeros((128, 128, 1), np.int16), _affine())
+    with pytest.raises(InputError, match=r"\(128, 128, 1\) has fewer than 4 voxels") as caught:
+        load_volume(bad)
+    assert caught.value.source == str(bad)
+    assert load_volume(save_nifti(tmp_path / "thin.nii.gz", np.zeros((8, 8, 4), np.int16), _affine())).array.shape == (1, 8, 8, 4)
 
 
 def _oblique_flipped_affine():
