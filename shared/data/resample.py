@@ -28,6 +28,10 @@ _SAME_SPACING = 1e-6  # mm; closer than this the grid is kept and no interpolati
 # NIfTI stores affines in float32, so 20 voxels of "0.7 mm" make 13.9999998 voxels of 1 mm; a shape
 # within this many voxels of an integer is rounded to it (the last sample then sits < 1e-3 voxel out)
 _SHAPE_TOLERANCE = 1e-3
+#: the most voxels a resampled scan may have per channel (16 GiB of float32): far above any real CT or
+#: MRI at a sensible spacing, far below what a wrong spacing in a header asks for (1,000 mm voxels
+#: resampled to 1 mm ask for terabytes)
+MAX_VOXELS = 2**32
 
 
 def spacing_of(affine: np.ndarray) -> np.ndarray:
@@ -45,10 +49,17 @@ def needs_resampling(spacing: Sequence[float], target_spacing: Sequence[float]) 
 
 
 def resampled_shape(shape: Sequence[int], factors: Sequence[float]) -> tuple[int, int, int]:
-    """``floor(shape * factors)`` (robust to float rounding), as the interpolation computes it."""
+    """``floor(shape * factors)`` (robust to float rounding), as the interpolation computes it.
+
+    Raises:
+        ValueError: when an axis would be empty or the grid would hold more than :data:`MAX_VOXELS`.
+    """
     new = tuple(int(math.floor(float(size) * float(factor) + _SHAPE_TOLERANCE)) for size, factor in zip(shape, factors))
+    factors = tuple(round(float(factor), 6) for factor in factors)
     if min(new) < 1:
-        raise ValueError(f"resampling shape {tuple(shape)} by {tuple(factors)} leaves an empty axis")
+        raise ValueError(f"resampling shape {tuple(shape)} by {factors} leaves an empty axis")
+    if math.prod(new) > MAX_VOXELS:
+        raise ValueError(f"resampling shape {tuple(shape)} by {factors} gives {new}, more than {MAX_VOXELS} voxels")
     return new
 
 

@@ -25,6 +25,15 @@ def test_shape_affine_and_spacing():
     np.testing.assert_allclose(affine @ corner, _affine(flip=True) @ corner)
 
 
+def test_resampled_shape_refuses_empty_and_huge_grids():
+    # a header spacing of 0.001 mm empties an axis; one of 1,000 mm asks for terabytes
+    with pytest.raises(ValueError, match="empty axis"):
+        resampled_shape((512, 512, 200), zoom_factors([0.001] * 3, [1.0] * 3))
+    with pytest.raises(ValueError, match="more than 4294967296 voxels"):
+        resampled_shape((512, 512, 200), zoom_factors([1000.0] * 3, [1.0] * 3))
+    assert resampled_shape((512, 512, 1000), zoom_factors([0.7, 0.7, 0.5], [0.5] * 3)) == (716, 716, 1000)
+
+
 def test_image_linear_ramp_is_exact_under_trilinear():
     # a ramp along x sampled at voxel centres: trilinear interpolation reproduces it exactly inside
     x = np.arange(20, dtype=np.float32)
