@@ -1,27 +1,34 @@
 """The preprocessed cache: the one reader and writer of its files.
 
-A cache folder holds ``plans.json`` (see :mod:`shared.data.plan`) and per case:
+A cache folder holds ``plans.json`` (see :mod:`shared.data.plan`) and per case (file names prefixed
+``case_``, so no case id, ``plans`` or one starting with a dot included, can collide with the cache's
+own files or with the hidden temporary files of atomic writes):
 
-- ``<case>.json``: ``{"case", "split", "image": original path(s), "mask": original path or null,
+- ``case_<case>.json``: ``{"case", "split", "image": original path(s), "mask": original path or null,
   "boxes": [[x1, y1, z1, x2, y2, z2], ...] index-space voxel boxes on the preprocessed grid, "labels",
   "instances": mask id per box row or null, "shape": [X, Y, Z], "affine": preprocessed RAS 4x4,
   "original_affine", "original_shape", "plan_hash"}``, plus ``"entry_sha256"`` (digest of the datalist
   entry the case was made from, so edited annotations are redone);
-- ``<case>_image.npy``: (C, X, Y, Z) float32 normalised, C-contiguous;
-- ``<case>_mask.npy``: (X, Y, Z) int16 instance map, only for cases with a mask.
+- ``case_<case>_image.npy``: (C, X, Y, Z) float32 normalised, C-contiguous;
+- ``case_<case>_mask.npy``: (X, Y, Z) int16 instance map, only for cases with a mask.
 
 The arrays are written before the json, each atomically, so a case whose json exists is complete.
+Writers hold :func:`cache_lock` (one preprocessing run at a time per cache); readers refuse a case
+whose ``plan_hash`` is not the hash of the cache's plan (a case left by, or half-way through, a run
+with other settings).
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
+import sys
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, NamedTuple
 
 import ignite.distributed as idist
 import numpy as np
@@ -30,6 +37,21 @@ from shared.io.atomic import atomic_path, write_json
 from shared.io.errors import InputError
 
 PLAN_FILE = "plans.json"
+CASE_PREFIX = "case_"
+
+
+class CaseFiles(NamedTuple):
+    """The files of one cached case."""
+
+    record: Path
+    image: Path
+    mask: Path
+
+
+def case_files(cache_dir: str | os.PathLike, case: str) -> CaseFiles:
+    """Paths of a case's json, image and mask in a cache (the mask may not exist)."""
+    stem = Path(cache_dir) / f"{CASE_PREFIX}{case}"
+    return CaseFiles(Path(f"{stem}.json"), Path(f"{stem}_image.npy"), Path(f"{stem}_mask.npy"))
 
 
 @dataclass
@@ -86,23 +108,32 @@ def read_case(cache_dir: str | os.PathLike, case: str, *, mmap: bool = True) -> 
     """Load and check one cached case; arrays are memory-mapped (patch reads touch only what they need).
 
     Raises:
-        InputError: naming the case's json, when it is missing or unreadable, boxes are not (N, 6), labels
-            or instance ids do not match the boxes, or an array is unreadable or of the wrong shape.
+        InputError: naming the case's json, when it is missing or unreadable, was made with another plan
+            than the cache's ``plans.json`` (when the cache has one), boxes are not (N, 6), labels or
+            instance ids do not match the boxes, or an array is unreadable or of the wrong shape.
     """
-    cache_dir = Path(cache_dir)
-    source = cache_dir / f"{case}.json"
+    files = case_files(cache_dir, case)
+    source = files.record
     record = _read_record(source)
+    _check_plan_hash(cache_dir, source, record)
     boxes, labels, instances = _annotations(source, record)
     shape = tuple(int(size) for size in record["shape"]) if "shape" in record else None
-    image = _load_array(source, cache_dir / f"{case}_image.npy", shape, leading=1, mmap=mmap)
-    mask_path = cache_dir / f"{case}_mask.npy"
-    mask = _load_array(source, mask_path, image.shape[1:], leading=0, mmap=mmap) if mask_path.exists() else None
+    image = _load_array(source, files.image, shape, leading=1, mmap=mmap)
+    mask = _load_array(source, files.mask, image.shape[1:], leading=0, mmap=mmap) if files.mask.exists() else None
     return CachedCase(
         case=record["case"], split=record["split"], image=image, mask=mask, boxes=boxes, labels=labels,
         instances=instances, affine=np.asarray(record["affine"], dtype=np.float64),
         original_affine=np.asarray(record["original_affine"], dtype=np.float64),
         original_shape=tuple(record["original_shape"]), plan_hash=record["plan_hash"], record=record,
         source=source)
+
+
+def _check_plan_hash(cache_dir: str | os.PathLike, source: Path, record: dict[str, Any]) -> None:
+    plan = read_plan(cache_dir)
+    if plan is not None and record.get("plan_hash") != plan.get("hash"):
+        raise InputError(source, f"made with plan {str(record.get('plan_hash'))[:12]} but the cache's {PLAN_FILE} "
+                                 f"is plan {str(plan.get('hash'))[:12]} (another preprocessing run changed the "
+                                 "cache); preprocess again with the settings you train with")
 
 
 def _annotations(source: Path, record: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -135,26 +166,23 @@ def _load_array(source: Path, path: Path, shape: tuple[int, ...] | None, *, lead
 def list_cases(cache_dir: str | os.PathLike, split: str | None = None) -> list[str]:
     """Sorted ids of the complete cases in a cache, optionally of one split only."""
     cases = []
-    for path in sorted(Path(cache_dir).glob("*.json")):
-        if path.name == PLAN_FILE or path.name.startswith("."):
-            continue
+    # atomic writes leave hidden temporary files, and every case file starts with the prefix
+    for path in sorted(Path(cache_dir).glob(f"{CASE_PREFIX}*.json")):
         if split is None or _read_record(path).get("split") == split:
-            cases.append(path.stem)
+            cases.append(path.name[len(CASE_PREFIX):-len(".json")])
     return cases
 
 
 def write_case(cache_dir: str | os.PathLike, record: dict[str, Any], image: np.ndarray,
                mask: np.ndarray | None) -> Path:
     """Write one case's arrays then its json, each atomically; returns the json path."""
-    cache_dir = Path(cache_dir)
-    case = record["case"]
-    _save_array(cache_dir / f"{case}_image.npy", np.ascontiguousarray(image, dtype=np.float32))
-    mask_path = cache_dir / f"{case}_mask.npy"
+    files = case_files(cache_dir, record["case"])
+    _save_array(files.image, np.ascontiguousarray(image, dtype=np.float32))
     if mask is not None:
-        _save_array(mask_path, np.ascontiguousarray(mask, dtype=np.int16))
+        _save_array(files.mask, np.ascontiguousarray(mask, dtype=np.int16))
     else:
-        mask_path.unlink(missing_ok=True)  # a stale map from a run when the case had a mask
-    return write_json(cache_dir / f"{case}.json", record)
+        files.mask.unlink(missing_ok=True)  # a stale map from a run when the case had a mask
+    return write_json(files.record, record)
 
 
 def entry_digest(entry: dict[str, Any]) -> str:
@@ -165,15 +193,14 @@ def entry_digest(entry: dict[str, Any]) -> str:
 def case_is_current(cache_dir: str | os.PathLike, case: str, plan_hash: str, *, split: str,
                     entry: dict[str, Any]) -> bool:
     """Whether a cached case was made with this plan from this very datalist entry (then it is skipped)."""
-    cache_dir = Path(cache_dir)
-    path = cache_dir / f"{case}.json"
-    if not path.exists() or not (cache_dir / f"{case}_image.npy").exists():
+    files = case_files(cache_dir, case)
+    if not files.record.exists() or not files.image.exists():
         return False
     try:
-        record = json.loads(path.read_text())
+        record = json.loads(files.record.read_text())
     except (OSError, json.JSONDecodeError):
         return False
-    if entry.get("mask") and not (cache_dir / f"{case}_mask.npy").exists():
+    if entry.get("mask") and not files.mask.exists():
         return False
     return (record.get("plan_hash") == plan_hash and record.get("split") == split
             and record.get("entry_sha256") == entry_digest(entry))
@@ -192,6 +219,29 @@ def _save_array(path: Path, array: np.ndarray) -> None:
     with atomic_path(path) as temporary:
         with open(temporary, "wb") as handle:
             np.save(handle, array)
+
+
+@contextmanager
+def cache_lock(cache_dir: str | os.PathLike) -> Iterator[Path]:
+    """Hold the cache for one writer: a second preprocessing run into the same folder waits here.
+
+    The lock is an exclusive ``flock`` on the cache folder itself (created if needed), so no lock file
+    is left behind and a killed run releases it with its process. Two runs with different settings
+    then leave the cache made by one of them, never a mix.
+    """
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    handle = os.open(cache_dir, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"{cache_dir}: another preprocessing run is writing this cache; waiting for it", file=sys.stderr,
+                  flush=True)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield cache_dir
+    finally:
+        os.close(handle)  # closing the descriptor releases the lock
 
 
 @contextmanager

@@ -10,6 +10,7 @@ for training cases and for a new scan at inference.
 from __future__ import annotations
 
 import os
+import warnings
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
@@ -19,15 +20,16 @@ import torch
 from tqdm import tqdm
 
 from shared.boxes.convention import boxes_world_to_voxel
-from shared.data.cache import PLAN_FILE, case_is_current, entry_digest, read_plan, write_case
+from shared.data.cache import PLAN_FILE, cache_lock, case_is_current, entry_digest, read_plan, write_case
 from shared.data.fingerprint import fingerprint_cases
 from shared.data.normalize import normalize_image
 from shared.data.plan import file_sha256, make_plan, spacing_request_matches
 from shared.data.resample import (boxes_after_resampling, needs_resampling, resample_image, resample_instance_map,
-                                  resampled_affine, spacing_of, zoom_factors)
+                                  resampled_affine, resampled_shape, spacing_of, zoom_factors)
 from shared.data.validate import CheckedCase, channel_paths, validate_datalist
 from shared.io.atomic import write_json
 from shared.io.datalist import entry_boxes
+from shared.io.errors import InputError
 from shared.io.images import Volume, load_label_map, load_volume
 
 
@@ -49,13 +51,28 @@ def preprocess(datalist_path: str | os.PathLike, cache_dir: str | os.PathLike, *
         The case ids of ``splits``, in datalist order.
 
     Raises:
-        InputError: for any invalid entry, before anything is written.
+        InputError: for any invalid entry (a scan whose resampled grid would be empty or too large
+            included), before anything is written.
+
+    A second run into the same ``cache_dir`` waits until this one is done (:func:`shared.data.cache.cache_lock`).
     """
     datalist, cases = validate_datalist(datalist_path, tuple(dict.fromkeys(("training", *splits))))
-    plan = _plan_for(datalist_path, cache_dir, datalist, cases, spacing=spacing, overwrite=overwrite)
-    wanted = [case for case in cases if case.split in splits]
-    write_cases(wanted, plan, cache_dir, overwrite=overwrite, num_workers=num_workers, progress=progress)
+    with cache_lock(cache_dir):
+        plan = _plan_for(datalist_path, cache_dir, datalist, cases, spacing=spacing, overwrite=overwrite)
+        wanted = [case for case in cases if case.split in splits]
+        write_cases(wanted, plan, cache_dir, overwrite=overwrite, num_workers=num_workers, progress=progress)
     return [case.case for case in wanted]
+
+
+def check_resampled_sizes(cases: Sequence[CheckedCase], target_spacing: Sequence[float]) -> None:
+    """Raise :class:`InputError` naming the first scan whose grid at ``target_spacing`` would have an
+    empty axis or more voxels than :data:`shared.data.resample.MAX_VOXELS` (an absurd spacing in its header)."""
+    for case in cases:
+        try:
+            resampled_shape(case.shape, zoom_factors(spacing_of(case.affine), target_spacing))
+        except ValueError as error:
+            raise InputError(channel_paths(case.entry)[0], f"{error}; check the voxel spacing in its header "
+                                                           "and the target spacing") from None
 
 
 def write_cases(cases: Sequence[CheckedCase], plan: dict[str, Any], cache_dir: str | os.PathLike, *,
@@ -87,10 +104,24 @@ def preprocess_volume(volume: Volume, plan: dict[str, Any]) -> tuple[np.ndarray,
     """
     factors = zoom_factors(spacing_of(volume.affine), plan["target_spacing"])
     array, affine = volume.array, volume.affine
+    _warn_if_constant(volume)
     if needs_resampling(spacing_of(volume.affine), plan["target_spacing"]):
+        try:
+            resampled_shape(array.shape[1:], factors)  # checked before the (possibly huge) allocation
+        except ValueError as error:
+            raise InputError(volume.sources[0], f"{error}; check the voxel spacing in its header") from None
         array, affine = resample_image(array, factors), resampled_affine(affine, factors)
     # a resampled array is ours to overwrite; the caller's volume is not
     return normalize_image(array, plan["channels"], in_place=array is not volume.array), affine
+
+
+def _warn_if_constant(volume: Volume) -> None:
+    """A scan of one value normalises to all zeros: usually an export or windowing error, so say so."""
+    for index, channel in enumerate(volume.array):
+        source = volume.sources[min(index, len(volume.sources) - 1)] if volume.sources else "a scan"
+        if channel.size and channel.min() == channel.max():
+            warnings.warn(f"{source}: every voxel is {float(channel.flat[0]):g}; the preprocessed image will be "
+                          "constant (check the export)", stacklevel=3)
 
 
 def preprocess_case(case: CheckedCase, plan: dict[str, Any]) -> tuple[dict[str, Any], np.ndarray, np.ndarray | None]:
@@ -129,9 +160,11 @@ def _plan_for(datalist_path, cache_dir, datalist, cases, *, spacing, overwrite) 
     existing = None if overwrite else read_plan(cache_dir)
     if (existing is not None and existing.get("datalist_sha256") == file_sha256(datalist_path)
             and spacing_request_matches(existing, spacing)):
+        check_resampled_sizes(cases, existing["target_spacing"])
         return existing
     training = [case for case in cases if case.split == "training"]
     fingerprint = fingerprint_cases(training, datalist, source=os.fspath(datalist_path))
     plan = make_plan(fingerprint, datalist, datalist_path, spacing=spacing)
+    check_resampled_sizes(cases, plan["target_spacing"])
     write_json(Path(cache_dir) / PLAN_FILE, plan)
     return plan

@@ -19,10 +19,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from shared.data.cache import PLAN_FILE, rank_zero_first, read_plan
+from shared.data.cache import PLAN_FILE, cache_lock, rank_zero_first, read_plan
 from shared.data.fingerprint import channel_modalities
 from shared.data.plan import PLAN_VERSION, file_sha256, parse_spacing, plan_hash
-from shared.data.preprocess import write_cases
+from shared.data.preprocess import check_resampled_sizes, write_cases
 from shared.data.resample import spacing_of
 from shared.data.validate import CheckedCase, channel_paths, check_entry
 from shared.io.atomic import write_json
@@ -116,7 +116,8 @@ def prepare_pretraining_data(datalist: str | os.PathLike, cache_dir: str | os.Pa
     if not cases:
         raise InputError(datalist, f"the splits {splits} hold no scan to pre-train on")
     plan = pretraining_plan(cases, content, datalist, spacing=spacing)
-    with rank_zero_first():
+    check_resampled_sizes(cases, plan["target_spacing"])
+    with rank_zero_first(), cache_lock(cache_dir):
         existing = read_plan(cache_dir)
         if overwrite or existing is None or existing.get("hash") != plan["hash"]:
             write_json(Path(cache_dir) / PLAN_FILE, plan)

@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from shared.data.cache import case_is_current, entry_digest, list_cases, read_case, read_plan, write_case
+from shared.data.cache import case_files, case_is_current, entry_digest, list_cases, read_case, read_plan, write_case
+from shared.io.atomic import write_json
 from shared.io.errors import InputError
 
 
@@ -38,7 +39,7 @@ def test_current_and_stale(tmp_path):
     assert not case_is_current(tmp_path, "a", "new", split="training", entry=ENTRY)
     assert not case_is_current(tmp_path, "a", "abc", split="validation", entry=ENTRY)
     assert not case_is_current(tmp_path, "a", "abc", split="training", entry=dict(ENTRY, label=[0]))
-    (tmp_path / "a_mask.npy").unlink()
+    case_files(tmp_path, "a").mask.unlink()
     assert not case_is_current(tmp_path, "a", "abc", split="training", entry=ENTRY)
 
 
@@ -49,3 +50,24 @@ def test_missing_case_and_broken_plan(tmp_path):
     with pytest.raises(InputError, match="plans.json"):
         read_plan(tmp_path)
     assert list_cases(tmp_path) == []  # plans.json is not a case
+
+
+def test_case_names_cannot_collide_with_the_cache_files(tmp_path):
+    # a scan named plans.nii.gz used to overwrite plans.json; a dot-name used to vanish from the listing
+    write_json(tmp_path / "plans.json", {"channels": [], "hash": "abc"})
+    image = np.zeros((1, 4, 5, 6), np.float32)
+    for case in ("plans", ".hidden", "a_image", "a"):
+        write_case(tmp_path, _record(case, mask=None), image, None)
+    assert read_plan(tmp_path) == {"channels": [], "hash": "abc"}
+    assert list_cases(tmp_path) == [".hidden", "a", "a_image", "plans"]
+    assert read_case(tmp_path, "plans").case == "plans" and read_case(tmp_path, ".hidden").case == ".hidden"
+
+
+def test_a_case_of_another_plan_is_refused(tmp_path):
+    write_case(tmp_path, _record("a"), np.zeros((1, 4, 5, 6), np.float32), np.zeros((4, 5, 6), np.int16))
+    write_json(tmp_path / "plans.json", {"hash": "abc"})
+    assert read_case(tmp_path, "a").plan_hash == "abc"
+    write_json(tmp_path / "plans.json", {"hash": "other"})  # another run re-planned the cache meanwhile
+    with pytest.raises(InputError, match="plan.*preprocess") as caught:
+        read_case(tmp_path, "a")
+    assert caught.value.source.endswith(".json") and "a" in caught.value.source

@@ -13,7 +13,7 @@ from shared.data.dataset import (
     collate_detection,
     draw_training_sample,
 )
-from shared.data.cache import read_case
+from shared.data.cache import case_files, read_case
 from shared.data.rasterize import rasterize_boxes
 from shared.io.errors import InputError
 
@@ -81,13 +81,13 @@ def test_plain_crop_of_boxes_only_case_is_exact(tiny_cache):
     record = read_case(tiny_cache, "boxes_only")
     sample = draw_training_sample(record, (20, 18, 16), np.random.default_rng(0), foreground=False)
     np.testing.assert_array_equal(sample["boxes"].numpy(), record.boxes)
-    np.testing.assert_array_equal(sample["image"].numpy(), np.load(tiny_cache / "boxes_only_image.npy"))
+    np.testing.assert_array_equal(sample["image"].numpy(), np.load(case_files(tiny_cache, "boxes_only").image))
 
 
 def test_seg_is_class_plus_one_of_the_instance_map(tiny_cache):
     record = read_case(tiny_cache, "masked")
     sample = draw_training_sample(record, (20, 18, 16), np.random.default_rng(0), foreground=False)
-    instance_map = np.load(tiny_cache / "masked_mask.npy")
+    instance_map = np.load(case_files(tiny_cache, "masked").mask)
     np.testing.assert_array_equal(sample["seg"][0].numpy(), np.array([0, 1, 0, 2])[instance_map])
     np.testing.assert_array_equal(sample["labels"].numpy(), [0, 1])
 
@@ -188,18 +188,18 @@ def test_validation_dataset_returns_whole_cases(tiny_cache):
 def test_bad_cache_input_names_the_file(tiny_cache):
     with pytest.raises(InputError, match="missing.json"):
         read_case(tiny_cache, "missing")
-    meta = json.loads((tiny_cache / "masked.json").read_text())
-    (tiny_cache / "bad.json").write_text(json.dumps({**meta, "labels": [0]}))
+    meta = json.loads(case_files(tiny_cache, "masked").record.read_text())
+    case_files(tiny_cache, "bad").record.write_text(json.dumps({**meta, "labels": [0]}))
     with pytest.raises(InputError, match="bad.json.*2 boxes but 1 labels"):
         read_case(tiny_cache, "bad")
-    (tiny_cache / "masked_image.npy").write_bytes(np.save.__doc__.encode()[:10])
+    case_files(tiny_cache, "masked").image.write_bytes(np.save.__doc__.encode()[:10])
     with pytest.raises(InputError, match="masked_image.npy"):
         read_case(tiny_cache, "masked")
-    mask = np.load(tiny_cache / "masked_mask.npy")
+    mask = np.load(case_files(tiny_cache, "masked").mask)
     mask[0, 0, 0] = 9
-    np.save(tiny_cache / "stray_mask.npy", mask)
-    np.save(tiny_cache / "stray_image.npy", np.zeros((1,) + mask.shape, np.float32))
-    (tiny_cache / "stray.json").write_text(json.dumps({**meta, "case": "stray"}))
+    np.save(case_files(tiny_cache, "stray").mask, mask)
+    np.save(case_files(tiny_cache, "stray").image, np.zeros((1,) + mask.shape, np.float32))
+    case_files(tiny_cache, "stray").record.write_text(json.dumps({**meta, "case": "stray"}))
     with pytest.raises(InputError, match=r"stray.json.*\[9\]"):
         draw_training_sample(read_case(tiny_cache, "stray"), (20, 18, 16), np.random.default_rng(0),
                              foreground=False)

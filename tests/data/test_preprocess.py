@@ -1,17 +1,19 @@
 import json
 import os
+import threading
 
 import numpy as np
 import pytest
 import torch
 
-from tests._cases import spaced_affine, write_dataset
+from tests._cases import spaced_affine, write_dataset, write_scan
 from shared.boxes.convention import boxes_voxel_to_world
-from shared.data.cache import list_cases, read_case, read_plan
+from shared.data.cache import cache_lock, list_cases, read_case, read_plan
 from shared.data.preprocess import preprocess, preprocess_volume
 from shared.data.resample import resample_image, zoom_factors
-from shared.io.datalist import read_datalist
-from shared.io.images import load_volume
+from shared.io.datalist import read_datalist, write_datalist
+from shared.io.errors import InputError
+from shared.io.images import load_volume, save_nifti
 
 
 def _mtimes(cache):
@@ -25,7 +27,7 @@ def test_cache_contract_and_world_boxes(tmp_path, rng):
     plan = read_plan(cache)
     assert plan["target_spacing"] == [1, 1, 1] and plan["spacing_mode"] == "fixed" and plan["version"] == 1
     assert plan["classes"] == ["benign", "malignant"] and plan["num_classes"] == 2
-    assert sorted(os.listdir(cache)) == sorted(["plans.json"] + [f"case{i}{s}" for i in range(3)
+    assert sorted(os.listdir(cache)) == sorted(["plans.json"] + [f"case_case{i}{s}" for i in range(3)
                                                                  for s in (".json", "_image.npy", "_mask.npy")])
     datalist = read_datalist(path)
     for entry, case_id in zip(datalist["training"] + datalist["validation"], list_cases(cache)):
@@ -63,14 +65,14 @@ def test_skip_then_redo_on_plan_change(tmp_path, rng):
     assert read_case(cache, "case0").shape == (20, 18, 12)  # all cases share one spacing: median keeps the grid
     preprocess(path, cache, spacing="median", overwrite=True, progress=False)
     redone = _mtimes(cache)
-    assert redone["case0_image.npy"] != after["case0_image.npy"]
+    assert redone["case_case0_image.npy"] != after["case_case0_image.npy"]
     # editing one entry's labels leaves the foreground, hence the plan, alone: only that case is redone
     data = json.loads(path.read_text())
     data["training"][1]["label"] = [1 - label for label in data["training"][1]["label"]]
     path.write_text(json.dumps(data))
     preprocess(path, cache, spacing="median", progress=False)
     now = _mtimes(cache)
-    assert now["case0_image.npy"] == redone["case0_image.npy"] and now["case1.json"] != redone["case1.json"]
+    assert now["case_case0_image.npy"] == redone["case_case0_image.npy"] and now["case_case1.json"] != redone["case_case1.json"]
     assert read_case(cache, "case1").labels.tolist() == data["training"][1]["label"]
 
 
@@ -124,3 +126,51 @@ def test_preprocessing_in_this_process_keeps_its_thread_count(tmp_path, rng):
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(threads)
+
+
+def test_scans_named_like_cache_files_and_dot_names_are_trained_on(tmp_path, rng):
+    # plans.nii.gz used to overwrite plans.json (then KeyError: 'channels'); .dot was dropped silently
+    folder = tmp_path / "raw"
+    folder.mkdir()
+    entries = [write_scan(folder, name, rng=rng, suffix="") for name in ("plans", ".dot", "x_image")]
+    path = folder / "datalist.json"
+    write_datalist(path, {"training": entries[:2], "validation": entries[2:]})
+    cache = tmp_path / "cache"
+    assert preprocess(path, cache, progress=False) == ["plans", ".dot", "x_image"]
+    assert len(read_plan(cache)["channels"]) == 1
+    assert list_cases(cache, "training") == [".dot", "plans"] and list_cases(cache, "validation") == ["x_image"]
+    assert read_case(cache, "plans").case == "plans" and read_case(cache, ".dot").image.shape[0] == 1
+
+
+def test_a_second_run_waits_for_the_cache_lock(tmp_path, rng):
+    path = write_dataset(tmp_path / "raw", rng=rng, training=1, validation=0)
+    cache = tmp_path / "cache"
+    run = threading.Thread(target=preprocess, args=(path, cache), kwargs=dict(spacing="median", progress=False))
+    with cache_lock(cache):  # another run holds the cache
+        run.start()
+        run.join(timeout=3.0)
+        assert run.is_alive() and not any(cache.iterdir())
+    run.join(timeout=60.0)
+    assert not run.is_alive() and read_plan(cache)["spacing_mode"] == "median"
+
+
+def test_a_case_left_by_another_plan_is_refused_on_read(tmp_path, rng):
+    path = write_dataset(tmp_path / "raw", rng=rng, training=2, validation=1)
+    cache = tmp_path / "cache"
+    preprocess(path, cache, progress=False)
+    preprocess(path, cache, spacing=[1.4, 1.6, 2.5], splits=("training",), progress=False)
+    assert read_case(cache, "case0").plan_hash == read_plan(cache)["hash"]
+    with pytest.raises(InputError, match="made with plan .* preprocess again"):
+        read_case(cache, "case2")  # still of the 1 mm plan
+
+
+def test_constant_scan_warns_naming_the_file(tmp_path, rng):
+    path = write_dataset(tmp_path / "raw", rng=rng, training=2, validation=0, with_mask=False)
+    scan = tmp_path / "raw" / "flat.nii.gz"
+    save_nifti(scan, np.full((20, 18, 12), 7, np.int16), spaced_affine())
+    data = json.loads(path.read_text())
+    data["training"].append({"image": scan.name, "box": [], "label": []})
+    path.write_text(json.dumps(data))
+    with pytest.warns(UserWarning, match=r"flat.nii.gz: every voxel is 7\b") as caught:
+        preprocess(path, tmp_path / "cache", progress=False)
+    assert len([w for w in caught if "every voxel" in str(w.message)]) == 1

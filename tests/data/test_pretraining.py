@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shared.data.cache import read_case, read_plan
+from shared.data.cache import case_files, read_case, read_plan
 from shared.data.dataset import DetectionPatchDataset
 from shared.data.normalize import normalize_image
 from shared.data.pretraining import prepare_pretraining_data, write_folder_datalist
@@ -79,9 +79,9 @@ def test_labelled_images_join_without_their_labels_and_reruns_skip(tmp_path, rng
     data = prepare_pretraining_data(datalist, tmp_path / "cache", include_labelled=True, progress=False)
     assert sorted(data.cases) == ["tr", "un0", "un1"]
     assert len(read_case(tmp_path / "cache", "tr").boxes) == 0
-    stamp = (tmp_path / "cache" / "tr_image.npy").stat().st_mtime_ns
+    stamp = case_files(tmp_path / "cache", "tr").image.stat().st_mtime_ns
     prepare_pretraining_data(datalist, tmp_path / "cache", include_labelled=True, progress=False)
-    assert (tmp_path / "cache" / "tr_image.npy").stat().st_mtime_ns == stamp
+    assert case_files(tmp_path / "cache", "tr").image.stat().st_mtime_ns == stamp
 
 
 def test_patches_without_boxes_come_from_the_cache(tmp_path, rng):

@@ -19,6 +19,7 @@ import torch
 
 from shared.boxes.convention import boxes_from_instance_mask
 from shared.data.augment import AugmentationSettings
+from shared.data.cache import case_files
 from shared.data.dataset import DetectionPatchDataset
 
 #: Every augmentation on for every sample: the worst case.
@@ -39,13 +40,14 @@ def write_synthetic_cache(folder: Path, *, cases: int = 2, shape: tuple[int, int
             inside = sum((g - c) ** 2 for g, c in zip(grid, centre)) <= radius**2
             instance_map[tuple(slice(a, b) for a, b in zip(low, high))][inside] = instance
         boxes, ids = boxes_from_instance_mask(instance_map)
-        np.save(folder / f"{name}_image.npy", rng.standard_normal((1, *shape), dtype=np.float32))
-        np.save(folder / f"{name}_mask.npy", instance_map)
+        files = case_files(folder, name)
+        np.save(files.image, rng.standard_normal((1, *shape), dtype=np.float32))
+        np.save(files.mask, instance_map)
         meta = {"case": name, "split": "training", "image": [f"{name}_0000.nii.gz"], "mask": f"{name}.nii.gz",
                 "boxes": boxes.tolist(), "labels": [0] * len(ids), "instances": ids.tolist(), "shape": list(shape),
                 "affine": np.eye(4).tolist(), "original_affine": np.eye(4).tolist(), "original_shape": list(shape),
                 "plan_hash": "benchmark"}
-        (folder / f"{name}.json").write_text(json.dumps(meta))
+        files.record.write_text(json.dumps(meta))
         names.append(name)
     return names
 
