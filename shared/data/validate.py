@@ -1,10 +1,15 @@
 """Checking a datalist before anything is written, so a bad case stops a run at its start.
 
-Per entry: every channel file readable, 3-D and finite, all channels on one grid, the same channel
-count in every case, a label map on the image's grid whose every instance id has a box and a class,
-boxes inside the image (half a voxel of tolerance), case ids unique. NIfTI files are checked from their
-header (the voxel data are read only when stored as floats, the only case where NaN/Inf can occur);
-other formats are read whole through :func:`shared.io.images.load_volume`.
+Per entry: every channel file readable, 3-D (at least :data:`shared.io.images.MIN_AXIS_VOXELS` voxels
+along each axis), finite, with a regular affine, all channels on one grid, the same channel count in
+every case, a label map on the image's grid whose every instance id has a box and a class, boxes inside
+the image (half a voxel of tolerance), case ids unique, and no scan in two of the splits training,
+validation and test (compared by resolved path, whether or not the split is checked). NIfTI files are
+checked from their header plus the size of their voxel data (a truncated file is refused here, not
+half-way through writing the cache): an uncompressed ``.nii`` by its file size, a ``.nii.gz`` by the
+uncompressed size its gzip trailer records, decompressed in full only when that does not match (a
+truncated or multi-member file). The voxel values are read only when stored as floats, the only case
+where NaN/Inf can occur. Other formats are read whole through :func:`shared.io.images.load_volume`.
 
 Boxes and mask ids: an entry with a ``"mask"`` may carry ``"instances"``, the mask id of each box row.
 Without it, the box rows correspond one-to-one to the mask's nonzero ids in increasing order.
@@ -12,8 +17,10 @@ Without it, the box rows correspond one-to-one to the mask's nonzero ids in incr
 
 from __future__ import annotations
 
+import gzip
 import os
 import re
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -24,11 +31,13 @@ import numpy as np
 from shared.boxes.convention import boxes_world_to_voxel
 from shared.io.datalist import entry_boxes, read_datalist
 from shared.io.errors import InputError
-from shared.io.images import check_same_grid, load_label_map, load_volume
+from shared.io.images import check_affine, check_same_grid, check_volume_shape, load_label_map, load_volume
 
 _BOX_TOLERANCE = 0.5 + 1e-3  # voxels: a box edge may sit half a voxel outside the image
 _MAX_INSTANCE_ID = 32767  # the cached instance map is int16
 _IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mhd", ".mha", ".nrrd", ".nhdr", ".gz")
+_DISJOINT_SPLITS = ("training", "validation", "test")  # a scan in two of them leaks into the evaluation
+_CHUNK = 1 << 24  # bytes per read when a .nii.gz must be decompressed to count its voxel data
 
 
 @dataclass
@@ -86,6 +95,7 @@ def validate_datalist(path: str | os.PathLike, splits: Sequence[str] = ("trainin
     for split in required:
         if not datalist.get(split):
             raise InputError(path, f"the '{split}' split is empty or missing")
+    check_disjoint_splits(datalist)
     cases, seen, channels = [], {}, None
     classes = datalist.get("classes")
     for split in splits:
@@ -105,6 +115,20 @@ def validate_datalist(path: str | os.PathLike, splits: Sequence[str] = ("trainin
     return datalist, cases
 
 
+def check_disjoint_splits(datalist: dict[str, Any]) -> None:
+    """Raise :class:`InputError` naming the file when a scan (any channel, by resolved path) is listed in
+    two of the splits training, validation and test."""
+    first_split: dict[str, str] = {}
+    for split in _DISJOINT_SPLITS:
+        for entry in datalist.get(split, []):
+            for path in channel_paths(entry):
+                resolved = os.path.realpath(path)
+                other = first_split.setdefault(resolved, split)
+                if other != split:
+                    raise InputError(path, f"is in both the '{other}' and the '{split}' split; a scan may be in "
+                                           "one of training, validation and test only")
+
+
 def check_entry(entry: dict[str, Any], split: str) -> CheckedCase:
     """Check one datalist entry (images, label map, boxes); see the module docstring."""
     paths = channel_paths(entry)
@@ -122,7 +146,10 @@ def check_entry(entry: dict[str, Any], split: str) -> CheckedCase:
     instances = None
     if entry.get("mask"):
         instances = instance_ids(entry, mask_ids_on_grid(entry["mask"], shape, affine), len(boxes))
-    return CheckedCase(case_id(paths[0]), split, entry, shape, affine, instances)
+    case = case_id(paths[0])
+    if not case:
+        raise InputError(paths[0], "the file name is only an extension, so the case has no id; rename the file")
+    return CheckedCase(case, split, entry, shape, affine, instances)
 
 
 def instance_ids(entry: dict[str, Any], mask_ids: Sequence[int], box_count: int) -> list[int]:
@@ -153,7 +180,11 @@ def mask_ids_on_grid(path: str, shape: Sequence[int], affine: np.ndarray) -> np.
     if _is_nifti(path):
         image = _nifti(path)
         check_same_grid(path, _spatial_shape(path, image.shape), image.affine, shape, affine, what="image")
-        array = np.asanyarray(image.dataobj).reshape(tuple(shape))
+        _check_payload_size(path, image)
+        try:
+            array = np.asanyarray(image.dataobj).reshape(tuple(shape))
+        except Exception as error:  # damaged beyond what the size check sees
+            raise InputError(path, f"voxel data cannot be read ({type(error).__name__}: {error})") from error
         if not np.issubdtype(array.dtype, np.integer) and not np.all(np.mod(array, 1) == 0):
             raise InputError(path, "a label map must hold integer instance ids, found fractional values")
     else:
@@ -174,6 +205,9 @@ def image_grid(path: str) -> tuple[tuple[int, int, int], np.ndarray]:
         return tuple(volume.array.shape[1:]), volume.affine
     image = _nifti(path)
     shape = _spatial_shape(path, image.shape)
+    check_volume_shape(path, shape)
+    check_affine(path, image.affine)
+    _check_payload_size(path, image)
     if np.issubdtype(image.header.get_data_dtype(), np.floating) or not np.isfinite(image.dataobj.slope):
         try:
             data = np.asanyarray(image.dataobj)
@@ -183,6 +217,39 @@ def image_grid(path: str) -> tuple[tuple[int, int, int], np.ndarray]:
         if bad:
             raise InputError(path, f"{bad} voxels are NaN or infinite")
     return shape, np.asarray(image.affine, dtype=np.float64)
+
+
+def _check_payload_size(path: str, image) -> None:
+    """Refuse a NIfTI file whose voxel data are shorter than its header declares (a truncated copy)."""
+    header = image.header
+    expected = int(header.get_data_offset()) + int(np.prod(image.shape)) * header.get_data_dtype().itemsize
+    if str(path).lower().endswith(".nii"):
+        found = os.path.getsize(path)
+    else:
+        found = _gzip_size(path, expected)
+    if found < expected:
+        raise InputError(path, f"truncated: its header declares {expected} bytes of header and voxel data but the "
+                               f"file holds {found}; copy or export it again")
+
+
+def _gzip_size(path: str, expected: int) -> int:
+    """Uncompressed size of a gzip file: its trailer's when that matches ``expected`` (the usual, cheap
+    case), else counted by decompressing (a truncated stream ends early; multi-member files are counted
+    whole)."""
+    with open(path, "rb") as handle:
+        handle.seek(0, os.SEEK_END)
+        if handle.tell() >= 4:
+            handle.seek(-4, os.SEEK_END)
+            if int.from_bytes(handle.read(4), "little") == expected % 2**32:
+                return expected
+    found = 0
+    try:
+        with gzip.open(path, "rb") as stream:
+            while chunk := stream.read(_CHUNK):
+                found += len(chunk)
+    except (EOFError, OSError, zlib.error):
+        pass  # what was read before the damage is what the file holds
+    return found
 
 
 def _spatial_shape(path: str, shape: Sequence[int]) -> tuple[int, int, int]:

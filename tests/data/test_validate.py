@@ -58,6 +58,26 @@ def _two_d(entry, folder):
     entry["image"] = "2d.nii.gz"
 
 
+def _slice(entry, folder):
+    save_nifti(folder / "slice.nii.gz", np.zeros((20, 18, 1), np.int16), spaced_affine())
+    entry.update(image="slice.nii.gz", box=[], label=[])
+    entry.pop("mask")
+
+
+def _singular(entry, folder, affine):
+    header = nib.Nifti1Header()  # nibabel's writers refuse such an affine; a header can still carry it
+    header.set_sform(affine, code=1)
+    nib.save(nib.Nifti1Image(np.zeros((20, 18, 12), np.int16), None, header=header), folder / "singular.nii.gz")
+    entry.update(image="singular.nii.gz", box=[], label=[])
+    entry.pop("mask")
+
+
+def _collinear_affine():
+    affine = spaced_affine()
+    affine[:3, 1] = affine[:3, 0]
+    return affine
+
+
 def _corrupt(entry, folder):
     (folder / "corrupt.nii.gz").write_bytes(b"\x1f\x8b garbage")
     entry["image"] = "corrupt.nii.gz"
@@ -76,6 +96,9 @@ BAD = {
                                         "case0_mask.nii.gz", r"\[2\] in the mask have no box/class"),
     "instances not in mask": (lambda e, f: e.update(instances=[1, 5]), "case0_mask.nii.gz", r"\[5\]"),
     "box outside image": (lambda e, f: e["box"][0].__setitem__(0, 500.0), "case0_0000.nii.gz", "outside"),
+    "2-D slice as a volume": (_slice, "slice.nii.gz", "fewer than 4 voxels"),
+    "zero affine": (lambda e, f: _singular(e, f, np.diag([0.0, 0.0, 0.0, 1.0])), "singular.nii.gz", "singular"),
+    "singular affine": (lambda e, f: _singular(e, f, _collinear_affine()), "singular.nii.gz", "singular"),
 }
 
 
@@ -108,10 +131,71 @@ def test_channel_count_and_duplicate_case(tmp_path, rng):
     with pytest.raises(InputError, match="1 channels, other cases have 2"):
         validate_datalist(path)
     path = write_dataset(tmp_path / "b", rng=rng, training=1, validation=1)
-    _edit(path, lambda data: data["validation"].append(data["training"][0]))
+    _edit(path, lambda data: data["training"].append(data["training"][0]))
     with pytest.raises(InputError, match="twice"):
         validate_datalist(path)
-    _edit(path, lambda data: (data["validation"].pop(), data["training"][0].update(label=[0, 2])))
+    _edit(path, lambda data: (data["training"].pop(), data["training"][0].update(label=[0, 2])))
     with pytest.raises(InputError, match="only 2 classes") as caught:
         validate_datalist(path)
     assert caught.value.source == str(path)
+
+
+def _truncate(path, keep):
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_truncated_int16_scan_in_validation_is_refused_before_anything_is_written(tmp_path, rng, suffix):
+    # the header alone reads fine: only the size of the voxel data tells
+    path = write_dataset(tmp_path / "raw", rng=rng, training=2, validation=1)
+    scan = tmp_path / "raw" / f"cut{suffix}"
+    save_nifti(scan, rng.integers(-1000, 400, size=(20, 18, 12)).astype(np.int16), spaced_affine())
+    _truncate(scan, 0.6)
+    _edit(path, lambda data: data["validation"][0].update(image=scan.name))
+    with pytest.raises(InputError, match="truncated") as caught:
+        preprocess(path, tmp_path / "cache", progress=False)
+    assert caught.value.source == str(scan)
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
+
+
+def test_truncated_label_map_is_refused(tmp_path, rng):
+    path = write_dataset(tmp_path / "raw", rng=rng, training=1, validation=0)
+    mask = tmp_path / "raw" / "cut_mask.nii"
+    data = json.loads(path.read_text())
+    save_nifti(mask, nib.load(tmp_path / "raw" / data["training"][0]["mask"]).get_fdata().astype(np.int16),
+               spaced_affine())
+    _truncate(mask, 0.7)
+    _edit(path, lambda data: data["training"][0].update(mask=mask.name))
+    with pytest.raises(InputError, match="truncated") as caught:
+        validate_datalist(path)
+    assert caught.value.source == str(mask)
+
+
+@pytest.mark.parametrize("spacing, problem", [(0.001, "empty axis"), (1000.0, "voxels")])
+def test_absurd_spacing_is_refused_before_anything_is_written(tmp_path, rng, spacing, problem):
+    path = write_dataset(tmp_path / "raw", rng=rng, training=2, validation=1)
+    scan = tmp_path / "raw" / "absurd.nii.gz"
+    save_nifti(scan, np.zeros((20, 18, 12), np.int16), spaced_affine(spacing=(spacing,) * 3))
+    _edit(path, lambda data: data["validation"][0].update(image=scan.name, box=[], label=[], mask=None))
+    with pytest.raises(InputError, match=problem) as caught:
+        preprocess(path, tmp_path / "cache", progress=False)
+    assert caught.value.source == str(scan)
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
+
+
+@pytest.mark.parametrize("other", ["validation", "test"])
+def test_a_scan_in_two_splits_is_refused(tmp_path, rng, other):
+    path = write_dataset(tmp_path / "raw", rng=rng, training=2, validation=1)
+    _edit(path, lambda data: data.setdefault(other, []).append(dict(data["training"][1])))
+    with pytest.raises(InputError, match=f"both the 'training' and the '{other}' split") as caught:
+        validate_datalist(path)
+    assert caught.value.source.endswith("case1_0000.nii.gz")
+
+
+def test_a_file_named_only_by_its_extension_is_refused(tmp_path, rng):
+    path = write_dataset(tmp_path / "raw", rng=rng, training=1, validation=0)
+    (tmp_path / "raw" / "case0_0000.nii.gz").rename(tmp_path / "raw" / ".nii.gz")
+    _edit(path, lambda data: data["training"][0].update(image=".nii.gz"))
+    with pytest.raises(InputError, match="no id"):
+        validate_datalist(path)
