@@ -6,17 +6,15 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
-import fire
 from tqdm import tqdm
 
 from shared.data.synthetic.baseline import average_precision_at, detect_blobs
 from shared.io.atomic import write_json
 from shared.io.datalist import read_datalist, read_split
-from shared.io.errors import InputError
 from shared.io.images import load_volume
+from tools._cli import check_writable_file, run_cli
 
 
 def main(datalist: str, out: str, split: str = "test", threshold: float = 40.0, evaluate: bool = True) -> float | None:
@@ -25,6 +23,7 @@ def main(datalist: str, out: str, split: str = "test", threshold: float = 40.0, 
     Returns:
         AP@0.1 (mean over classes) when ``evaluate``, else None.
     """
+    check_writable_file(out, what="--out")
     entries = read_split(datalist, split)
     # predictions name each image as the datalist does (relative to it), so both files move together
     written = [entry["image"] for entry in json.loads(Path(datalist).read_text())[split]]
@@ -41,7 +40,4 @@ def main(datalist: str, out: str, split: str = "test", threshold: float = 40.0, 
 
 
 if __name__ == "__main__":
-    try:
-        fire.Fire(main)
-    except InputError as error:
-        sys.exit(f"error: {error}")
+    run_cli(main)

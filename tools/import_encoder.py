@@ -5,13 +5,10 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-import fire
-
 from shared.checkpoints.manifest import load_pretrained, save_pretrained
-from shared.io.errors import InputError
+from tools._cli import check_writable_folder, run_cli
 
 
 def import_encoder(
@@ -33,6 +30,7 @@ def import_encoder(
     Returns:
         Path of the written manifest.
     """
+    check_writable_folder(out, what="--out")
     pretrained = load_pretrained(checkpoint, stem=None if stem is None else str(stem))
     if modality is not None:
         pretrained.manifest["modality"] = modality
@@ -42,11 +40,7 @@ def import_encoder(
 
 
 def main() -> None:
-    try:
-        fire.Fire(import_encoder)
-    except InputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    run_cli(import_encoder)
 
 
 if __name__ == "__main__":

@@ -6,12 +6,9 @@
 
 from __future__ import annotations
 
-import sys
-
-import fire
-
 from shared.data.synthetic.dataset import make_dataset
 from shared.io.errors import InputError
+from tools._cli import check_writable_folder, run_cli
 
 
 def main(task: str, out: str, preset: str = "quick", seed: int = 0, num_training: int | None = None,
@@ -36,6 +33,7 @@ def main(task: str, out: str, preset: str = "quick", seed: int = 0, num_training
                                              ("test", num_test), ("unlabelled", num_unlabelled)) if n is not None}
     if shape is not None and (len(shape) != 3 or min(int(n) for n in shape) < 8):
         raise InputError(None, f"--shape must be three sizes of at least 8 voxels, got {shape}")
+    check_writable_folder(out, what="--out")
     path = make_dataset(task, out, preset=preset, seed=seed, counts=counts,
                         shape=None if shape is None else tuple(int(n) for n in shape),
                         previews=bool(previews), workers=int(workers))
@@ -43,7 +41,4 @@ def main(task: str, out: str, preset: str = "quick", seed: int = 0, num_training
 
 
 if __name__ == "__main__":
-    try:
-        fire.Fire(main)
-    except InputError as error:
-        sys.exit(f"error: {error}")
+    run_cli(main)

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Sequence
 
 from shared.io.atomic import write_json
-from tools._cli import run_cli
+from shared.io.errors import InputError
+from tools._cli import check_writable_folder, run_cli
 
 STAGES = ("data", "pretrain", "finetune", "evaluate", "report")
 PRETRAIN_BUNDLE = "resenc_mae_pretrain"
@@ -64,10 +65,10 @@ def main(out: str = "runs/quickstart", stages: Sequence[str] = STAGES, force: bo
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     unknown = [stage for stage in stages if stage not in STAGES]
     if unknown:
-        raise SystemExit(f"unknown stage(s) {unknown}; stages are {list(STAGES)}")
+        raise InputError(None, f"unknown stage(s) {unknown}; stages are {list(STAGES)}")
     if task not in TASKS:
-        raise SystemExit(f"unknown task {task!r}; tasks are {list(TASKS)}")
-    root = Path(out).resolve()
+        raise InputError(None, f"unknown task {task!r}; tasks are {list(TASKS)}")
+    root = check_writable_folder(Path(out).resolve(), what="--out")
     pretrain_task, finetune_task = TASKS[task]
     settings = dict(seed=seed, task=task, num_training=num_training, bootstrap=bootstrap,
                     data_overrides=data_overrides or {},
@@ -158,7 +159,12 @@ def run_bundle(bundle: str, config_files: Sequence[str], **overrides) -> None:
     for key, value in overrides.items():
         command += [f"--{key}", _cli_value(value)]
     logger.info("running %s", " ".join(command))
-    subprocess.run(command, check=True)
+    status = subprocess.run(command).returncode
+    if status:
+        # the bundle has printed its own error (one line for a user error, exit status 2): pass its
+        # status on instead of a traceback of this subprocess call
+        logger.error("bundle %s failed (exit status %d); its error is above", bundle, status)
+        raise SystemExit(status)
 
 
 def _cli_value(value) -> str:

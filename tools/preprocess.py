@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from shared.data.preprocess import preprocess
-from tools._cli import run_cli
+from tools._cli import check_writable_folder, run_cli
 
 
 def main(datalist: str, out: str, spacing: str | Sequence[float] = "fixed",
@@ -18,6 +18,7 @@ def main(datalist: str, out: str, spacing: str | Sequence[float] = "fixed",
     """Validate ``datalist``, then write the preprocessed cache to ``out`` (see docs/preprocessing.md)."""
     if isinstance(splits, str):
         splits = [s.strip() for s in splits.split(",") if s.strip()]
+    check_writable_folder(out, what="--out")
     cases = preprocess(datalist, out, splits=tuple(splits), spacing=spacing, num_workers=int(num_workers),
                        overwrite=bool(overwrite))
     print(f"{len(cases)} cases in {out}")

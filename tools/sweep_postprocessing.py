@@ -31,6 +31,7 @@ from shared.engines.inference import POSTPROCESSING_FILE
 from shared.inference.sliding_window import VolumeStreams, consolidate_streams, predict_streams
 from shared.io.atomic import write_json
 from shared.io.errors import InputError
+from shared.io.writable import check_writable_folder
 from shared.metrics.ignite import DetectionMetrics
 
 KEY_METRIC = DetectionMetrics.key_metric
@@ -159,6 +160,7 @@ def sweep(
     """
     from shared.detectors.retina_unet import RetinaUNetDetector
 
+    check_writable_folder(model_dir, what="model_dir (postprocessing.json is written there)")
     overrides = config_overrides.split(",") if isinstance(config_overrides, str) else list(config_overrides)
     network, plan, cache_dir, inference = _bundle_parts(bundle, model_dir, dataset_dir, [o for o in overrides if o])
     run_on = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

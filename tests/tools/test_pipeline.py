@@ -3,6 +3,7 @@ compares the two fine-tuned models."""
 
 import json
 
+from shared.io.errors import InputError
 from tools.pipeline import STAGES, main
 
 TINY_DATA = {"counts": {"training": 3, "validation": 1, "test": 2, "unlabelled": 2}, "shape": (40, 40, 24),
@@ -45,5 +46,5 @@ def test_brain_task_passes_its_channels_and_classes_to_the_bundles(tmp_path, mon
     assert pretrain[1]["in_channels"] == 2 and "num_classes" not in pretrain[1]
     assert [call[1]["num_classes"] for call in finetunes] == [1, 1]
     assert all(call[1]["in_channels"] == 2 for call in finetunes)
-    with pytest.raises(SystemExit, match="unknown task"):
+    with pytest.raises(InputError, match="unknown task"):
         main(str(tmp_path / "other"), task="liver_ct")
