@@ -8,6 +8,12 @@ released checkpoints of other projects, and always returns a ``PretrainedEncoder
 
 Optional per-dataset stems (MultiTalent) travel in ``stems.pt`` beside the weights: keys
 ``<stem id>.<key inside the stem>``, hashed in the manifest like the weights.
+
+The manifest names the weight files and their sha256, and is written last: an export first saves the
+weights under content-addressed names (``encoder.<sha256[:16]>.pt``), then the manifest naming them
+(the commit point), then copies them to ``encoder.pt`` / ``stems.pt``, then the manifest naming those,
+and deletes the content-addressed files. A kill at any point leaves a manifest whose files exist and
+match, describing either the previous encoder or the new one.
 """
 
 from __future__ import annotations
@@ -16,6 +22,9 @@ import datetime
 import importlib.metadata
 import os
 import platform
+import re
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +33,7 @@ import torch
 from torch import nn
 
 from shared.checkpoints.safe_load import read_checkpoint, sha256_file
-from shared.io.atomic import atomic_path, write_json
+from shared.io.atomic import atomic_path, remove_orphaned_temporaries, save_torch, write_json
 from shared.io.errors import InputError
 
 FORMAT_NAME = "missing-piece-encoder"
@@ -88,17 +97,45 @@ def _plain(state_dict: dict[str, torch.Tensor]) -> StateDict:
     return plain
 
 
-def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> dict[str, Any]:
+def _stage_tensors(tensors: dict[str, torch.Tensor], path: Path) -> dict[str, Any]:
+    """Save the bytes ``path`` is to hold under a content-addressed name beside it (``encoder.<sha16>.pt``).
+
+    Returns:
+        The manifest entry naming the staged file, with its sha256.
+    """
+    folder = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:  # saved under the final name, so the archive inside (named after the file) is the final one
+        saved = save_torch(tensors, folder / path.name)
+        digest = sha256_file(saved)
+        staged = path.with_name(f"{path.stem}.{digest[:16]}{path.suffix}")
+        os.replace(saved, staged)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return {"file": staged.name, "sha256": digest}
+
+
+def _publish_staged(entry: dict[str, Any], path: Path) -> dict[str, Any]:
+    """Copy a staged weight file to its final name (the manifest still names the staged copy)."""
     with atomic_path(path) as temporary:
-        torch.save(tensors, temporary)
-    return {"file": path.name, "sha256": sha256_file(path)}
+        shutil.copyfile(path.with_name(entry["file"]), temporary)
+    return {**entry, "file": path.name}
+
+
+def _remove_staged(folder: Path) -> None:
+    """Delete content-addressed weight files no manifest names any more (left by killed exports too)."""
+    for name in (WEIGHTS_NAME, STEMS_NAME):
+        stem, suffix = os.path.splitext(name)
+        for path in folder.glob(f"{stem}.*{suffix}"):
+            if re.fullmatch(rf"{re.escape(stem)}\.[0-9a-f]{{16}}{re.escape(suffix)}", path.name):
+                path.unlink(missing_ok=True)
 
 
 def save_pretrained(pretrained: PretrainedEncoder, out_dir: str | os.PathLike) -> Path:
-    """Writes ``encoder.pt`` (+ ``stems.pt`` when there are stems) and ``encoder.json``, atomically.
+    """Writes ``encoder.pt`` (+ ``stems.pt`` when there are stems) and ``encoder.json``, atomically as a pair.
 
     The weights' file names and sha256 are filled into the manifest; the rest of the manifest is
-    written as given.
+    written as given. A kill part-way leaves the previous encoder or the new one, readable (see the
+    module docstring); temporaries of earlier killed writes in ``out_dir`` are removed first.
 
     Args:
         pretrained: weights, manifest, optional stems.
@@ -108,20 +145,28 @@ def save_pretrained(pretrained: PretrainedEncoder, out_dir: str | os.PathLike) -
         Path of the manifest.
     """
     out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    remove_orphaned_temporaries(out_dir)
     manifest = dict(pretrained.manifest)
     weights = _plain(pretrained.state_dict)
     manifest["weights"] = {
-        **_save_tensors(weights, out_dir / WEIGHTS_NAME),
+        **_stage_tensors(weights, out_dir / WEIGHTS_NAME),
         "num_tensors": len(weights),
         "num_parameters": int(sum(value.numel() for value in weights.values() if value.is_floating_point())),
     }
     if pretrained.stems:
         flat = {f"{stem_id}.{key}": value for stem_id, stem in pretrained.stems.items() for key, value in stem.items()}
-        manifest["stems"] = {**_save_tensors(_plain(flat), out_dir / STEMS_NAME),
+        manifest["stems"] = {**_stage_tensors(_plain(flat), out_dir / STEMS_NAME),
                              "ids": {stem_id: stem_input_channels(stem) for stem_id, stem in pretrained.stems.items()}}
     else:
         manifest.pop("stems", None)
-    return write_json(out_dir / MANIFEST_NAME, manifest)
+    write_json(out_dir / MANIFEST_NAME, manifest)  # the commit point: it names the staged files
+    manifest["weights"] = _publish_staged(manifest["weights"], out_dir / WEIGHTS_NAME)
+    if pretrained.stems:
+        manifest["stems"] = _publish_staged(manifest["stems"], out_dir / STEMS_NAME)
+    path = write_json(out_dir / MANIFEST_NAME, manifest)
+    _remove_staged(out_dir)
+    return path
 
 
 def export_encoder(

@@ -97,3 +97,62 @@ def test_aliased_weights_are_saved_once(tmp_path):
     weights = torch.load(tmp_path / "encoder.pt", weights_only=True)
     # DNA registers each conv twice (conv and all_modules.0): one storage, written once
     assert weights["stem.convs.0.conv.weight"].data_ptr() == weights["stem.convs.0.all_modules.0.weight"].data_ptr()
+
+
+class Killed(Exception):
+    pass
+
+
+def test_same_weights_exported_twice_have_the_same_sha256(tmp_path):
+    encoder = dna_encoder()
+    export_encoder(encoder, tmp_path / "a", **SETTINGS)
+    export_encoder(encoder, tmp_path / "b", **SETTINGS)
+    assert sha256_file(tmp_path / "a" / "encoder.pt") == sha256_file(tmp_path / "b" / "encoder.pt")
+
+
+@pytest.mark.parametrize("with_stems", [False, True])
+def test_a_kill_at_any_step_of_an_export_leaves_a_readable_pair(tmp_path, monkeypatch, with_stems):
+    """Every rename an export makes is a point where a kill may come: the folder must then hold the
+    old encoder or the new one, never new weights beside the old manifest."""
+    import os
+
+    old, new = dna_encoder(), dna_encoder()
+    with torch.no_grad():
+        for parameter in new.parameters():
+            parameter.add_(1.0)
+    stems = (lambda encoder: {"ct": encoder.stem.state_dict()}) if with_stems else (lambda encoder: None)
+    replace, renames = os.replace, []
+    monkeypatch.setattr(os, "replace", lambda *args: renames.append(args) or replace(*args))
+    export_encoder(new, tmp_path / "count", stems=stems(new), **SETTINGS)
+    assert len(renames) >= 2
+
+    for kill_at in range(len(renames)):
+        folder = tmp_path / f"killed_at_{kill_at}"
+        export_encoder(old, folder, stems=stems(old), **SETTINGS)
+        calls = iter(range(len(renames)))
+
+        def replace_or_die(*args):
+            if next(calls) == kill_at:
+                raise Killed
+            return replace(*args)
+
+        monkeypatch.setattr(os, "replace", replace_or_die)
+        with pytest.raises(Killed):
+            export_encoder(new, folder, stems=stems(new), **SETTINGS)
+        monkeypatch.setattr(os, "replace", replace)
+        loaded = load_pretrained(folder).state_dict
+        key = "stem.convs.0.conv.weight"
+        assert any(torch.equal(loaded[key], encoder.state_dict()[key]) for encoder in (old, new)), kill_at
+
+        export_encoder(new, folder, stems=stems(new), **SETTINGS)  # the next export repairs everything
+        assert torch.equal(load_pretrained(folder).state_dict[key], new.state_dict()[key])
+        expected = ["encoder.json", "encoder.pt"] + (["stems.pt"] if with_stems else [])
+        assert sorted(path.name for path in folder.iterdir()) == expected, kill_at
+
+
+def test_orphaned_temporaries_are_removed_when_an_export_starts(tmp_path):
+    tmp_path.mkdir(exist_ok=True)
+    (tmp_path / ".encoder.pt.ab12.tmp.pt").write_bytes(b"half")
+    (tmp_path / ".encoder.json.cd34.tmp.json").write_text("{")
+    export_encoder(dna_encoder(), tmp_path, **SETTINGS)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["encoder.json", "encoder.pt"]
