@@ -139,6 +139,34 @@ def _read_with_monai(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(image), np.asarray(image.affine, dtype=np.float64)
 
 
+def dicom_series_uid(path: str | os.PathLike) -> str | None:
+    """The SeriesInstanceUID (0020,000E) of a DICOM series folder or ``.dcm`` file, None for other images.
+
+    LUNA16 names a scan by this UID; a folder's name is whatever the export chose. Read from the first
+    file GDCM can read (all slices of a series carry the same UID).
+    """
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(item for item in path.iterdir() if item.is_file() and not item.name.startswith("."))
+    elif path.is_file() and path.suffix.lower() == ".dcm":
+        files = [path]
+    else:
+        return None
+    import itk  # heavy, and needed only for DICOM (as by MONAI's ITKReader)
+
+    for file in files:
+        reader = itk.GDCMImageIO.New()
+        if not reader.CanReadFile(str(file)):
+            continue
+        reader.SetFileName(str(file))
+        reader.ReadImageInformation()
+        found, uid = reader.GetValueFromTag("0020|000e", "")
+        uid = uid.strip().rstrip("\x00") if found else ""
+        if uid:
+            return uid
+    return None
+
+
 def save_nifti(path: str | os.PathLike, array: np.ndarray, affine: np.ndarray) -> Path:
     """Write a 3-D array (X, Y, Z) with a RAS affine as NIfTI, atomically."""
     image = nib.Nifti1Image(np.asarray(array), np.asarray(affine, dtype=np.float64))

@@ -72,8 +72,10 @@ def read_annotations(path: str | os.PathLike) -> dict[str, list[tuple[float, flo
 
 def export_luna16_candidates(predictions_json: str | os.PathLike, out_csv: str | os.PathLike) -> Path:
     """Our predictions JSON (a list of ``{"image", "box", "label", "label_scores"}``, or a mapping of
-    split names to such lists) → LUNA16 candidates CSV, one row per box, seriesuid = image file stem."""
+    split names to such lists) → LUNA16 candidates CSV, one row per box, seriesuid = image file stem (the
+    SeriesInstanceUID for a DICOM series)."""
     from shared.data.validate import case_id
+    from shared.io.images import dicom_series_uid
 
     try:
         predictions = json.loads(Path(predictions_json).read_text())
@@ -88,7 +90,8 @@ def export_luna16_candidates(predictions_json: str | os.PathLike, out_csv: str |
         boxes, scores = entry.get("box", []), entry.get("label_scores", [])
         if "image" not in entry or len(boxes) != len(scores):
             raise InputError(predictions_json, f"entry {index} needs 'image' and one 'label_scores' per 'box'")
-        uid = case_id(entry["image"])
+        first = entry["image"] if isinstance(entry["image"], str) else entry["image"][0]
+        uid = dicom_series_uid(first) or case_id(entry["image"])
         for box, score in zip(boxes, scores):
             writer.writerow([uid, *(f"{float(v):.4f}" for v in box[:3]), f"{float(score):.6f}"])
     return write_text(out_csv, out.getvalue())

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from shared.io.errors import InputError
-from shared.io.images import check_same_grid, load_label_map, load_volume, save_nifti
+from shared.io.images import check_same_grid, dicom_series_uid, load_label_map, load_volume, save_nifti
 
 
 def _affine():
@@ -115,3 +115,27 @@ def test_label_map_fast_path_keeps_integer_ids(tmp_path):
     labels = load_label_map(tmp_path / "ids.nii.gz")
     assert labels.dtype == np.int32
     np.testing.assert_array_equal(labels, ids)
+
+
+def write_dicom_series(folder, array, spacing=(0.7, 0.8, 1.5)):
+    """A DICOM series (one file per slice along the last axis) written by ITK; returns its SeriesInstanceUID."""
+    itk = pytest.importorskip("itk")
+    folder.mkdir(parents=True, exist_ok=True)
+    image = itk.image_from_array(np.ascontiguousarray(np.transpose(array, (2, 1, 0))))  # ITK arrays are z, y, x
+    image.SetSpacing(list(spacing))
+    names = [str(folder / f"slice{index:03d}.dcm") for index in range(array.shape[2])]
+    writer = itk.ImageSeriesWriter[type(image), itk.Image[itk.SS, 2]].New(
+        Input=image, ImageIO=itk.GDCMImageIO.New(), FileNames=names)
+    writer.Update()
+    reader = itk.GDCMImageIO.New()
+    reader.SetFileName(names[0])
+    reader.ReadImageInformation()
+    return reader.GetValueFromTag("0020|000e", "")[1].strip()
+
+
+def test_dicom_series_uid_is_the_series_instance_uid(tmp_path, rng):
+    uid = write_dicom_series(tmp_path / "patient_folder", rng.integers(0, 300, size=(8, 6, 5)).astype(np.int16))
+    assert uid.startswith("1.") and uid != "patient_folder"
+    assert dicom_series_uid(tmp_path / "patient_folder") == uid
+    assert dicom_series_uid(tmp_path / "patient_folder" / "slice000.dcm") == uid
+    assert dicom_series_uid(save_nifti(tmp_path / "scan.nii.gz", np.zeros((4, 4, 4), np.int16), _affine())) is None

@@ -63,6 +63,17 @@ def test_candidates_csv(tmp_path):
                      f"{UID},1.5000,-2.2500,3.0000,0.900000", f"{UID},0.0000,0.0000,0.0000,0.125000"]
 
 
+def test_candidates_of_a_dicom_series_carry_its_series_instance_uid(tmp_path, rng):
+    from tests.io.test_images import write_dicom_series
+
+    uid = write_dicom_series(tmp_path / "patient_7", rng.integers(0, 300, size=(8, 6, 5)).astype(np.int16))
+    predictions = [{"image": str(tmp_path / "patient_7"), "box": [[1, 2, 3, 4, 4, 4]], "label": [0],
+                    "label_scores": [0.5]}]
+    (tmp_path / "p.json").write_text(json.dumps(predictions))
+    export_luna16_candidates(tmp_path / "p.json", tmp_path / "c.csv")
+    assert (tmp_path / "c.csv").read_text().splitlines()[1] == f"{uid},1.0000,2.0000,3.0000,0.500000"
+
+
 def test_bad_inputs(tmp_path):
     _write_mhd(tmp_path, UID, np.zeros((4, 4, 4), np.int16))
     (tmp_path / "a.csv").write_text("seriesuid,coordX,coordY\n1,2,3\n")
