@@ -139,3 +139,11 @@ def test_dicom_series_uid_is_the_series_instance_uid(tmp_path, rng):
     assert dicom_series_uid(tmp_path / "patient_folder") == uid
     assert dicom_series_uid(tmp_path / "patient_folder" / "slice000.dcm") == uid
     assert dicom_series_uid(save_nifti(tmp_path / "scan.nii.gz", np.zeros((4, 4, 4), np.int16), _affine())) is None
+
+
+def test_a_one_file_dicom_is_not_a_volume(tmp_path):
+    write_dicom_series(tmp_path / "one", np.zeros((128, 128, 1), np.int16))
+    for path in (tmp_path / "one", tmp_path / "one" / "slice000.dcm"):
+        with pytest.raises(InputError, match=r"\(128, 128, 1\) has fewer than 4 voxels") as caught:
+            load_volume(path)
+        assert caught.value.source == str(path)
