@@ -86,6 +86,20 @@ def world_affine(affine_ras: np.ndarray | torch.Tensor) -> np.ndarray:
     return RAS_TO_LPS @ np.asarray(affine_ras, dtype=np.float64)
 
 
+def is_axis_aligned(affine_ras: np.ndarray | torch.Tensor, *, tolerance: float = 1e-6) -> bool:
+    """Whether the scan's axes are the world's in some order and direction, any spacing: then boxes convert
+    exactly, else as enlarged hulls (module docstring).
+
+    Args:
+        affine_ras: (4, 4) MONAI affine.
+        tolerance: an entry below ``tolerance`` times the largest of its column counts as zero, so the
+            float32 noise of a stored NIfTI affine (about 1e-7) does not make a scan oblique.
+    """
+    linear = np.abs(np.asarray(affine_ras, dtype=np.float64)[:3, :3])
+    significant = linear > tolerance * linear.max(axis=0, keepdims=True)
+    return bool((significant.sum(axis=0) == 1).all() and (significant.sum(axis=1) == 1).all())
+
+
 def boxes_voxel_to_world(boxes: np.ndarray | torch.Tensor, affine_ras: np.ndarray | torch.Tensor) -> np.ndarray:
     """Voxel xyzxyz boxes (index-space edges) → world-mm ``cccwhd`` boxes as written to files.
 

@@ -28,7 +28,7 @@ from typing import Any, Sequence
 import nibabel as nib
 import numpy as np
 
-from shared.boxes.convention import boxes_world_to_voxel
+from shared.boxes.convention import boxes_world_to_voxel, is_axis_aligned
 from shared.io.datalist import entry_boxes, read_datalist
 from shared.io.errors import InputError
 from shared.io.images import check_affine, check_same_grid, check_volume_shape, load_label_map, load_volume
@@ -138,7 +138,10 @@ def check_entry(entry: dict[str, Any], split: str) -> CheckedCase:
     boxes, _ = entry_boxes(entry)
     voxel = boxes_world_to_voxel(boxes, affine)
     upper = np.asarray(shape, dtype=np.float64) + _BOX_TOLERANCE
-    outside = np.flatnonzero((voxel[:, :3] < -_BOX_TOLERANCE).any(axis=1) | (voxel[:, 3:] > upper).any(axis=1))
+    # on an oblique scan the voxel box is the enlarged hull of the world box and may stick out of the grid
+    # around an object inside it; there only its centre (exact) must lie in the image
+    extent = voxel if is_axis_aligned(affine) else np.tile((voxel[:, :3] + voxel[:, 3:]) / 2, 2)
+    outside = np.flatnonzero((extent[:, :3] < -_BOX_TOLERANCE).any(axis=1) | (extent[:, 3:] > upper).any(axis=1))
     if len(outside):
         row = int(outside[0])
         raise InputError(paths[0], f"box {row} {np.round(boxes[row], 2).tolist()} (world mm, cccwhd) lies outside "

@@ -5,7 +5,7 @@ import pytest
 from monai.data.box_utils import convert_box_mode
 
 from shared.boxes.convention import (boxes_from_instance_mask, boxes_voxel_to_world, boxes_world_to_voxel, empty_boxes,
-                                     points_voxel_to_world, points_world_to_voxel)
+                                     is_axis_aligned, points_voxel_to_world, points_world_to_voxel)
 
 
 def test_one_voxel_object_has_width_one():
@@ -212,3 +212,16 @@ def test_axis_aligned_affines_with_flips_and_permutations_round_trip_exactly(per
         np.testing.assert_allclose(world[:, 3:], sizes, rtol=1e-12)
         np.testing.assert_allclose(boxes_world_to_voxel(world, affine), boxes, atol=1e-5)
         np.testing.assert_allclose(boxes_voxel_to_world(boxes_world_to_voxel(world, affine), affine), world, atol=1e-4)
+
+
+def test_is_axis_aligned():
+    for permutation in itertools.permutations(range(3)):
+        linear = np.zeros((3, 3))
+        linear[list(permutation), [0, 1, 2]] = [-0.7, 0.8, 1.25]
+        assert is_axis_aligned(_affine(linear))
+    noisy = np.diag([0.7, 0.8, 1.25, 1.0])
+    noisy[0, 1] = noisy[2, 0] = 3e-8  # a NIfTI qform's float32 noise
+    assert is_axis_aligned(noisy)
+    for name, affine in OBLIQUE.items():
+        assert not is_axis_aligned(affine), name
+    assert not is_axis_aligned(_affine(_rotation([0, 0, 1], 0.5)))

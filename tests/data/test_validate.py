@@ -199,3 +199,44 @@ def test_a_file_named_only_by_its_extension_is_refused(tmp_path, rng):
     _edit(path, lambda data: data["training"][0].update(image=".nii.gz"))
     with pytest.raises(InputError, match="no id"):
         validate_datalist(path)
+
+
+def _rotated_affine(degrees: float) -> np.ndarray:
+    affine = spaced_affine(spacing=(1.0, 1.0, 1.25))
+    cos, sin = np.cos(np.deg2rad(degrees)), np.sin(np.deg2rad(degrees))
+    affine[:2, :2] = [[cos, -sin], [sin, cos]]
+    return affine
+
+
+@pytest.mark.parametrize("with_mask", [True, False], ids=["mask", "boxes_only"])
+def test_object_at_the_border_of_an_oblique_scan_is_accepted(tmp_path, with_mask):
+    # converted back to voxels, the world box of an object in a corner of a rotated scan sticks out of
+    # the grid (the hull of its 8 corners); that is no error, a box whose centre is outside still is
+    from shared.boxes.convention import boxes_from_instance_mask, boxes_voxel_to_world
+    from shared.io.datalist import write_datalist
+
+    affine = _rotated_affine(45.0)
+    mask = np.zeros((20, 18, 12), np.int16)
+    mask[0:4, 0:5, 0:3] = 1
+    mask[9:12, 8:11, 5:8] = 2
+    save_nifti(tmp_path / "case0_0000.nii.gz", np.where(mask > 0, 40, -500).astype(np.int16), affine)
+    save_nifti(tmp_path / "case0_mask.nii.gz", mask, affine)
+    boxes, _ = boxes_from_instance_mask(mask)
+    entry = {"image": str(tmp_path / "case0_0000.nii.gz"), "box": boxes_voxel_to_world(boxes, affine).tolist(),
+             "label": [0, 1]}
+    if with_mask:
+        entry["mask"] = str(tmp_path / "case0_mask.nii.gz")
+    path = tmp_path / "datalist.json"
+    write_datalist(path, {"training": [entry], "validation": []})
+    validate_datalist(path)
+    preprocess(path, tmp_path / "cache", progress=False)
+    if not with_mask:  # the training boxes are the hulls: they contain the objects (z resampled 1.25 → 1 mm)
+        from shared.data.cache import read_case
+
+        cached = read_case(tmp_path / "cache", "case0").boxes
+        scaled = boxes * np.array([1, 1, 1.25, 1, 1, 1.25])
+        assert np.all(cached[:, :3] <= scaled[:, :3] + 1e-3) and np.all(cached[:, 3:] >= scaled[:, 3:] - 1e-3)
+    entry["box"][1][0] = -entry["box"][1][0] + 40.0  # x in RAS, not LPS: the centre leaves the scan
+    write_datalist(path, {"training": [entry], "validation": []})
+    with pytest.raises(InputError, match="box 1 .* outside"):
+        validate_datalist(path)
