@@ -2,6 +2,13 @@
 device has it, gradient clipping, checkpoints every N iterations with exact resume, TensorBoard, a
 progress bar, validation with best-model saving.
 
+Resume: a run started again in the same ``output_dir`` continues from its last checkpoint and ends
+with the same weights and files as a run never interrupted, wherever the kill came (mid-epoch, while
+a checkpoint, ``model.pt`` or ``model_final.pt`` was written, during a validation): a checkpoint is
+written whole beside the previous one, which is deleted only then, and an epoch's checkpoint is written
+after that epoch's validation. A finished run started again says so and only writes its final weights
+again; a raised ``max_epochs`` trains on from the last checkpoint.
+
 The model is any ``nn.Module`` whose forward returns a dict of losses with a ``"loss"`` entry (a
 detector given images and targets, a masked autoencoder given images); ``forward`` adapts a batch.
 """
@@ -17,11 +24,13 @@ from typing import Any, Callable, Sequence
 import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
-from ignite.handlers import Checkpoint, DiskSaver
+from ignite.handlers import Checkpoint
 from torch import nn
 
+from shared.checkpoints.safe_load import read_checkpoint
 from shared.engines.schedule import learning_rate_at, set_learning_rate
-from shared.io.atomic import atomic_path, write_json
+from shared.io.atomic import TEMPORARY_PATTERNS, remove_orphaned_temporaries, save_torch, write_json
+from shared.io.errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +39,9 @@ LAST_PREFIX = "last"
 MODEL_NAME = "model.pt"
 BEST_RECORD = "model_best.json"
 FINAL_NAME = "model_final.pt"
+CHECKPOINT_FOLDER = "checkpoints"
+#: temporaries a killed checkpoint write leaves: ours, and ignite's ``DiskSaver`` (earlier versions)
+CHECKPOINT_TEMPORARIES = (*TEMPORARY_PATTERNS, "tmp*")
 
 
 def detection_forward(model: nn.Module, batch: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
@@ -138,20 +150,20 @@ class Trainer:
         for handler in iteration_handlers:
             engine.add_event_handler(Events.ITERATION_STARTED, handler)
         engine.add_event_handler(Events.STARTED, self._move_sampler)
-        self.checkpoint = Checkpoint(
-            self._state_objects(),
-            DiskSaver(self.output_dir / "checkpoints", require_empty=False, atomic=True),
-            filename_prefix=LAST_PREFIX, n_saved=1, global_step_transform=lambda e, _: e.state.iteration,
-        )
-        saving = Events.ITERATION_COMPLETED(every=checkpoint_every) | Events.EPOCH_COMPLETED
-        engine.add_event_handler(saving, self.checkpoint)
-        engine.add_event_handler(saving, self._remove_older_checkpoints)
         if validate is not None:  # every rank validates its share; the metrics gather across ranks
             # every validate_every epochs and always after the last one, so a run always has a best model
             def due(engine: Engine, epoch: int) -> bool:
                 return epoch % validate_every == 0 or epoch == engine.state.max_epochs
 
             engine.add_event_handler(Events.EPOCH_COMPLETED(event_filter=due), self._validate, validate, key_metric)
+
+        # an epoch's checkpoint is saved after its validation (registered later, so called later): a
+        # checkpoint at an epoch's end then means that epoch is complete, validation included
+        def within_epoch(engine: Engine, iteration: int) -> bool:
+            return iteration % checkpoint_every == 0 and iteration % self.iterations_per_epoch != 0
+
+        engine.add_event_handler(Events.ITERATION_COMPLETED(event_filter=within_epoch), self.save_checkpoint)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.save_checkpoint)
         if idist.get_rank() == 0:
             engine.add_event_handler(Events.ITERATION_COMPLETED(every=10), self._log_losses)
             if progress:
@@ -166,12 +178,19 @@ class Trainer:
             objects["scaler"] = self.scaler
         return objects
 
-    def _remove_older_checkpoints(self, engine: Engine) -> None:
-        """Ignite keeps ``n_saved`` of this process's checkpoints; one left by a run before a resume
-        would stay forever, so only the newest is kept."""
+    def save_checkpoint(self, engine: Engine) -> Path:
+        """Write ``checkpoints/last_checkpoint_<iteration>.pt`` whole, then delete the older ones, so a
+        kill at any moment leaves at least one complete checkpoint."""
+        path = self.output_dir / CHECKPOINT_FOLDER / f"{LAST_PREFIX}_checkpoint_{engine.state.iteration}.pt"
+        state = {name: item.state_dict() for name, item in self._state_objects().items()}
         if idist.get_rank() == 0:
-            for stale in self._checkpoints()[:-1]:
-                stale.unlink(missing_ok=True)
+            save_torch(state, path)
+            self._remove_older_checkpoints()
+        return path
+
+    def _remove_older_checkpoints(self) -> None:
+        for stale in self._checkpoints()[:-1]:
+            stale.unlink(missing_ok=True)
 
     def _move_sampler(self, engine: Engine) -> None:
         sampler = getattr(self.data_loader, "batch_sampler", None)
@@ -215,8 +234,7 @@ class Trainer:
     def _save_weights(self, name: str) -> None:
         module = self.save_module if self.save_module is not None else _unwrap(self.model)
         if idist.get_rank() == 0:
-            with atomic_path(self.output_dir / name) as temporary:
-                torch.save(module.state_dict(), temporary)
+            save_torch(module.state_dict(), self.output_dir / name)
 
     def _close(self, engine: Engine) -> None:
         self._save_weights(FINAL_NAME)
@@ -227,7 +245,8 @@ class Trainer:
 
     # -- running --------------------------------------------------------------------------------------
     def _checkpoints(self) -> list[Path]:
-        return sorted((self.output_dir / "checkpoints").glob(f"{LAST_PREFIX}_checkpoint_*.pt"),
+        found = (self.output_dir / CHECKPOINT_FOLDER).glob(f"{LAST_PREFIX}_checkpoint_*.pt")
+        return sorted((path for path in found if path.stem.rsplit("_", 1)[-1].isdigit()),
                       key=lambda path: int(path.stem.rsplit("_", 1)[-1]))
 
     def last_checkpoint(self) -> Path | None:
@@ -235,14 +254,54 @@ class Trainer:
         return found[-1] if found else None
 
     def run(self, resume: bool = True) -> Engine:
-        """Train to the end, first loading the last checkpoint in ``output_dir`` if ``resume``."""
+        """Train to the end, first loading the last checkpoint in ``output_dir`` if ``resume``.
+
+        A run whose last checkpoint is already at the end writes its final weights again (they may be
+        missing after a kill) and returns without training.
+        """
+        if idist.get_rank() == 0:
+            remove_orphaned_temporaries(self.output_dir)
+            remove_orphaned_temporaries(self.output_dir / CHECKPOINT_FOLDER, CHECKPOINT_TEMPORARIES)
+            self._remove_older_checkpoints()  # a kill between writing a checkpoint and deleting the older one
         checkpoint = self.last_checkpoint() if resume else None
         if checkpoint is not None:
             logger.info("resuming from %s", checkpoint)
-            state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-            Checkpoint.load_objects(self._state_objects(), state)
+            self._load_checkpoint(checkpoint)
+            total = self.iterations_per_epoch * self.max_epochs
+            if self.engine.state.iteration >= total:
+                logger.info("training finished before (%s is at iteration %d of %d): nothing to train; to train "
+                            "again from nothing delete %s, to train longer raise the epochs", checkpoint,
+                            self.engine.state.iteration, total, checkpoint.parent)
+                self._close(self.engine)
+                return self.engine
         self.engine.run(self.data_loader, max_epochs=self.max_epochs, epoch_length=self.iterations_per_epoch)
         return self.engine
+
+    def _load_checkpoint(self, checkpoint: Path) -> None:
+        """Load a "last" checkpoint into the model, optimizer and engine; a file that cannot be resumed
+        from is one clear error naming it."""
+        advice = (f"delete it (or the whole {checkpoint.parent.name} folder) to train this run again from nothing "
+                  "(tools.pipeline: --force True)")
+        try:
+            state = read_checkpoint(checkpoint)
+        except InputError as error:
+            reason = _first_line(error.problem).split(". ")[0]  # not read_checkpoint's advice to re-save weights
+            raise InputError(checkpoint, f"cannot resume from this checkpoint (it {reason}); {advice}") from None
+        try:
+            Checkpoint.load_objects(self._state_objects(), state)
+        except (KeyError, RuntimeError, TypeError, ValueError) as error:
+            raise InputError(checkpoint, "cannot resume from this checkpoint, it was written by another kind of "
+                                         f"run or configuration ({_first_line(str(error))}); {advice}") from None
+        total = self.iterations_per_epoch * self.max_epochs
+        if self.engine.state.iteration > total:
+            raise InputError(checkpoint, f"is at iteration {self.engine.state.iteration}, past this run's {total} "
+                                         f"({self.max_epochs} epochs of {self.iterations_per_epoch}): raise the "
+                                         f"epochs, or {advice}")
+
+
+def _first_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[0] if lines else text
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

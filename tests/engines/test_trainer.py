@@ -1,3 +1,8 @@
+import json
+import logging
+import multiprocessing
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -7,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from shared.engines.sampler import ResumableBatchSampler
 from shared.engines.trainer import Trainer, image_forward
+from shared.io.errors import InputError
 
 
 class SeededNoise(Dataset):
@@ -81,3 +87,141 @@ def test_non_finite_loss_stops_with_a_clear_error(tmp_path):
         model.layer.weight.fill_(float("nan"))
     with pytest.raises(FloatingPointError, match="iteration 1"):
         trainer.run()
+
+
+# -- re-runs, kills and resume ------------------------------------------------------------------------
+KILLED = 17  # exit status of a child killed at a named point
+FIXED_BATCH = torch.randn(8, 4, generator=torch.Generator().manual_seed(99))
+
+
+def validate_on_a_fixed_batch(model):
+    """A score that depends on the weights, so the best model moves as training goes."""
+    with torch.no_grad():
+        return {"AP_IoU_0.10_MaxDet_100": -float(model(FIXED_BATCH)["loss"])}
+
+
+def outputs(folder):
+    """Every file a run leaves (TensorBoard logs aside) with its bytes."""
+    files = (path.relative_to(folder) for path in sorted(folder.rglob("*")) if path.is_file())
+    return {str(path): (folder / path).read_bytes() for path in files if path.parts[0] != "logs"}
+
+
+def run_killed_at(folder, point):
+    """In a child process: train 3 epochs with validation and die (os._exit, no clean-up) at ``point``."""
+    import os
+
+    torch.set_num_threads(1)
+
+    def validate(model):
+        if point == "final validation" and trainer.engine.state.epoch == 3:
+            os._exit(KILLED)
+        return validate_on_a_fixed_batch(model)
+
+    trainer, _ = make_trainer(folder, epochs=3, validate=validate)
+    save = torch.save
+
+    def save_then_die(data, path, *args, **kwargs):
+        name = Path(getattr(path, "name", path)).name
+        if point == "checkpoint write" and name == "last_checkpoint_10.pt" or \
+                point == "model.pt write" and name == "model.pt" and trainer.engine.state.epoch == 3 or \
+                point == "model_final.pt write" and name == "model_final.pt":
+            Path(path).write_bytes(b"PK\x03\x04 half a file")
+            os._exit(KILLED)
+        return save(data, path, *args, **kwargs)
+
+    torch.save = save_then_die
+    if point == "mid-epoch":
+        trainer.engine.add_event_handler(Events.ITERATION_COMPLETED(once=7), lambda e: os._exit(KILLED))
+    if point == "after the checkpoint, before the old one is deleted":
+        trainer._remove_older_checkpoints = lambda: os._exit(KILLED) if trainer.engine.state.iteration == 10 else None
+    trainer.run()
+
+
+@pytest.mark.parametrize("point", ["mid-epoch", "checkpoint write", "after the checkpoint, before the old one is deleted",
+                                   "final validation", "model.pt write", "model_final.pt write"])
+def test_a_run_killed_at_any_moment_resumes_to_the_same_weights_and_files(tmp_path, point):
+    straight, _ = make_trainer(tmp_path / "straight", epochs=3, validate=validate_on_a_fixed_batch)
+    straight.run()
+    expected = outputs(tmp_path / "straight")
+    assert json.loads(expected["model_best.json"])["iteration"] == 12, "the final validation saves model.pt"
+
+    child = multiprocessing.get_context("spawn").Process(target=run_killed_at, args=(tmp_path / "killed", point))
+    child.start()
+    child.join(60)
+    assert child.exitcode == KILLED, f"the child did not die at {point}"
+    checkpoints = sorted(path.name for path in (tmp_path / "killed" / "checkpoints").iterdir())
+    if point == "checkpoint write":  # the only complete checkpoint survives beside the half-written one
+        assert "last_checkpoint_8.pt" in checkpoints and any(name.endswith(".tmp") for name in checkpoints)
+
+    resumed, _ = make_trainer(tmp_path / "killed", epochs=3, validate=validate_on_a_fixed_batch)
+    starts = []
+    resumed.engine.add_event_handler(Events.STARTED, lambda e: starts.append(e.state.iteration))
+    resumed.run()
+    if point == "checkpoint write":
+        assert starts == [8]
+    assert outputs(tmp_path / "killed") == expected
+
+
+def test_a_finished_run_started_again_says_so_and_does_not_train(tmp_path, caplog):
+    trainer, _ = make_trainer(tmp_path, epochs=2, validate=validate_on_a_fixed_batch)
+    trainer.run()
+    expected = outputs(tmp_path)
+
+    again, _ = make_trainer(tmp_path, epochs=2, validate=validate_on_a_fixed_batch)
+    iterations = []
+    again.engine.add_event_handler(Events.ITERATION_COMPLETED, lambda e: iterations.append(e.state.iteration))
+    with caplog.at_level(logging.INFO, logger="shared.engines.trainer"):
+        engine = again.run()
+    assert iterations == [] and engine.state.iteration == 8
+    assert any("training finished before" in record.getMessage() for record in caplog.records)
+    assert outputs(tmp_path) == expected
+
+
+def test_a_finished_run_started_again_writes_missing_final_weights(tmp_path):
+    trainer, _ = make_trainer(tmp_path, epochs=2)
+    trainer.run()
+    expected = outputs(tmp_path)
+    (tmp_path / "model.pt").unlink()
+    (tmp_path / "model_final.pt").unlink()
+    make_trainer(tmp_path, epochs=2)[0].run()
+    assert outputs(tmp_path) == expected
+
+
+def test_raising_the_epochs_trains_on_from_the_last_checkpoint(tmp_path):
+    make_trainer(tmp_path, epochs=2)[0].run()
+    two_epochs = (tmp_path / "model_final.pt").read_bytes()
+    longer, _ = make_trainer(tmp_path, epochs=3)
+    iterations = []
+    longer.engine.add_event_handler(Events.ITERATION_COMPLETED, lambda e: iterations.append(e.state.iteration))
+    longer.run()
+    assert iterations == [9, 10, 11, 12]
+    assert [path.name for path in (tmp_path / "checkpoints").iterdir()] == ["last_checkpoint_12.pt"]
+    assert (tmp_path / "model_final.pt").read_bytes() != two_epochs
+
+
+def test_orphaned_temporaries_are_removed_on_start(tmp_path):
+    (tmp_path / "checkpoints").mkdir(parents=True)
+    orphans = [tmp_path / "checkpoints" / "tmpx1y2z3.pt", tmp_path / "checkpoints" / ".last_checkpoint_4.pt.ab.tmp",
+               tmp_path / ".model.pt.cd.tmp.pt"]
+    for orphan in orphans:
+        orphan.write_bytes(b"half")
+    make_trainer(tmp_path, epochs=1)[0].run()
+    assert not any(orphan.exists() for orphan in orphans)
+
+
+def test_a_checkpoint_that_is_not_weights_only_is_refused_in_one_line(tmp_path):
+    (tmp_path / "checkpoints").mkdir(parents=True)
+    bad = tmp_path / "checkpoints" / "last_checkpoint_4.pt"
+    torch.save({"model": nn.Linear(4, 4)}, bad)
+    trainer, _ = make_trainer(tmp_path, epochs=2)
+    with pytest.raises(InputError, match="cannot resume from this checkpoint.*delete it.*--force") as raised:
+        trainer.run()
+    message = str(raised.value)
+    assert message.startswith(str(bad)) and "\n" not in message and "weights_only" not in message
+
+
+def test_fewer_epochs_than_the_checkpoint_has_are_refused_in_one_line(tmp_path):
+    make_trainer(tmp_path, epochs=2)[0].run()
+    with pytest.raises(InputError, match="last_checkpoint_8.pt: is at iteration 8, past this run's 4") as raised:
+        make_trainer(tmp_path, epochs=1)[0].run()
+    assert "\n" not in str(raised.value)
