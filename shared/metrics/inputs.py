@@ -15,6 +15,7 @@ import dataclasses
 import json
 import math
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -72,8 +73,16 @@ def read_json(path: str | Path) -> Any:
             return json.load(handle)
     except FileNotFoundError as error:
         raise EvaluationInputError(f"{path}: file not found.") from error
+    except IsADirectoryError as error:
+        raise EvaluationInputError(f"{path}: is a folder, not a JSON file; give the file inside it.") from error
+    except UnicodeDecodeError as error:
+        raise EvaluationInputError(
+            f"{path}: not a JSON text file (binary content at byte {error.start}); give the predictions JSON."
+        ) from error
     except json.JSONDecodeError as error:
         raise EvaluationInputError(f"{path}: malformed JSON ({error}).") from error
+    except OSError as error:
+        raise EvaluationInputError(f"{path}: cannot be read ({error.strerror or error}).") from error
 
 
 def _image_id(entry: Any, path: str | Path, position: int) -> str:
@@ -97,7 +106,7 @@ def _parse_boxes(value: Any, path: str | Path, image: str, field: str = "box") -
     try:
         boxes = np.asarray(value if value is not None else [], dtype=np.float64)
     except (TypeError, ValueError) as error:
-        raise EvaluationInputError(f"{where} must be a list of [cx, cy, cz, w, h, d] boxes.") from error
+        raise EvaluationInputError(_box_problem(value, where)) from error
     if boxes.size == 0:
         return np.zeros((0, 6))
     if boxes.ndim != 2 or boxes.shape[1] != 6:
@@ -110,7 +119,38 @@ def _parse_boxes(value: Any, path: str | Path, image: str, field: str = "box") -
     return cccwhd_to_xyzxyz(boxes)
 
 
-def _parse_labels(value: Any, count: int, class_names: Sequence[str] | None, path, image: str) -> np.ndarray:
+def _box_problem(value: Any, where: str) -> str:
+    """The message for a ``box`` field numpy cannot read: the first box holding a non-number, if any."""
+    if isinstance(value, list):
+        for row, box in enumerate(value):
+            items = box if isinstance(box, list) else [box]
+            bad = next((item for item in items if isinstance(item, bool) or not isinstance(item, (int, float))), None)
+            if bad is not None:
+                hint = " (class labels go in 'label')" if isinstance(bad, str) else ""
+                return f"{where}: box {row} holds {bad!r}, not a number{hint}."
+    return f"{where} must be a list of [cx, cy, cz, w, h, d] boxes."
+
+
+@dataclasses.dataclass(frozen=True)
+class _ClassNames:
+    """The class names labels are checked against, and where they came from (for messages)."""
+
+    names: list[str] | None
+    origin: str  # "class_names" or "the datalist's 'classes'"
+
+    def unknown_index(self, label: int) -> str:
+        count = len(self.names)
+        return (f"class {label} is unknown: {self.origin} {self.names} name {count} class"
+                f"{'es' if count != 1 else ''} (indices 0..{count - 1}); name every class there.")
+
+    def unknown_name(self, label: str) -> str:
+        if self.names is None:
+            return (f"class name {label!r} needs class names: give class_names (--class_names) or a "
+                    "'classes' list in the datalist, or use class indices.")
+        return f"unknown class name {label!r}; {self.origin} are {self.names}."
+
+
+def _parse_labels(value: Any, count: int, classes: _ClassNames, path, image: str) -> np.ndarray:
     where = f"{path}: image {image!r}: field 'label'"
     if value is None:
         value = [0] * count
@@ -120,15 +160,13 @@ def _parse_labels(value: Any, count: int, class_names: Sequence[str] | None, pat
     labels = []
     for item in value:
         if isinstance(item, str):
-            if class_names is None or item not in class_names:
-                raise EvaluationInputError(f"{where}: unknown class name {item!r}; known: {list(class_names or [])}.")
-            labels.append(list(class_names).index(item))
-        elif isinstance(item, (int, float)) and float(item).is_integer() and item >= 0:
-            if class_names is not None and item >= len(class_names):
-                raise EvaluationInputError(
-                    f"{where}: class {item} is unknown; {len(class_names)} classes are named "
-                    "(give class_names naming every class)."
-                )
+            if classes.names is None or item not in classes.names:
+                raise EvaluationInputError(f"{where}: {classes.unknown_name(item)}")
+            labels.append(classes.names.index(item))
+        elif (isinstance(item, (int, float)) and not isinstance(item, bool) and float(item).is_integer()
+              and item >= 0):
+            if classes.names is not None and item >= len(classes.names):
+                raise EvaluationInputError(f"{where}: {classes.unknown_index(int(item))}")
             labels.append(int(item))
         else:
             raise EvaluationInputError(f"{where}: label {item!r} is neither a class index nor a class name.")
@@ -169,8 +207,14 @@ def load_ground_truth(
     content = read_json(path)
     if not isinstance(content, dict) or not isinstance(content.get(split), list):
         raise EvaluationInputError(f"{path}: no list under the split key {split!r}.")
+    if not content[split]:
+        others = [f"{key} ({len(value)})" for key, value in content.items() if isinstance(value, list) and value
+                  and key != "classes"]
+        raise EvaluationInputError(f"{path}: split {split!r} has no images, so there is nothing to evaluate; "
+                                   f"choose a split with images (--split): {', '.join(others) or 'there is none'}.")
+    classes = _ClassNames(None if class_names is None else [str(name) for name in class_names], "class_names")
     if class_names is None and isinstance(content.get("classes"), list):
-        class_names = [str(name) for name in content["classes"]]
+        classes = _ClassNames([str(name) for name in content["classes"]], "the datalist's 'classes'")
     root = Path(data_root) if data_root is not None else Path(path).parent
     image_ids, boxes, labels, lookup = [], [], [], {}
     for position, entry in enumerate(content[split]):
@@ -180,11 +224,31 @@ def load_ground_truth(
         image_boxes = _parse_boxes(entry.get("box"), path, image)
         image_ids.append(image)
         boxes.append(image_boxes)
-        labels.append(_parse_labels(entry.get("label"), len(image_boxes), class_names, path, image))
+        labels.append(_parse_labels(entry.get("label"), len(image_boxes), classes, path, image))
         lookup[image] = lookup[_absolute(image, root)] = position
+    _warn_zero_size(path, boxes, "ground-truth boxes")
     largest = max((int(label.max()) for label in labels if label.size), default=0)
-    names = list(class_names) if class_names is not None else [f"class_{index}" for index in range(largest + 1)]
+    names = classes.names if classes.names is not None else [f"class_{index}" for index in range(largest + 1)]
     return GroundTruthSet(image_ids, boxes, labels, names, lookup)
+
+
+def _warn_zero_size(path, boxes: list[np.ndarray], what: str) -> None:
+    """One warning for the boxes of a file with a zero width, height or depth (IoU 0 with everything)."""
+    per_image = [int((np.asarray(b)[:, 3:] <= np.asarray(b)[:, :3]).any(axis=1).sum()) for b in boxes]
+    if sum(per_image):
+        warnings.warn(f"{path}: {sum(per_image)} {what} of zero size in {sum(map(bool, per_image))} images; "
+                      "their IoU with any box is 0, so they can never match.", stacklevel=3)
+
+
+def _warn_scores_outside_unit_range(path, scores: list[np.ndarray]) -> None:
+    """One warning for scores that are not probabilities (only their order matters to the metrics)."""
+    outside = [s[(s < 0) | (s > 1)] for s in scores]
+    count = sum(o.size for o in outside)
+    if count:
+        values = np.concatenate(outside)
+        warnings.warn(f"{path}: {count} scores in {sum(o.size > 0 for o in outside)} images lie outside [0, 1] "
+                      f"({values.min():g} .. {values.max():g}); metrics use only their order, but check that "
+                      "label_scores are the model's probabilities.", stacklevel=3)
 
 
 def _prediction_entries(content: Any, path) -> list:
@@ -217,6 +281,7 @@ def load_predictions(
     labels = [np.zeros(0, np.int64) for _ in range(count)]
     scores = [np.zeros(0) for _ in range(count)]
     seen = np.zeros(count, dtype=bool)
+    classes = _ClassNames(list(ground_truth.class_names), "the evaluated class names")
     for position, entry in enumerate(_prediction_entries(read_json(path), path)):
         image = _image_id(entry, path, position)
         index = ground_truth.lookup.get(image)
@@ -230,7 +295,9 @@ def load_predictions(
             raise EvaluationInputError(f"{path}: image {image!r} has more than one prediction entry.")
         seen[index] = True
         boxes[index] = _parse_boxes(entry.get("box"), path, image)
-        labels[index] = _parse_labels(entry.get("label"), len(boxes[index]), ground_truth.class_names, path, image)
+        labels[index] = _parse_labels(entry.get("label"), len(boxes[index]), classes, path, image)
         scores[index] = _parse_scores(entry.get("label_scores"), len(boxes[index]), path, image)
+    _warn_zero_size(path, boxes, "predicted boxes")
+    _warn_scores_outside_unit_range(path, scores)
     missing = [image for image, found in zip(ground_truth.image_ids, seen) if not found]
     return PredictionSet(boxes, labels, scores, missing)

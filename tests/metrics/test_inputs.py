@@ -38,8 +38,13 @@ def test_class_names_default_to_the_datalists_classes(datalist, tmp_path):
     named = _write(tmp_path, {**json.loads(datalist.read_text()), "classes": ["benign", "malignant"]}, "named.json")
     assert load_ground_truth(named, "test").class_names == ["benign", "malignant"]
     too_few = _write(tmp_path, {**json.loads(datalist.read_text()), "classes": ["benign"]}, "too_few.json")
-    with pytest.raises(EvaluationInputError, match="class 1 is unknown"):
+    with pytest.raises(EvaluationInputError, match="class 1 is unknown") as raised:
         load_ground_truth(too_few, "test")
+    # the names came from the datalist, so the message points there, not at class_names
+    assert "the datalist's 'classes' ['benign'] name 1 class" in str(raised.value)
+    assert "give class_names naming every class" not in str(raised.value)
+    with pytest.raises(EvaluationInputError, match=r"class_names \['benign'\] name 1 class"):
+        load_ground_truth(datalist, "test", class_names=["benign"])
 
 
 def test_predictions_match_by_written_or_absolute_path_and_wrapped_dicts(datalist, tmp_path):
@@ -82,6 +87,10 @@ def test_predictions_match_through_a_symlinked_data_folder(tmp_path):
          "class 7 is unknown"),
         ([{"image": "scans/a.nii.gz", "box": [[1, 2, 3]], "label": [0], "label_scores": [0.5]}], "shape"),
         ({"something": []}, "expected a list"),
+        ([{"image": "scans/a.nii.gz", "box": [[1, 1, 1, 2, 2, "cyst"]], "label": [0], "label_scores": [0.5]}],
+         r"'box': box 0 holds 'cyst', not a number \(class labels go in 'label'\)"),
+        ([{"image": "scans/a.nii.gz", "box": [[1, 1, 1, 2, 2, 2]], "label": [True], "label_scores": [0.5]}],
+         "label True is neither a class index nor a class name"),
     ],
 )
 def test_bad_predictions_raise_clear_errors(datalist, tmp_path, content, message):
@@ -104,3 +113,43 @@ def test_bad_datalists(tmp_path, datalist):
     twice = [{"image": "scans/b.nii.gz", "box": [], "label": [], "label_scores": []}] * 2
     with pytest.raises(EvaluationInputError, match="more than one"):
         load_predictions(_write(tmp_path, twice), truth)
+
+
+def test_a_folder_or_a_binary_file_as_predictions_is_one_clear_error(datalist, tmp_path):
+    truth = load_ground_truth(datalist, "test")
+    (tmp_path / "folder.json").mkdir()
+    with pytest.raises(EvaluationInputError, match=r"folder.json: is a folder, not a JSON file"):
+        load_predictions(tmp_path / "folder.json", truth)
+    binary = tmp_path / "model.pt"
+    binary.write_bytes(b"PK\x03\x04\x14\x00\x00\x00\x08\x00\xd3\x8e\xff\xfe")
+    with pytest.raises(EvaluationInputError, match=r"model.pt: not a JSON text file \(binary content"):
+        load_predictions(binary, truth)
+
+
+def test_an_empty_split_is_named_as_such(tmp_path):
+    path = _write(tmp_path, {"test": [], "training": [{"image": "a.nii.gz"}]}, "empty.json")
+    expected = r"empty.json: split 'test' has no images.*--split\): training \(1\)\."
+    with pytest.raises(EvaluationInputError, match=expected):
+        load_ground_truth(path, "test")
+
+
+def test_string_labels_without_class_names_say_where_names_come_from(tmp_path):
+    path = _write(tmp_path, {"test": [{"image": "a.nii.gz", "box": [[1, 1, 1, 2, 2, 2]], "label": ["nodule"]}]})
+    with pytest.raises(EvaluationInputError, match="class name 'nodule' needs class names"):
+        load_ground_truth(path, "test")
+
+
+def test_out_of_range_scores_and_zero_size_boxes_warn_once_with_counts(datalist, tmp_path):
+    truth = load_ground_truth(datalist, "test")
+    entries = [{"image": "scans/a.nii.gz", "box": [[1, 1, 1, 2, 2, 2], [1, 1, 1, 0, 2, 2], [1, 1, 1, 2, 2, 2]],
+                "label": [0, 0, 0], "label_scores": [1.5, 0.5, -0.25]},
+               {"image": "scans/b.nii.gz", "box": [[1, 1, 1, 2, 0, 2]], "label": [0], "label_scores": [3.0]}]
+    path = _write(tmp_path, entries)
+    with pytest.warns(UserWarning) as caught:
+        load_predictions(path, truth)
+    messages = [str(warning.message) for warning in caught]
+    scores = [m for m in messages if "outside [0, 1]" in m]
+    sizes = [m for m in messages if "zero size" in m]
+    assert len(scores) == 1 and len(sizes) == 1 and len(messages) == 2
+    assert scores[0].startswith(f"{path}: 3 scores in 2 images") and "-0.25 .. 3" in scores[0]
+    assert sizes[0].startswith(f"{path}: 2 predicted boxes of zero size in 2 images")
