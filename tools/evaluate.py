@@ -48,8 +48,12 @@ def _percent(metrics: dict, key: str) -> str:
 def _detections_summary(content: dict, arguments: dict) -> list[str]:
     key = KEY_METRIC.replace("MaxDet_100", f"MaxDet_{arguments['max_detections']}")
     froc = f"FROC_score_IoU_{float(arguments['froc_iou']):.2f}"
-    return [f"{key}: {_percent(content, key)}", f"{froc}: {_percent(content, froc)}",
-            f"written to {arguments['out']}: metrics.json, report.md, froc.png, pr_curves.png, per_image.npz"]
+    lines = [f"{key}: {_percent(content, key)}", f"{froc}: {_percent(content, froc)}"]
+    empty = content.get("count/images_without_predictions", 0)
+    if empty:  # often a sign of predictions for another split or paths that did not match
+        lines.append(f"images without predictions: {empty} of {content['count/images']} "
+                     f"({content['count/images_without_prediction_entry']} without an entry in the predictions file)")
+    return lines + [f"written to {arguments['out']}: metrics.json, report.md, froc.png, pr_curves.png, per_image.npz"]
 
 
 def _luna16_summary(metrics: dict, arguments: dict) -> list[str]:

@@ -3,7 +3,9 @@
 Each function reads its inputs, computes the metrics and writes ``metrics.json``, ``report.md``, plots (and
 for detections ``per_image.npz``, what :func:`compare_runs` reads) into ``out``; every file is written
 atomically, and on bad input nothing is written and :class:`EvaluationInputError` names the file, the
-image and the field. ``tools/evaluate.py`` is the command line over these functions.
+image and the field. The output folder is checked first (it must be, or be creatable as, a writable
+folder), so an unwritable ``out`` fails in a second rather than after the matching and the bootstrap.
+``tools/evaluate.py`` is the command line over these functions.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from shared.io.atomic import atomic_path, write_json, write_text
+from shared.io.errors import InputError
+from shared.io.writable import check_writable_folder
 from shared.metrics.bootstrap import bootstrap_metric_draws, bootstrap_ranking, bootstrap_weights, confidence_intervals
 from shared.metrics.detection_metrics import (
     IOU_RANGE,
@@ -46,6 +50,14 @@ def _as_list(value, kind: type) -> list | None:
     elif not isinstance(value, (list, tuple)):
         value = [value]
     return [kind(item) for item in value]
+
+
+def _check_output_folder(out: str | Path) -> None:
+    """Refuse an ``out`` that cannot be written (below a file, read-only, immutable); creates nothing."""
+    try:
+        check_writable_folder(out)
+    except InputError as error:
+        raise EvaluationInputError(error.problem, source=error.source) from None
 
 
 def _output_folder(out: str | Path) -> Path:
@@ -89,6 +101,7 @@ def evaluate_detections(
         the content of ``metrics.json``: the metrics, ``<key>_ci95`` intervals (with ``bootstrap``) and
         ``count/<what>`` counts.
     """
+    _check_output_folder(out)
     iou_list = _as_list(iou_thresholds, float)
     iou_range = tuple(_as_list(iou_range, float))
     truth = load_ground_truth(datalist, split, data_root=data_root, class_names=_as_list(class_names, str))
@@ -107,6 +120,7 @@ def evaluate_detections(
         band = (rates, *froc_band(record, froc_iou, bootstrap_weights(record.num_images, bootstrap, seed), rates))
     counts = {
         "images": record.num_images,
+        "images_without_predictions": sum(len(image_scores) == 0 for image_scores in found.scores),
         "images_without_prediction_entry": len(found.images_without_entry),
         "predictions": int(sum(len(s) for s in found.scores)),
         "ground_truth": int(record.ground_truth_count.sum()),
@@ -143,29 +157,54 @@ def _write_detection_outputs(
     return content
 
 
-def _read_findings(path: str | Path, value_column: str) -> FindingTable:
-    """Read a LUNA16 CSV (``seriesuid,coordX,coordY,coordZ,<value_column>``)."""
+def _csv_rows(path: str | Path) -> list[list[str]]:
+    """Every row of a CSV file, with one clear error for a missing, folder, binary or unreadable file."""
     try:
         with open(path, newline="", encoding="utf-8") as handle:
-            rows = list(csv.DictReader(handle))
+            return list(csv.reader(handle))
     except FileNotFoundError as error:
         raise EvaluationInputError(f"{path}: file not found.") from error
+    except IsADirectoryError as error:
+        raise EvaluationInputError(f"{path}: is a folder, not a CSV file; give the file inside it.") from error
+    except UnicodeDecodeError as error:
+        raise EvaluationInputError(f"{path}: not a CSV text file (binary content at byte {error.start}).") from error
+    except (OSError, csv.Error) as error:
+        raise EvaluationInputError(f"{path}: cannot be read as CSV ({error}).") from error
+
+
+def _read_findings(path: str | Path, value_column: str) -> FindingTable:
+    """Read a LUNA16 CSV (``seriesuid,coordX,coordY,coordZ,<value_column>``); errors name the line."""
+    rows = _csv_rows(path)
     needed = ["seriesuid", "coordX", "coordY", "coordZ", value_column]
-    if rows and any(column not in rows[0] for column in needed):
-        raise EvaluationInputError(f"{path}: needs the columns {needed}, got {list(rows[0])}.")
-    try:
-        centre = np.array([[float(row[c]) for c in needed[1:4]] for row in rows]).reshape(-1, 3)
-        value = np.array([float(row[value_column]) for row in rows])
-    except (TypeError, ValueError) as error:
-        raise EvaluationInputError(f"{path}: a coordinate or {value_column} is not a number ({error}).") from error
-    if not (np.isfinite(centre).all() and np.isfinite(value).all()):
-        raise EvaluationInputError(f"{path}: NaN or infinite values in a coordinate or {value_column}.")
-    return FindingTable(np.array([row["seriesuid"] for row in rows], dtype=str), centre, value)
+    if not rows:
+        return FindingTable.empty()
+    header = [name.strip() for name in rows[0]]
+    if any(column not in header for column in needed):
+        raise EvaluationInputError(f"{path}: needs the columns {needed}, got {header}.")
+    position = [header.index(column) for column in needed]
+    scans, numbers = [], []
+    for line, row in enumerate(rows[1:], start=2):
+        if not any(cell.strip() for cell in row):
+            continue  # a blank line
+        where = f"{path}: line {line} (seriesuid {row[position[0]] if position[0] < len(row) else '?'})"
+        values = []
+        for column, index in zip(needed[1:], position[1:]):
+            if index >= len(row) or not row[index].strip():
+                raise EvaluationInputError(f"{where}: no {column} (the row has {len(row)} of {len(header)} columns).")
+            try:
+                values.append(float(row[index]))
+            except ValueError:
+                raise EvaluationInputError(f"{where}: {column} {row[index]!r} is not a number.") from None
+        if not np.isfinite(values).all():
+            raise EvaluationInputError(f"{where}: NaN or infinite values in a coordinate or {value_column}.")
+        scans.append(row[position[0]])
+        numbers.append(values)
+    table = np.array(numbers, dtype=np.float64).reshape(-1, 4)
+    return FindingTable(np.array(scans, dtype=str), table[:, :3], table[:, 3])
 
 
 def _read_series(path: str | Path) -> list[str]:
-    with open(path, newline="", encoding="utf-8") as handle:
-        series = [row[0].strip() for row in csv.reader(handle) if row and row[0].strip()]
+    series = [row[0].strip() for row in _csv_rows(path) if row and row[0].strip()]
     return series[1:] if series and series[0] == "seriesuid" else series
 
 
@@ -193,6 +232,7 @@ def evaluate_luna16_files(
     Returns:
         the metrics written to ``metrics.json``.
     """
+    _check_output_folder(out)
     marks = _read_findings(candidates, "probability")
     nodules = _read_findings(annotations, "diameter_mm")
     irrelevant = _read_findings(excluded, "diameter_mm") if excluded else FindingTable.empty()
@@ -240,6 +280,7 @@ def compare_runs(
     Returns:
         the content written to ``metrics.json``.
     """
+    _check_output_folder(out)
     runs = _as_list(runs, str)
     model_names = _as_list(names, str) or [Path(run).name for run in runs]
     if len(model_names) != len(runs):

@@ -58,7 +58,8 @@ def detection_report(
         metrics: the metric dictionary.
         intervals: ``<key>`` -> 95% interval (may be empty).
         class_names: one name per class.
-        counts: ``images``, ``images_without_prediction_entry``, ``ground_truth`` per class name and
+        counts: ``images``, ``images_without_predictions`` (no box, with or without an entry),
+            ``images_without_prediction_entry``, ``ground_truth``, ``ground_truth_per_class`` and
             ``predictions``.
         iou_list: thresholds with their own AP keys.
         iou_range_name: e.g. ``IoU_0.10_0.50_0.05``.
@@ -68,6 +69,7 @@ def detection_report(
     cap = max_detections
     lines = ["# Detection evaluation", ""]
     lines += [f"- images evaluated: {counts['images']}",
+              f"- images without any prediction: {counts['images_without_predictions']}",
               "- images with no prediction entry (counted as no detections): "
               f"{counts['images_without_prediction_entry']}",
               f"- predictions: {counts['predictions']}",

@@ -97,3 +97,66 @@ def test_evaluation_input_error_is_the_project_input_error():
     assert isinstance(error, InputError) and isinstance(error, ValueError)
     assert str(error) == "predictions.json: entry 2: field 'label_scores' must hold numbers."
     assert str(EvaluationInputError("no list under 'test'.", source="d.json")) == "d.json: no list under 'test'."
+
+
+def _luna16_files(tmp_path):
+    (tmp_path / "annotations.csv").write_text("seriesuid,coordX,coordY,coordZ,diameter_mm\na,0,0,0,10\n")
+    (tmp_path / "candidates.csv").write_text("seriesuid,coordX,coordY,coordZ,probability\na,1,0,0,0.9\n")
+    return tmp_path / "candidates.csv", tmp_path / "annotations.csv"
+
+
+def test_luna16_missing_seriesuids_and_rows_without_a_probability_are_clear_errors(tmp_path):
+    candidates, annotations = _luna16_files(tmp_path)
+    with pytest.raises(EvaluationInputError, match=r"missing.csv: file not found"):
+        evaluate_luna16_files(candidates, annotations, tmp_path / "out", seriesuids=tmp_path / "missing.csv")
+    candidates.write_text("seriesuid,coordX,coordY,coordZ,probability\na,1,0,0,0.9\na,5,0,0\n")
+    with pytest.raises(EvaluationInputError, match=r"candidates.csv: line 3 \(seriesuid a\): no probability"):
+        evaluate_luna16_files(candidates, annotations, tmp_path / "out")
+    candidates.write_text("seriesuid,coordX,coordY,coordZ,probability\na,1,0,0,0.9\na,x,0,0,0.5\n")
+    with pytest.raises(EvaluationInputError, match=r"candidates.csv: line 3 \(seriesuid a\): coordX 'x' is not a"):
+        evaluate_luna16_files(candidates, annotations, tmp_path / "out")
+    (tmp_path / "folder.csv").mkdir()
+    with pytest.raises(EvaluationInputError, match=r"folder.csv: is a folder"):
+        evaluate_luna16_files(tmp_path / "folder.csv", annotations, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def _no_work(*args, **kwargs):
+    raise AssertionError("the evaluation started before its output folder was checked")
+
+
+@pytest.mark.parametrize("command", ["detections", "luna16", "compare"])
+def test_an_unwritable_output_folder_fails_before_any_work(evaluation_files, tmp_path, rng, monkeypatch, command):
+    predictions, datalist = evaluation_files(tmp_path, rng)
+    evaluate_detections(str(predictions), str(datalist), str(tmp_path / "run"), bootstrap=0)
+    candidates, annotations = _luna16_files(tmp_path)
+    for name in ("load_ground_truth", "match_detections", "bootstrap_metric_draws", "bootstrap_ranking",
+                 "evaluate_luna16", "_read_findings", "_load_run"):
+        monkeypatch.setattr(f"shared.metrics.evaluation.{name}", _no_work)
+    (tmp_path / "a_file").write_text("not a folder")
+    out = tmp_path / "a_file" / "out"
+    run = {"detections": lambda: evaluate_detections(predictions, datalist, out),
+           "luna16": lambda: evaluate_luna16_files(candidates, annotations, out),
+           "compare": lambda: compare_runs([tmp_path / "run", tmp_path / "run"], out, names="a,b")}[command]
+    with pytest.raises(InputError, match=r"out: output folder cannot be created \(.*a_file is a file"):
+        run()
+
+
+def test_an_immutable_output_folder_is_refused(evaluation_files, tmp_path, rng):
+    from tests.tools._unwritable import unwritable_folder
+
+    predictions, datalist = evaluation_files(tmp_path, rng)
+    with unwritable_folder(tmp_path / "locked") as locked:
+        with pytest.raises(InputError, match="locked: output folder is not writable"):
+            evaluate_detections(predictions, datalist, locked, bootstrap=10)
+
+
+def test_images_without_predictions_are_counted(evaluation_files, tmp_path, rng):
+    predictions, datalist = evaluation_files(tmp_path, rng)  # image 0 has no entry
+    content = json.loads(predictions.read_text())
+    content[0].update(box=[], label=[], label_scores=[])  # image 1: an entry without boxes
+    predictions.write_text(json.dumps(content))
+    written = evaluate_detections(predictions, datalist, tmp_path / "out", bootstrap=0)
+    assert written["count/images_without_predictions"] == 2
+    assert written["count/images_without_prediction_entry"] == 1
+    assert "images without any prediction: 2" in (tmp_path / "out" / "report.md").read_text()
