@@ -60,6 +60,10 @@ def read_annotations(path: str | os.PathLike) -> dict[str, list[tuple[float, flo
     rows = _read_csv(path, ANNOTATION_COLUMNS)
     nodules: dict[str, list] = {}
     for line, row in rows:
+        missing = [key for key in ANNOTATION_COLUMNS if not (row.get(key) or "").strip()]
+        if missing:  # a short row gives None (csv.DictReader), an empty cell ""
+            raise InputError(path, f"line {line}: no {', '.join(missing)}; every row needs "
+                                   f"{','.join(ANNOTATION_COLUMNS)}")
         try:
             values = tuple(float(row[key]) for key in ANNOTATION_COLUMNS[1:])
         except ValueError as error:
@@ -78,23 +82,41 @@ def export_luna16_candidates(predictions_json: str | os.PathLike, out_csv: str |
     from shared.io.images import dicom_series_uid
 
     try:
-        predictions = json.loads(Path(predictions_json).read_text())
-    except (OSError, json.JSONDecodeError) as error:
+        predictions = json.loads(Path(predictions_json).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise InputError(predictions_json, f"not a readable predictions JSON ({error})") from error
     if isinstance(predictions, dict):
         predictions = [entry for value in predictions.values() if isinstance(value, list) for entry in value]
+    if not isinstance(predictions, list):
+        raise InputError(predictions_json, "expected a list of {'image', 'box', 'label_scores'} entries")
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(CANDIDATE_COLUMNS)
     for index, entry in enumerate(predictions):
+        if not isinstance(entry, dict):
+            raise InputError(predictions_json, f"entry {index} must be an object with 'image', 'box', 'label_scores'")
         boxes, scores = entry.get("box", []), entry.get("label_scores", [])
-        if "image" not in entry or len(boxes) != len(scores):
+        if "image" not in entry or not isinstance(boxes, list) or not isinstance(scores, list) \
+                or len(boxes) != len(scores):
             raise InputError(predictions_json, f"entry {index} needs 'image' and one 'label_scores' per 'box'")
         first = entry["image"] if isinstance(entry["image"], str) else entry["image"][0]
         uid = dicom_series_uid(first) or case_id(entry["image"])
         for box, score in zip(boxes, scores):
-            writer.writerow([uid, *(f"{float(v):.4f}" for v in box[:3]), f"{float(score):.6f}"])
+            writer.writerow(_candidate_row(uid, box, score, predictions_json, f"entry {index} (image {first})"))
     return write_text(out_csv, out.getvalue())
+
+
+def _candidate_row(uid: str, box: Any, score: Any, path: str | os.PathLike, where: str) -> list[str]:
+    """One candidates CSV row, the box centre and the score, each checked to be numbers."""
+    def number(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    if not isinstance(box, list) or len(box) != 6 or not all(number(v) for v in box):
+        raise InputError(path, f"{where}: box {box!r} is not [cx, cy, cz, w, h, d] (six numbers)")
+    score = score[0] if isinstance(score, list) and len(score) == 1 else score
+    if not number(score):
+        raise InputError(path, f"{where}: score {score!r} is not a number")
+    return [uid, *(f"{float(v):.4f}" for v in box[:3]), f"{float(score):.6f}"]
 
 
 def _read_csv(path: str | os.PathLike, columns: tuple[str, ...]) -> list[tuple[int, dict[str, str]]]:

@@ -7,7 +7,7 @@ from shared.boxes.convention import boxes_world_to_voxel, points_voxel_to_world
 from shared.io.datalist import read_datalist
 from shared.io.errors import InputError
 from shared.io.images import load_volume
-from shared.io.luna16 import export_luna16_candidates, import_luna16
+from shared.io.luna16 import export_luna16_candidates, import_luna16, read_annotations
 
 UID = "1.3.6.1.4.1.14519.5.2.1.6279.6001.105756658031515062000744821260"
 
@@ -87,4 +87,22 @@ def test_bad_inputs(tmp_path):
     (tmp_path / "p.json").write_text('[{"image": "a", "box": [[0,0,0,1,1,1]], "label_scores": []}]')
     with pytest.raises(InputError, match="entry 0"):
         export_luna16_candidates(tmp_path / "p.json", tmp_path / "c.csv")
+    assert not (tmp_path / "d.json").exists() and not (tmp_path / "c.csv").exists()
+
+
+def test_rows_and_entries_that_cannot_be_read_name_the_file_and_the_row(tmp_path):
+    (tmp_path / "a.csv").write_text("seriesuid,coordX,coordY,coordZ,diameter_mm\n1,2,3,4,5\n1,2,3,4\n")
+    with pytest.raises(InputError, match=r"a.csv: line 3: no diameter_mm"):
+        read_annotations(tmp_path / "a.csv")
+    (tmp_path / "bin.json").write_bytes(bytes(range(128, 256)))
+    with pytest.raises(InputError, match=r"bin.json: not a readable predictions JSON"):
+        export_luna16_candidates(tmp_path / "bin.json", tmp_path / "c.csv")
+    for entry, message in [("text", "entry 0 must be an object"),
+                           ({"image": "a", "box": [[0, 0, 0, 1, 1, 1]], "label_scores": ["high"]},
+                            r"entry 0 \(image a\): score 'high' is not a number"),
+                           ({"image": "a", "box": [[0, 0]], "label_scores": [0.5]},
+                            r"entry 0 \(image a\): box \[0, 0\] is not \[cx, cy, cz, w, h, d\]")]:
+        (tmp_path / "p.json").write_text(json.dumps([entry]))
+        with pytest.raises(InputError, match=message):
+            export_luna16_candidates(tmp_path / "p.json", tmp_path / "c.csv")
     assert not (tmp_path / "d.json").exists() and not (tmp_path / "c.csv").exists()
