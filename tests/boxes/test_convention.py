@@ -120,6 +120,12 @@ def _xyzxyz(cccwhd: np.ndarray) -> np.ndarray:
     return np.concatenate([cccwhd[:, :3] - cccwhd[:, 3:] / 2, cccwhd[:, :3] + cccwhd[:, 3:] / 2], axis=1)
 
 
+def _world_box_of(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """(1, 6) cccwhd world box of a mask's object as a perfect annotator draws it: the hull of its voxels."""
+    corners = _to_world(_voxel_corners(np.argwhere(mask).astype(np.float64)), affine)
+    return np.concatenate([(corners.min(0) + corners.max(0)) / 2, corners.max(0) - corners.min(0)])[None]
+
+
 def _world_cube_object(affine: np.ndarray, shape=(20, 20, 20), half_side_mm: float = 3.0) -> np.ndarray:
     """Instance map of the voxels whose centres lie in a world-axis-aligned cube at the image centre."""
     indices = np.argwhere(np.ones(shape, dtype=bool)).astype(np.float64)
@@ -131,11 +137,9 @@ def _world_cube_object(affine: np.ndarray, shape=(20, 20, 20), half_side_mm: flo
 @pytest.mark.parametrize("affine", OBLIQUE.values(), ids=OBLIQUE.keys())
 def test_world_box_of_an_object_becomes_a_voxel_box_containing_its_voxels(affine):
     mask = _world_cube_object(affine)
+    assert mask.sum() >= 27  # an object of a few voxels per axis
     truth, _ = boxes_from_instance_mask(mask)
-    # the object's world box, as a perfect annotator draws it: the hull of its voxels (each index +- 0.5)
-    corners = _to_world(_voxel_corners(np.argwhere(mask).astype(np.float64)), affine)
-    world = np.concatenate([(corners.min(0) + corners.max(0)) / 2, corners.max(0) - corners.min(0)])[None]
-    voxel = boxes_world_to_voxel(world, affine)
+    voxel = boxes_world_to_voxel(_world_box_of(mask, affine), affine)
     assert voxel.dtype == np.float32
     assert np.all(voxel[0, :3] <= truth[0, :3] + 1e-4), (voxel, truth)
     assert np.all(voxel[0, 3:] >= truth[0, 3:] - 1e-4), (voxel, truth)
@@ -174,18 +178,19 @@ def test_five_voxel_object_at_30_degrees_keeps_its_height():
     affine = _affine(_rotation([0, 0, 1], 30))
     mask = np.zeros((14, 14, 14), dtype=np.int16)
     mask[4:9, 4:9, 4:9] = 1
-    corners = _to_world(_voxel_corners(np.argwhere(mask).astype(np.float64)), affine)
-    world = np.concatenate([(corners.min(0) + corners.max(0)) / 2, corners.max(0) - corners.min(0)])[None]
+    world = _world_box_of(mask, affine)
     side = 5 * (np.cos(np.pi / 6) + np.sin(np.pi / 6))  # the world box: 6.83 mm in x and y
     np.testing.assert_allclose(world[0, 3:], [side, side, 5], rtol=1e-12)
     voxel = boxes_world_to_voxel(world, affine)[0].astype(np.float64)
     grown = side * (np.cos(np.pi / 6) + np.sin(np.pi / 6))  # 9.33 voxels, centred on the object
-    np.testing.assert_allclose(voxel, [6.5 - grown / 2, 6.5 - grown / 2, 4, 6.5 + grown / 2, 6.5 + grown / 2, 9], atol=1e-5)
+    low, high = 6.5 - grown / 2, 6.5 + grown / 2
+    np.testing.assert_allclose(voxel, [low, low, 4, high, high, 9], atol=1e-5)
 
 
 def test_sheared_box_by_hand():
     # x = i - 0.5 j: a 4 x 6 x 2 voxel box spans 4 + 0.5 * 6 = 7 mm in x (two corners gave 1 mm)
-    world = boxes_voxel_to_world(np.array([[0, 0, 0, 4, 6, 2]]), _affine(np.array([[1, -0.5, 0], [0, 1, 0], [0, 0, 1]])))
+    shear = _affine(np.array([[1, -0.5, 0], [0, 1, 0], [0, 0, 1]]))
+    world = boxes_voxel_to_world(np.array([[0, 0, 0, 4, 6, 2]]), shear)
     np.testing.assert_allclose(world[0, 3:], [7, 6, 2], rtol=1e-12)
 
 
