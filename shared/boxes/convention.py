@@ -12,8 +12,9 @@ the world frame flips the signs of x and y.
 
 World coordinates locate voxel *centres* (the affine maps index ``i`` to the centre of voxel ``i``),
 while index-space box edges sit on voxel borders; the half-voxel shift between the two is applied here
-and nowhere else. We compute in float64: MONAI's ``apply_affine_to_boxes`` computes in float32, which
-puts visible rounding (0.69999695 mm) into world coordinates of a few hundred millimetres.
+and nowhere else. We compute in float64 throughout: MONAI's ``apply_affine_to_boxes`` computes in float32,
+which puts visible rounding (0.69999695 mm) into world coordinates of a few hundred millimetres, and its
+``convert_box_mode`` rounds half-sizes to float32 on the way from ``cccwhd`` to corners.
 
 Oblique and sheared scans: scans are never reoriented (preprocessing resamples along the scan's own
 axes), so a box in memory is axis-aligned in the scan's voxel grid and a box in a file is axis-aligned
@@ -34,7 +35,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from monai.data.box_utils import CenterSizeMode, StandardMode, convert_box_mode
+from monai.data.box_utils import CenterSizeMode, StandardMode
+
+from shared.boxes.ops import cccwhd_to_xyzxyz, xyzxyz_to_cccwhd
 
 BOX_MODE = StandardMode
 FILE_BOX_MODE = CenterSizeMode
@@ -118,7 +121,7 @@ def boxes_voxel_to_world(boxes: np.ndarray | torch.Tensor, affine_ras: np.ndarra
         return np.zeros((0, 6))
     centred = boxes - 0.5  # border at index edge → coordinate in the voxel-centre frame
     world = _transform_corners(centred, world_affine(affine_ras))
-    return np.asarray(convert_box_mode(world, src_mode=BOX_MODE, dst_mode=FILE_BOX_MODE), dtype=np.float64)
+    return xyzxyz_to_cccwhd(world)
 
 
 def boxes_world_to_voxel(boxes: np.ndarray | list, affine_ras: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -138,8 +141,7 @@ def boxes_world_to_voxel(boxes: np.ndarray | list, affine_ras: np.ndarray | torc
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 6)
     if not len(boxes):
         return empty_boxes()
-    corners = np.asarray(convert_box_mode(boxes, src_mode=FILE_BOX_MODE, dst_mode=BOX_MODE), dtype=np.float64)
-    voxel = _transform_corners(corners, np.linalg.inv(world_affine(affine_ras)))
+    voxel = _transform_corners(cccwhd_to_xyzxyz(boxes), np.linalg.inv(world_affine(affine_ras)))
     return (voxel + 0.5).astype(np.float32)
 
 

@@ -230,3 +230,10 @@ def test_is_axis_aligned():
     for name, affine in OBLIQUE.items():
         assert not is_axis_aligned(affine), name
     assert not is_axis_aligned(_affine(_rotation([0, 0, 1], 0.5)))
+
+
+def test_world_to_voxel_keeps_float64_until_the_end():
+    # MONAI's convert_box_mode rounds half-sizes to float32: 100.15 mm became 100.1500015, which put this
+    # edge 1.5e-6 voxel off, 50 float32 steps at 0.35
+    voxel = boxes_world_to_voxel(np.array([[0.0, 0.0, 100.0, 1.0, 1.0, 200.3]]), np.eye(4))
+    assert voxel[0, 2] == np.float32(0.5 + (100.0 - 200.3 / 2))
