@@ -6,13 +6,19 @@ and budget) → inference and evaluation on the test split → a report comparin
 
 Each stage runs the project's bundles the way a user would (``python -m monai.bundle run ...`` in a
 subprocess), shows its progress, writes under ``--out`` and marks itself done in
-``--out/stages/<stage>.json``; a done stage is skipped unless ``--force True``.
+``--out/stages/<stage>.json``; a done stage is skipped unless ``--force True``. A stage that was
+interrupted resumes where it stopped when run again (training from its last checkpoint). ``--force
+True`` starts a stage again from nothing: the training stages (pretrain, finetune) train into a fresh
+folder beside their outputs (``.pretrain.fresh``, ``.finetune.fresh``) and replace the old outputs only
+once complete. The stages after a forced one are not re-run by themselves: list them too.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 import subprocess
 import sys
 import time
@@ -30,6 +36,9 @@ VARIANTS = ("scratch", "mae")
 BUNDLES = Path(__file__).resolve().parents[1] / "bundles"
 
 logger = logging.getLogger("pipeline")
+
+#: stages that write one folder of --out and are forced into a fresh one, swapped in when complete
+STAGE_FOLDERS = {"pretrain": "pretrain", "finetune": "finetune"}
 
 #: the quick profiles shrunk further so the whole job fits in about 15 minutes on 2 CPU cores; a real
 #: comparison needs the bundles' own quick (or paper) settings: pass overrides to get them
@@ -52,7 +61,8 @@ def main(out: str = "runs/quickstart", stages: Sequence[str] = STAGES, force: bo
     Args:
         out: output folder; every stage writes below it.
         stages: which stages to run (default all): data, pretrain, finetune, evaluate, report.
-        force: re-run stages already done.
+        force: run the stages again from nothing, even those done (training stages replace their old
+            outputs only once the new ones are complete).
         seed: data, pre-training and fine-tuning seed (the two fine-tunings share it).
         task: embedded data set, ``lung_ct`` (default) or ``brain_mri`` (two MRI channels, one class).
         num_training: labelled training scans (default: the quick preset's); the label budget.
@@ -69,6 +79,7 @@ def main(out: str = "runs/quickstart", stages: Sequence[str] = STAGES, force: bo
     if task not in TASKS:
         raise InputError(None, f"unknown task {task!r}; tasks are {list(TASKS)}")
     root = check_writable_folder(Path(out).resolve(), what="--out")
+    _recover_stage_folders(root)
     pretrain_task, finetune_task = TASKS[task]
     settings = dict(seed=seed, task=task, num_training=num_training, bootstrap=bootstrap,
                     data_overrides=data_overrides or {},
@@ -83,11 +94,51 @@ def main(out: str = "runs/quickstart", stages: Sequence[str] = STAGES, force: bo
             continue
         logger.info("stage %s: starting", stage)
         start = time.perf_counter()
-        STAGE_FUNCTIONS[stage](root, **settings)
+        run_stage(stage, root, fresh=force, **settings)
         write_json(marker, {"stage": stage, "seconds": round(time.perf_counter() - start, 1), "settings": settings})
         logger.info("stage %s: done in %.0f s", stage, time.perf_counter() - start)
     report = root / "report" / "report.md"
     print(f"\nreport: {report}" if report.exists() else f"\noutputs: {root}")
+
+
+def run_stage(stage: str, root: Path, *, fresh: bool, **settings) -> None:
+    """Run one stage; ``fresh``: from nothing, into a new folder that replaces the old one once complete.
+
+    Without ``fresh`` a stage writes in place, so a training stage killed part-way resumes from its
+    last checkpoint (a finished one says so and does nothing).
+    """
+    name = STAGE_FOLDERS.get(stage)
+    if name is None or not fresh:
+        STAGE_FUNCTIONS[stage](root, **settings)
+        return
+    staging = root / f".{name}.fresh"
+    shutil.rmtree(staging, ignore_errors=True)  # a forced run killed earlier: "from nothing" again
+    STAGE_FUNCTIONS[stage](root, out_dir=staging, **settings)
+    _replace_folder(staging, root / name)
+    logger.info("stage %s: new outputs in %s", stage, root / name)
+
+
+def _replace_folder(new: Path, target: Path) -> None:
+    """Move ``new`` to ``target``; the old ``target`` is set aside first and deleted last (a kill in
+    between is repaired by :func:`_recover_stage_folders`)."""
+    old = target.with_name(f".{target.name}.replaced")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        os.replace(target, old)
+    os.replace(new, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _recover_stage_folders(root: Path) -> None:
+    """Undo what a pipeline killed during a forced stage left: an unfinished fresh folder is deleted,
+    old outputs set aside but not yet replaced are put back."""
+    for name in STAGE_FOLDERS.values():
+        target, old = root / name, root / f".{name}.replaced"
+        if old.exists() and not target.exists():
+            os.replace(old, target)
+            logger.info("%s: restored the outputs a killed forced run had set aside", target)
+        shutil.rmtree(old, ignore_errors=True)
+        shutil.rmtree(root / f".{name}.fresh", ignore_errors=True)
 
 
 def make_data(root: Path, *, seed: int, task: str, num_training: int | None, data_overrides: dict, **_) -> None:
@@ -99,16 +150,17 @@ def make_data(root: Path, *, seed: int, task: str, num_training: int | None, dat
     make_dataset(task, root / "data", **settings)
 
 
-def pretrain(root: Path, *, seed: int, pretrain_overrides: dict, **_) -> None:
+def pretrain(root: Path, *, seed: int, pretrain_overrides: dict, out_dir: Path | None = None, **_) -> None:
     run_bundle(PRETRAIN_BUNDLE, ["train.json", "quick.json"], dataset_dir=root / "data",
-               output_dir=root / "pretrain", seed=seed, **pretrain_overrides)
+               output_dir=out_dir or root / "pretrain", seed=seed, **pretrain_overrides)
 
 
-def finetune(root: Path, *, seed: int, finetune_overrides: dict, **_) -> None:
+def finetune(root: Path, *, seed: int, finetune_overrides: dict, out_dir: Path | None = None, **_) -> None:
     for variant in VARIANTS:
         encoder = str(root / "pretrain" / "encoder.json") if variant == "mae" else None
         run_bundle(DETECTOR_BUNDLE, ["train.json", "quick.json"], dataset_dir=root / "data",
-                   output_dir=root / "finetune" / variant, pretrained_encoder=encoder, seed=seed, **finetune_overrides)
+                   output_dir=(out_dir or root / "finetune") / variant, pretrained_encoder=encoder, seed=seed,
+                   **finetune_overrides)
 
 
 def evaluate(root: Path, *, finetune_overrides: dict, bootstrap: int, **_) -> None:

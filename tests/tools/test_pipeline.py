@@ -48,3 +48,75 @@ def test_brain_task_passes_its_channels_and_classes_to_the_bundles(tmp_path, mon
     assert all(call[1]["in_channels"] == 2 for call in finetunes)
     with pytest.raises(InputError, match="unknown task"):
         main(str(tmp_path / "other"), task="liver_ct")
+
+
+def fake_training(calls, fail_on=None):
+    """A stand-in for the bundles: notes where it trains and what it found there, writes a model."""
+    from pathlib import Path
+
+    def run_bundle(bundle, configs, **overrides):
+        output = Path(overrides["output_dir"])
+        calls.append((output, sorted(path.name for path in output.rglob("*")) if output.exists() else []))
+        if fail_on and output.name == fail_on:
+            raise SystemExit(1)
+        output.mkdir(parents=True, exist_ok=True)
+        (output / "model.pt").write_text(f"call {len(calls)}")
+    return run_bundle
+
+
+def test_force_trains_a_stage_from_nothing_and_replaces_its_outputs_once_complete(tmp_path, monkeypatch):
+    import tools.pipeline as pipeline
+
+    out = tmp_path / "run"
+    calls = []
+    monkeypatch.setattr(pipeline, "run_bundle", fake_training(calls))
+    main(str(out), stages=["finetune"])
+    (out / "finetune" / "mae" / "checkpoints").mkdir()
+    (out / "finetune" / "mae" / "checkpoints" / "last_checkpoint_6.pt").write_text("a finished run's")
+    old_models = {variant: (out / "finetune" / variant / "model.pt").read_text() for variant in ("scratch", "mae")}
+
+    calls.clear()
+
+    def check_old_outputs_stay(bundle, configs, **overrides):
+        assert {variant: (out / "finetune" / variant / "model.pt").read_text() for variant in old_models} == old_models
+        fake(bundle, configs, **overrides)
+
+    fake = fake_training(calls)
+    monkeypatch.setattr(pipeline, "run_bundle", check_old_outputs_stay)
+    main(str(out), stages=["finetune"], force=True)
+    assert [(output.parent.name, found) for output, found in calls] == [(".finetune.fresh", [])] * 2
+    assert (out / "finetune" / "scratch" / "model.pt").read_text() == "call 1"
+    assert (out / "finetune" / "mae" / "model.pt").read_text() == "call 2"
+    assert not (out / "finetune" / "mae" / "checkpoints").exists()
+    assert sorted(path.name for path in out.iterdir()) == ["finetune", "stages"]
+
+
+def test_a_forced_stage_that_fails_leaves_the_old_outputs(tmp_path, monkeypatch):
+    import pytest
+
+    import tools.pipeline as pipeline
+
+    out = tmp_path / "run"
+    calls = []
+    monkeypatch.setattr(pipeline, "run_bundle", fake_training(calls))
+    main(str(out), stages=["finetune"])
+    marker = (out / "stages" / "finetune.json").read_text()
+    monkeypatch.setattr(pipeline, "run_bundle", fake_training(calls, fail_on="mae"))
+    with pytest.raises(SystemExit):
+        main(str(out), stages=["finetune"], force=True)
+    assert (out / "finetune" / "scratch" / "model.pt").read_text() == "call 1"
+    assert (out / "finetune" / "mae" / "model.pt").read_text() == "call 2"
+    assert (out / "stages" / "finetune.json").read_text() == marker
+
+    main(str(out), stages=["finetune"])  # done before: skipped; the unfinished fresh folder is removed
+    assert len(calls) == 4 and sorted(path.name for path in out.iterdir()) == ["finetune", "stages"]
+
+
+def test_outputs_set_aside_by_a_killed_swap_are_put_back(tmp_path):
+    out = tmp_path / "run"
+    (out / ".finetune.replaced" / "mae").mkdir(parents=True)
+    (out / ".finetune.replaced" / "mae" / "model.pt").write_text("old")
+    (out / ".finetune.fresh" / "mae").mkdir(parents=True)
+    main(str(out), stages=[])
+    assert (out / "finetune" / "mae" / "model.pt").read_text() == "old"
+    assert sorted(path.name for path in out.iterdir()) == ["finetune"]
