@@ -11,6 +11,7 @@ folder), so an unwritable ``out`` fails in a second rather than after the matchi
 from __future__ import annotations
 
 import csv
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import numpy as np
 from shared.io.atomic import atomic_path, write_json, write_text
 from shared.io.errors import InputError
 from shared.io.writable import check_writable_folder
+from shared.metrics import options
 from shared.metrics.bootstrap import bootstrap_metric_draws, bootstrap_ranking, bootstrap_weights, confidence_intervals
 from shared.metrics.detection_metrics import (
     IOU_RANGE,
@@ -39,17 +41,6 @@ from shared.metrics.report import detection_report, json_ready, luna16_report, r
 __all__ = ["evaluate_detections", "evaluate_luna16_files", "compare_runs", "RECORD_FILE"]
 
 RECORD_FILE = "per_image.npz"
-
-
-def _as_list(value, kind: type) -> list | None:
-    """Fire gives a scalar, a string with commas, a tuple or a list; return a list of ``kind``."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = [part.strip() for part in value.strip("[]()").split(",") if part.strip()]
-    elif not isinstance(value, (list, tuple)):
-        value = [value]
-    return [kind(item) for item in value]
 
 
 def _check_output_folder(out: str | Path) -> None:
@@ -102,9 +93,13 @@ def evaluate_detections(
         ``count/<what>`` counts.
     """
     _check_output_folder(out)
-    iou_list = _as_list(iou_thresholds, float)
-    iou_range = tuple(_as_list(iou_range, float))
-    truth = load_ground_truth(datalist, split, data_root=data_root, class_names=_as_list(class_names, str))
+    iou_list = options.iou_thresholds(iou_thresholds, "iou_thresholds")
+    iou_range = options.iou_range(iou_range)
+    froc_iou = options.iou_threshold(froc_iou, "froc_iou")
+    max_detections = options.count(max_detections, "max_detections", 1)
+    bootstrap = options.count(bootstrap, "bootstrap", 0)
+    truth = load_ground_truth(datalist, split, data_root=data_root,
+                              class_names=options.as_list(class_names, str, "class_names"))
     found = load_predictions(predictions, truth, data_root=data_root)
     names = truth.class_names
     record = match_detections(
@@ -233,6 +228,7 @@ def evaluate_luna16_files(
         the metrics written to ``metrics.json``.
     """
     _check_output_folder(out)
+    max_marks = options.count(max_marks, "max_marks", 1)
     marks = _read_findings(candidates, "probability")
     nodules = _read_findings(annotations, "diameter_mm")
     irrelevant = _read_findings(excluded, "diameter_mm") if excluded else FindingTable.empty()
@@ -254,8 +250,13 @@ def _load_run(folder: str | Path) -> tuple[MatchRecord, list[str], list[str]]:
     path = Path(folder) / RECORD_FILE
     if not path.is_file():
         raise EvaluationInputError(f"{path}: not found; evaluate the run with evaluate_detections (`python -m tools.evaluate detections`) first.")
-    record, extra = MatchRecord.load(path)
-    return record, [str(i) for i in extra["image_ids"]], [str(n) for n in extra["class_names"]]
+    try:
+        record, extra = MatchRecord.load(path)
+        image_ids, class_names = extra["image_ids"], extra["class_names"]
+    except (OSError, EOFError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as error:  # not our npz
+        raise EvaluationInputError(f"{path}: not a record written by evaluate_detections ({error}); evaluate "
+                                   "the run again.") from error
+    return record, [str(i) for i in image_ids], [str(n) for n in class_names]
 
 
 def compare_runs(
@@ -281,8 +282,9 @@ def compare_runs(
         the content written to ``metrics.json``.
     """
     _check_output_folder(out)
-    runs = _as_list(runs, str)
-    model_names = _as_list(names, str) or [Path(run).name for run in runs]
+    runs = options.as_list(runs, str, "runs")
+    model_names = options.as_list(names, str, "names") or [Path(run).name for run in runs]
+    draws = options.count(draws, "draws", 1)
     if len(model_names) != len(runs):
         raise EvaluationInputError(f"{len(model_names)} names for {len(runs)} runs.")
     loaded = [_load_run(run) for run in runs]

@@ -160,3 +160,33 @@ def test_images_without_predictions_are_counted(evaluation_files, tmp_path, rng)
     assert written["count/images_without_predictions"] == 2
     assert written["count/images_without_prediction_entry"] == 1
     assert "images without any prediction: 2" in (tmp_path / "out" / "report.md").read_text()
+
+
+@pytest.mark.parametrize(("option", "value", "message"), [
+    ("iou_thresholds", "0.1,abc", r"iou_thresholds: 'abc' is not a number"),
+    ("iou_thresholds", (0.1, 1.5), r"iou_thresholds: 1.5 is not an IoU threshold in \(0, 1\]"),
+    ("iou_range", (0.1, 0.5), r"iou_range: needs start,stop,step \(3 numbers\), got 2"),
+    ("iou_range", (0.5, 0.1, 0.05), r"iou_range: needs 0 < start <= stop <= 1 and step > 0"),
+    ("froc_iou", "x", r"froc_iou: 'x' is not a number"),
+    ("froc_iou", 0.0, r"froc_iou: 0.0 is not an IoU threshold in \(0, 1\]"),
+    ("max_detections", 0, r"max_detections: must be a whole number of at least 1, got 0"),
+    ("bootstrap", -1, r"bootstrap: must be a whole number of at least 0, got -1"),
+])
+def test_bad_options_are_one_clear_error(evaluation_files, tmp_path, rng, option, value, message):
+    predictions, datalist = evaluation_files(tmp_path, rng)
+    with pytest.raises(EvaluationInputError, match=message):
+        evaluate_detections(predictions, datalist, tmp_path / "out", **{option: value})
+    assert not (tmp_path / "out").exists()
+
+
+def test_compare_and_luna16_options_and_a_damaged_record(evaluation_files, tmp_path, rng):
+    predictions, datalist = evaluation_files(tmp_path, rng)
+    evaluate_detections(predictions, datalist, tmp_path / "run", bootstrap=0)
+    with pytest.raises(EvaluationInputError, match=r"draws: must be a whole number of at least 1, got 0"):
+        compare_runs([tmp_path / "run", tmp_path / "run"], tmp_path / "cmp", names="a,b", draws=0)
+    candidates, annotations = _luna16_files(tmp_path)
+    with pytest.raises(EvaluationInputError, match=r"max_marks: must be a whole number of at least 1"):
+        evaluate_luna16_files(candidates, annotations, tmp_path / "l16", max_marks=0)
+    (tmp_path / "run" / "per_image.npz").write_bytes(b"not a zip")
+    with pytest.raises(EvaluationInputError, match=r"per_image.npz: not a record written by evaluate_detections"):
+        compare_runs([tmp_path / "run", tmp_path / "run"], tmp_path / "cmp", names="a,b", draws=5)
