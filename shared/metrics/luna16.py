@@ -11,7 +11,9 @@ The definition is the one of the LUNA16 challenge's evaluation script (``noduleC
 - candidates that hit an excluded finding (and no included nodule) are ignored too;
 - every other candidate is a false positive;
 - the FROC curve has one point per distinct probability (tied probabilities form one step), starting at
-  (0, 0); a missed nodule lowers the sensitivity everywhere;
+  (0, 0); a missed nodule lowers the sensitivity everywhere; its x values are the script's
+  ``fpr * false positives / scans`` (:func:`shared.metrics.curves.scaled_fraction`), which can lie one
+  float step right of the exact rate, so a vertical step at exactly 8 is read at its bottom, as there;
 - the curve is interpolated linearly onto the script's grid of 10,001 false-positive rates from 1/8 to 8
   and read at grid index ``floor((x - 1/8) * 10000 / (8 - 1/8))`` for x in 1/8, 1/4, ..., 8; the CPM is
   the mean of these seven sensitivities.
