@@ -40,6 +40,7 @@ class GroundTruthSet:
         labels: class per box. Shape ``(M_i,)``.
         class_names: one name per class.
         lookup: every accepted spelling of an image -> its index.
+        class_names_origin: where ``class_names`` came from, for messages about labels beyond them.
     """
 
     image_ids: list[str]
@@ -47,6 +48,7 @@ class GroundTruthSet:
     labels: list[np.ndarray]
     class_names: list[str]
     lookup: dict[str, int]
+    class_names_origin: str = "class_names"
 
 
 @dataclasses.dataclass
@@ -131,17 +133,26 @@ def _box_problem(value: Any, where: str) -> str:
     return f"{where} must be a list of [cx, cy, cz, w, h, d] boxes."
 
 
+# Where class names come from -> what to do when a label lies beyond them.
+_REMEDIES = {
+    "class_names": "give class_names (--class_names) naming every class.",
+    "the datalist's 'classes'": "add the missing classes to the datalist's 'classes' (or give --class_names).",
+    "the class names made from the datalist's largest label": "give --class_names naming every class, or a "
+    "'classes' list in the datalist.",
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class _ClassNames:
     """The class names labels are checked against, and where they came from (for messages)."""
 
     names: list[str] | None
-    origin: str  # "class_names" or "the datalist's 'classes'"
+    origin: str  # one of _REMEDIES
 
     def unknown_index(self, label: int) -> str:
         count = len(self.names)
         return (f"class {label} is unknown: {self.origin} {self.names} name {count} class"
-                f"{'es' if count != 1 else ''} (indices 0..{count - 1}); name every class there.")
+                f"{'es' if count != 1 else ''} (indices 0..{count - 1}); {_REMEDIES[self.origin]}")
 
     def unknown_name(self, label: str) -> str:
         if self.names is None:
@@ -228,8 +239,10 @@ def load_ground_truth(
         lookup[image] = lookup[_absolute(image, root)] = position
     _warn_zero_size(path, boxes, "ground-truth boxes")
     largest = max((int(label.max()) for label in labels if label.size), default=0)
-    names = classes.names if classes.names is not None else [f"class_{index}" for index in range(largest + 1)]
-    return GroundTruthSet(image_ids, boxes, labels, names, lookup)
+    if classes.names is None:
+        classes = _ClassNames([f"class_{index}" for index in range(largest + 1)],
+                              "the class names made from the datalist's largest label")
+    return GroundTruthSet(image_ids, boxes, labels, classes.names, lookup, classes.origin)
 
 
 def _warn_zero_size(path, boxes: list[np.ndarray], what: str) -> None:
@@ -281,7 +294,7 @@ def load_predictions(
     labels = [np.zeros(0, np.int64) for _ in range(count)]
     scores = [np.zeros(0) for _ in range(count)]
     seen = np.zeros(count, dtype=bool)
-    classes = _ClassNames(list(ground_truth.class_names), "the evaluated class names")
+    classes = _ClassNames(list(ground_truth.class_names), ground_truth.class_names_origin)
     for position, entry in enumerate(_prediction_entries(read_json(path), path)):
         image = _image_id(entry, path, position)
         index = ground_truth.lookup.get(image)

@@ -45,6 +45,13 @@ def test_class_names_default_to_the_datalists_classes(datalist, tmp_path):
     assert "give class_names naming every class" not in str(raised.value)
     with pytest.raises(EvaluationInputError, match=r"class_names \['benign'\] name 1 class"):
         load_ground_truth(datalist, "test", class_names=["benign"])
+    # a prediction's label is checked against the same names, with the same pointer to where they came from
+    beyond = [{"image": "scans/a.nii.gz", "box": [[1, 1, 1, 2, 2, 2]], "label": [2], "label_scores": [0.5]}]
+    with pytest.raises(EvaluationInputError, match=r"class 2 is unknown: the datalist's 'classes' \['benign', "
+                                                   r"'malignant'\] name 2 classes .*add the missing classes"):
+        load_predictions(_write(tmp_path, beyond), load_ground_truth(named, "test"))
+    with pytest.raises(EvaluationInputError, match=r"made from the datalist's largest label \['class_0', 'class_1'\]"):
+        load_predictions(_write(tmp_path, beyond), load_ground_truth(datalist, "test"))
 
 
 def test_predictions_match_by_written_or_absolute_path_and_wrapped_dicts(datalist, tmp_path):
