@@ -155,7 +155,7 @@ def _write_detection_outputs(
 def _csv_rows(path: str | Path) -> list[list[str]]:
     """Every row of a CSV file, with one clear error for a missing, folder, binary or unreadable file."""
     try:
-        with open(path, newline="", encoding="utf-8") as handle:
+        with open(path, newline="", encoding="utf-8-sig") as handle:  # -sig: spreadsheet exports start with a BOM
             return list(csv.reader(handle))
     except FileNotFoundError as error:
         raise EvaluationInputError(f"{path}: file not found.") from error

@@ -190,3 +190,9 @@ def test_compare_and_luna16_options_and_a_damaged_record(evaluation_files, tmp_p
     (tmp_path / "run" / "per_image.npz").write_bytes(b"not a zip")
     with pytest.raises(EvaluationInputError, match=r"per_image.npz: not a record written by evaluate_detections"):
         compare_runs([tmp_path / "run", tmp_path / "run"], tmp_path / "cmp", names="a,b", draws=5)
+
+
+def test_luna16_csvs_saved_by_a_spreadsheet_with_a_byte_order_mark_are_read(tmp_path):
+    candidates, annotations = _luna16_files(tmp_path)
+    annotations.write_bytes(b"\xef\xbb\xbf" + annotations.read_bytes())
+    assert evaluate_luna16_files(candidates, annotations, tmp_path / "out")["CPM"] == 1.0
