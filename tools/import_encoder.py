@@ -1,4 +1,5 @@
-"""Convert a released encoder checkpoint (nnssl, MultiTalent) into our ``encoder.pt`` + ``encoder.json``.
+"""Convert a released encoder checkpoint (nnssl, MultiTalent) into our ``encoder.pt`` + ``encoder.json``;
+copy our own format after checking its weights against the architecture its manifest declares.
 
     python -m tools.import_encoder --checkpoint C.pth --out DIR [--stem ID] [--modality CT] [--spacing "[1,1,1]"]
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from shared.checkpoints.manifest import load_pretrained, save_pretrained
+from shared.checkpoints.transfer import check_weights_fit_architecture
 from tools._cli import check_writable_folder, run_cli
 
 
@@ -32,6 +34,10 @@ def import_encoder(
     """
     check_writable_folder(out, what="--out")
     pretrained = load_pretrained(checkpoint, stem=None if stem is None else str(stem))
+    if str(pretrained.source).endswith(".json"):
+        # our own format is copied as it is: check the weights are the architecture it declares (the
+        # importers of foreign formats build the architecture from the weights themselves)
+        check_weights_fit_architecture(pretrained)
     if modality is not None:
         pretrained.manifest["modality"] = modality
     if spacing is not None:

@@ -75,6 +75,58 @@ def architecture_differences(found: dict[str, Any], expected: dict[str, Any]) ->
             for key in sorted(set(found) & set(expected)) if plain(found[key]) != plain(expected[key])]
 
 
+def check_weights_fit_architecture(pretrained: PretrainedEncoder, *, shown: int = 3) -> None:
+    """Raise unless the weights are exactly those of the encoder the manifest declares.
+
+    Builds the declared ``architecture`` for the declared ``in_channels`` and compares keys and shapes
+    (the reference network's alias keys, ``.all_modules.``, are ignored when the built encoder has none).
+    Importers describe foreign encoders by what the weights show (``blocks`` for
+    ``blocks_per_stage``, perhaps no strides), which is read as the same architecture.
+
+    Args:
+        pretrained: weights with our manifest.
+        shown: how many keys of each kind of mismatch the message names.
+
+    Raises:
+        InputError: naming the file and the first mismatching keys (missing, unexpected, shapes), or
+            saying that the declared architecture cannot be built.
+    """
+    from shared.encoders.presets import build_encoder
+
+    architecture, channels = pretrained.manifest.get("architecture"), pretrained.manifest.get("in_channels")
+    try:
+        target = build_encoder(_buildable(architecture), int(channels)).state_dict()
+    except (TypeError, ValueError) as error:
+        raise InputError(pretrained.source, f"declares an architecture {architecture!r} with in_channels "
+                                            f"{channels!r} that cannot be built: {error}") from None
+    source = {key: value for key, value in pretrained.state_dict.items()
+              if ALIAS_MARK not in key or any(ALIAS_MARK in name for name in target)}
+    kinds = {
+        "missing": sorted(set(target) - set(source)),
+        "unexpected": sorted(set(source) - set(target)),
+        "shape": [f"{key} (weights {tuple(source[key].shape)} vs architecture {tuple(target[key].shape)})"
+                  for key in sorted(set(source) & set(target)) if source[key].shape != target[key].shape],
+    }
+    problems = [f"{kind} {len(keys)}: {', '.join(keys[:shown])}{', ...' if len(keys) > shown else ''}"
+                for kind, keys in kinds.items() if keys]
+    if problems:
+        raise InputError(pretrained.source, f"the weights do not fit the declared architecture {architecture!r} "
+                                            f"({'; '.join(problems)}); re-export the encoder or fix its manifest")
+
+
+def _buildable(architecture: Any) -> Any:
+    """An importer's description of an encoder as a spec :func:`build_encoder` takes."""
+    if not isinstance(architecture, dict) or "preset" in architecture or "features" not in architecture:
+        return architecture
+    spec = dict(architecture)
+    if "blocks" in spec:
+        spec["blocks_per_stage"] = spec.pop("blocks")
+    # an importer that could not read the strides (MultiTalent) saw nnU-Net's usual ones: only whether a
+    # stage down-samples shows in the weights (the skip's pooling shifts its keys), not by how much
+    spec.setdefault("strides", [1] + [2] * (len(spec["features"]) - 1))
+    return spec
+
+
 def _stem_prefixes(encoder: nn.Module) -> tuple[str, ...]:
     return tuple(getattr(encoder, "stem_keys", None) or ("stem.",))
 

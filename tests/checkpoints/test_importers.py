@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -142,3 +143,67 @@ def test_resenc_l_nnssl_checkpoint_imports_at_full_size(tmp_path):
     assert pretrained.manifest["architecture"]["preset"] == "paper"
     assert sum(p.numel() for p in network.encoder.parameters()) == 90_296_576  # the paper's ~90.3 M
     assert_same_state(pretrained.state_dict, network.encoder.state_dict())
+
+
+def _our_encoder(folder, name="plain"):
+    from shared.checkpoints.manifest import export_encoder
+    from shared.networks.resenc_unet import ResEncUNet
+
+    network = ResEncUNet(1, 1, encoder_spec={"name": name, "preset": "tiny"})
+    return export_encoder(network, folder, architecture={"name": name, "preset": "tiny"}, in_channels=1,
+                          modality="CT", spacing=[1.0, 1.0, 1.0], normalization="ct", method="mae")
+
+
+def _rewrite_weights(manifest_path, change):
+    """Change the weights of our format and re-hash them, as a hand-edited or mislabelled file would be."""
+    manifest = json.loads(manifest_path.read_text())
+    weights = manifest_path.parent / manifest["weights"]["file"]
+    state = torch.load(weights, weights_only=True)
+    change(state)
+    torch.save(state, weights)
+    manifest["weights"]["sha256"] = sha256_file(weights)
+    manifest_path.write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("case", ["declared_architecture", "shape", "missing", "unexpected"])
+def test_import_of_our_format_refuses_weights_that_do_not_fit_the_declared_architecture(case, tmp_path):
+    from tools.import_encoder import import_encoder
+
+    manifest_path = _our_encoder(tmp_path / "encoder")
+    if case == "declared_architecture":  # plain weights declared as a ResEnc encoder
+        manifest = json.loads(manifest_path.read_text())
+        manifest["architecture"] = {"name": "resenc", "preset": "tiny"}
+        manifest_path.write_text(json.dumps(manifest))
+        expected = r"missing \d+: stages\.0\..*; unexpected \d+: "
+    elif case == "shape":
+        first = sorted(key for key, value in torch.load(tmp_path / "encoder" / "encoder.pt").items() if value.ndim == 5)[0]
+        _rewrite_weights(manifest_path, lambda state: state.update({first: state[first][..., :1]}))
+        expected = re.escape(f"shape 1: {first} (weights (8, 1, 3, 3, 1) vs architecture (8, 1, 3, 3, 3))")
+    elif case == "missing":
+        _rewrite_weights(manifest_path, lambda state: state.pop(sorted(state)[-1]))
+        expected = r"missing 1: "
+    else:
+        _rewrite_weights(manifest_path, lambda state: state.update({"extra.weight": torch.zeros(2)}))
+        expected = r"unexpected 1: extra\.weight\)"
+    with pytest.raises(InputError, match="encoder.json: the weights do not fit the declared architecture .*" + expected):
+        import_encoder(str(manifest_path), str(tmp_path / "out"))
+    assert not (tmp_path / "out" / "encoder.json").exists()
+
+
+def test_import_of_our_format_and_of_an_imported_nnssl_encoder_still_work(tmp_path):
+    from tools.import_encoder import import_encoder
+
+    manifest_path = _our_encoder(tmp_path / "encoder", name="resenc")
+    copied = import_encoder(str(manifest_path), str(tmp_path / "copy"))
+    assert_same_state(load_pretrained(copied).state_dict, load_pretrained(manifest_path).state_dict)
+    # an nnssl import keeps the reference network's alias keys (all_modules), which our encoder lacks
+    network = dna_unet()
+    save_nnssl_checkpoint(tmp_path / "c.pth", network, 1)
+    first = import_encoder(str(tmp_path / "c.pth"), str(tmp_path / "imported"))
+    again = import_encoder(first, str(tmp_path / "again"))
+    assert_same_state(load_pretrained(again).state_dict, network.encoder.state_dict())
+    # a MultiTalent import describes its architecture from the weights (no strides)
+    save_multitalent_checkpoint(tmp_path / "mt.pth", {"ct": dna_unet(1, seed=0), "brats": dna_unet(2, seed=1)})
+    first = import_encoder(str(tmp_path / "mt.pth"), str(tmp_path / "mt"), stem="brats")
+    again = import_encoder(first, str(tmp_path / "mt_again"))
+    assert_same_state(load_pretrained(again).state_dict, load_pretrained(first).state_dict)
