@@ -12,6 +12,7 @@ from torch import nn
 from shared.checkpoints.manifest import load_pretrained
 from shared.checkpoints.transfer import TransferReport, transfer_encoder
 from shared.engines.warmup import WarmupFreeze
+from shared.io.errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -30,12 +31,21 @@ def load_pretrained_encoder(
     checkpoint) into ``network``; ``None`` or ``""`` trains from scratch.
 
     The transfer refuses a partial load (see :func:`shared.checkpoints.transfer.transfer_encoder`), so
-    training never starts on a half-loaded encoder.
+    training never starts on a half-loaded encoder. The bundles call this in ``initialize``, before the
+    data are preprocessed, so a bad encoder fails in seconds.
+
+    Raises:
+        InputError: naming ``pretrained`` when it is missing, unreadable, corrupt (sha256) or does not
+            fit the network (architecture, keys, shapes).
     """
     if not pretrained:
         logger.info("no pre-trained encoder: training from scratch")
         return None
-    report = transfer_encoder(network, load_pretrained(pretrained, stem=stem_id), mode=mode, stem=stem,
+    try:
+        loaded = load_pretrained(pretrained, stem=stem_id)
+    except OSError as error:  # unreadable file or folder: the user's to fix, like a missing one
+        raise InputError(pretrained, f"the pre-trained encoder cannot be read: {error.strerror or error}") from error
+    report = transfer_encoder(network, loaded, mode=mode, stem=stem,
                               allow_missing=allow_missing, expected_architecture=expected_architecture)
     logger.info("transferred %d tensors from %s (mode %s, stem %s); %d skipped",
                 len(report.transferred_keys), pretrained, mode, stem, len(report.skipped_keys))
