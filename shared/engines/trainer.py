@@ -118,7 +118,7 @@ class Trainer:
         self.amp = bool(amp) and self.device.type == "cuda"  # autocast on CPU crashes MONAI's losses
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.forward, self.gradient_clip = forward, gradient_clip
-        total = iterations_per_epoch * max_epochs
+        self.total_iterations = total = iterations_per_epoch * max_epochs
         self.schedule = dict(base_lr=base_lr, total_iterations=total, warmup_iterations=warmup_iterations,
                              freeze_iterations=freeze_iterations, exponent=poly_exponent)
         self.save_module = save_module
@@ -267,11 +267,10 @@ class Trainer:
         if checkpoint is not None:
             logger.info("resuming from %s", checkpoint)
             self._load_checkpoint(checkpoint)
-            total = self.iterations_per_epoch * self.max_epochs
-            if self.engine.state.iteration >= total:
+            if self.engine.state.iteration >= self.total_iterations:
                 logger.info("training finished before (%s is at iteration %d of %d): nothing to train; to train "
                             "again from nothing delete %s, to train longer raise the epochs", checkpoint,
-                            self.engine.state.iteration, total, checkpoint.parent)
+                            self.engine.state.iteration, self.total_iterations, checkpoint.parent)
                 self._close(self.engine)
                 return self.engine
         self.engine.run(self.data_loader, max_epochs=self.max_epochs, epoch_length=self.iterations_per_epoch)
@@ -292,9 +291,9 @@ class Trainer:
         except (KeyError, RuntimeError, TypeError, ValueError) as error:
             raise InputError(checkpoint, "cannot resume from this checkpoint, it was written by another kind of "
                                          f"run or configuration ({_first_line(str(error))}); {advice}") from None
-        total = self.iterations_per_epoch * self.max_epochs
-        if self.engine.state.iteration > total:
-            raise InputError(checkpoint, f"is at iteration {self.engine.state.iteration}, past this run's {total} "
+        if self.engine.state.iteration > self.total_iterations:
+            raise InputError(checkpoint, f"is at iteration {self.engine.state.iteration}, past this run's "
+                                         f"{self.total_iterations} "
                                          f"({self.max_epochs} epochs of {self.iterations_per_epoch}): raise the "
                                          f"epochs, or {advice}")
 
