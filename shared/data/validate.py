@@ -62,7 +62,12 @@ class CheckedCase:
 
 
 def case_id(image: str | Sequence[str]) -> str:
-    """The first channel's file name without its extension and without a ``_0000`` channel suffix."""
+    """The one case id of a scan: names its cache files and its inference outputs.
+
+    The first channel's file name without its extension (``.nii.gz``, ``.nii``, ``.mhd``, ``.mha``, ``.nrrd``,
+    ``.nhdr``, ``.gz``; any case) and without a ``_0000`` channel suffix; a DICOM series folder keeps its
+    whole name (``1.3.6.1...`` is a UID, not a stem and extensions).
+    """
     name = Path(image if isinstance(image, (str, os.PathLike)) else image[0]).name
     for suffix in _IMAGE_SUFFIXES:
         if name.lower().endswith(suffix):

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from shared.boxes.convention import boxes_voxel_to_world, boxes_world_to_voxel
 from shared.data.preprocess import preprocess_volume
 from shared.data.rasterize import rasterize_boxes
+from shared.data.validate import case_id
 from shared.inference.sliding_window import predict_volume
 from shared.io.atomic import write_json
 from shared.io.datalist import read_split
@@ -34,17 +35,6 @@ from shared.io.luna16 import export_luna16_candidates
 logger = logging.getLogger(__name__)
 
 POSTPROCESSING_FILE = "postprocessing.json"
-
-
-def case_id(image: str | Sequence[str]) -> str:
-    """Case name of a scan: the first channel's file name without extension and channel suffix."""
-    first = Path(image if isinstance(image, (str, os.PathLike)) else image[0])
-    name = first.name
-    for suffix in (".nii.gz", ".nii", ".mhd", ".nrrd", ".nhdr", ".mha"):
-        if name.endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    return name[:-5] if name.endswith("_0000") else name
 
 
 class ScanPredictor:
