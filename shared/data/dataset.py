@@ -25,7 +25,8 @@ from shared.data.augment import (
     transform_boxes,
 )
 from shared.data.cache import CachedCase, read_case
-from shared.data.rasterize import rasterize_boxes, rasterize_instances
+from shared.boxes.rasterize import rasterize_boxes
+from shared.data.rasterize import rasterize_instances
 from shared.data.sampling import boxes_of_patch_instances, choose_patch_origin, crop_boxes, is_foreground_sample
 from shared.io.errors import InputError
 
@@ -71,7 +72,7 @@ def draw_training_sample(
     else:
         moved = transform_boxes(record.boxes, origin, patch_size, matrix)
         boxes, labels = crop_boxes(moved, record.labels, patch_size, min_visible_fraction=min_visible_fraction)
-        seg = rasterize_boxes(boxes, labels, tuple(patch_size))
+        seg = rasterize_boxes(boxes, patch_size, ids=np.asarray(labels) + 1, dtype=np.int64)
     if augmentation is not None:
         image_patch = augment_intensity(image_patch, augmentation, rng)
     return {

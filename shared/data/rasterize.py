@@ -1,34 +1,13 @@
 """Semantic targets for the auxiliary segmentation head: 0 background, class + 1 inside objects.
 
-From an instance map the target is exact; a data set with boxes only gets its boxes painted instead
-(a box covers more than its object, which is why masks win whenever a case has one).
+From an instance map the target is exact; a data set with boxes only gets its boxes painted instead,
+by the one box painter :func:`shared.boxes.rasterize.rasterize_boxes` with ``ids=labels + 1`` (a box
+covers more than its object, which is why masks win whenever a case has one).
 """
 
 from __future__ import annotations
 
 import numpy as np
-
-from shared.boxes import rasterize as box_rasterize
-
-
-def rasterize_boxes(boxes: np.ndarray, labels: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
-    """Paint boxes into a semantic map (voxel rule: :func:`shared.boxes.rasterize.box_slices`).
-
-    Boxes are painted largest first, so where boxes overlap the smaller one shows.
-
-    Args:
-        boxes: (N, 6) xyzxyz voxel boxes (index-space edges); parts outside ``shape`` are ignored.
-        labels: (N,) classes 0..C-1.
-        shape: (X, Y, Z) of the map.
-
-    Returns:
-        (X, Y, Z) int64 map: 0 background, ``label + 1`` inside boxes.
-    """
-    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 6)
-    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
-    if len(boxes) != len(labels):
-        raise ValueError(f"{len(boxes)} boxes but {len(labels)} labels")
-    return box_rasterize.rasterize_boxes(boxes, shape, ids=labels + 1, dtype=np.int64)
 
 
 def rasterize_instances(instance_map: np.ndarray, instance_ids: np.ndarray, labels: np.ndarray) -> np.ndarray:

@@ -22,8 +22,8 @@ from torch import nn
 from tqdm import tqdm
 
 from shared.boxes.convention import boxes_voxel_to_world, boxes_world_to_voxel
+from shared.boxes.rasterize import rasterize_boxes
 from shared.data.preprocess import preprocess_volume
-from shared.data.rasterize import rasterize_boxes
 from shared.data.validate import case_id
 from shared.inference.sliding_window import predict_volume
 from shared.io.atomic import write_json
@@ -137,7 +137,7 @@ def write_box_map(path: str | os.PathLike, entry: dict[str, Any], image: str | S
     boxes = boxes_world_to_voxel(entry["box"], volume.affine)
     labels = np.asarray(entry["label"], dtype=np.int64)
     order = np.argsort(entry["label_scores"])  # the most confident box is drawn last, on top
-    label_map = rasterize_boxes(boxes[order], labels[order], volume.array.shape[1:])
+    label_map = rasterize_boxes(boxes[order], volume.array.shape[1:], ids=labels[order] + 1, dtype=np.int64)
     save_nifti(path, label_map.astype(np.uint8), volume.affine)
 
 

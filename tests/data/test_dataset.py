@@ -14,7 +14,7 @@ from shared.data.dataset import (
     draw_training_sample,
 )
 from shared.data.cache import case_files, read_case
-from shared.data.rasterize import rasterize_boxes
+from shared.boxes.rasterize import rasterize_boxes
 from shared.io.errors import InputError
 
 CASES = ["masked", "boxes_only", "small", "empty"]
@@ -70,7 +70,7 @@ def test_boxes_only_seg_is_the_rasterised_cropped_boxes(tiny_cache):
     found = 0
     for index in range(len(dataset)):
         sample = dataset[index]
-        expected = rasterize_boxes(sample["boxes"].numpy(), sample["labels"].numpy(), (8, 8, 8))
+        expected = rasterize_boxes(sample["boxes"].numpy(), (8, 8, 8), ids=sample["labels"].numpy() + 1, dtype=np.int64)
         np.testing.assert_array_equal(sample["seg"][0].numpy(), expected)
         found += len(sample["boxes"])
     # A foreground patch holds a point of its box, but a box mostly outside the patch is dropped (50 % rule).

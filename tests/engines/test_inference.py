@@ -1,10 +1,12 @@
-from pathlib import Path
-
-import pytest
+import nibabel as nib
+import numpy as np
 
 from shared.data.cache import CASE_PREFIX, case_files
 from shared.data.validate import case_id
-from shared.engines.inference import predict_scans
+from shared.boxes.convention import boxes_voxel_to_world
+from shared.engines.inference import predict_scans, write_box_map
+from shared.io.images import save_nifti
+from tests._cases import spaced_affine
 
 # File names where a per-module suffix list could disagree: dots in the stem, upper-case extensions, a
 # channel suffix, MetaImage/NRRD headers, a DICOM series folder (named by its UID, trailing slash).
@@ -37,3 +39,15 @@ def test_output_names_match_cache_ids(tmp_path):
     assert written == cached
     assert set(cached) == {"a.b", "scan", "SCAN", "volume", "head", "head2", "plain",
                            "1.3.6.1.4.1.14519.5.2.1.6279.6001.1002", "two"}
+
+
+def test_box_map_paints_class_plus_one_on_the_scans_grid(tmp_path):
+    affine = spaced_affine()
+    save_nifti(tmp_path / "scan.nii.gz", np.zeros((8, 9, 10), np.float32), affine)
+    voxel_boxes = np.array([[1, 1, 1, 4, 4, 4], [5, 5, 5, 7, 8, 9]], dtype=np.float64)
+    entry = {"box": boxes_voxel_to_world(voxel_boxes, affine).tolist(), "label": [0, 2], "label_scores": [0.9, 0.5]}
+    write_box_map(tmp_path / "boxes.nii.gz", entry, str(tmp_path / "scan.nii.gz"))
+    painted = np.asarray(nib.load(tmp_path / "boxes.nii.gz").dataobj)
+    expected = np.zeros((8, 9, 10), np.uint8)
+    expected[1:4, 1:4, 1:4], expected[5:7, 5:8, 5:9] = 1, 3
+    np.testing.assert_array_equal(painted, expected)
