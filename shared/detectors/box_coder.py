@@ -16,6 +16,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+#: deltas per box ``(dx, dy, dz, dw, dh, dd)``: the channels per anchor of the regression head
+BOX_DELTAS = 6
+
 
 class BoxCoder:
     """Encode boxes as deltas to anchors and decode them back.
@@ -27,8 +30,8 @@ class BoxCoder:
     """
 
     def __init__(self, *, weights: Sequence[float] = (1.0, 1.0, 1.0, 1.0, 1.0, 1.0), size_clip: float | None = None):
-        if len(weights) != 6:
-            raise ValueError(f"weights must have 6 values (dx, dy, dz, dw, dh, dd), got {list(weights)}")
+        if len(weights) != BOX_DELTAS:
+            raise ValueError(f"weights must have {BOX_DELTAS} values (dx, dy, dz, dw, dh, dd), got {list(weights)}")
         self.weights = [float(w) for w in weights]
         self.size_clip = math.log(1000.0 / 16) if size_clip is None else float(size_clip)
 

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-BOX_DELTAS = 6
+from shared.detectors.box_coder import BOX_DELTAS
 
 
 class FlatOutputNetwork(nn.Module):

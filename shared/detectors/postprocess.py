@@ -13,7 +13,7 @@ from torch import Tensor
 
 from shared.boxes.nms import batched_nms
 from shared.detectors.anchors import AnchorGenerator
-from shared.detectors.box_coder import BoxCoder
+from shared.detectors.box_coder import BOX_DELTAS, BoxCoder
 
 
 class DetectionPostprocessor:
@@ -81,7 +81,7 @@ class DetectionPostprocessor:
         # (A·K, X, Y, Z) → (XYZ·A, K): the anchor order of the generator
         logits = cls.float().reshape(num_anchors, num_classes, -1).permute(2, 0, 1).reshape(-1, num_classes)
         scores = torch.sigmoid(logits)
-        deltas = reg.float().reshape(num_anchors, 6, -1).permute(2, 0, 1).reshape(-1, 6)
+        deltas = reg.float().reshape(num_anchors, BOX_DELTAS, -1).permute(2, 0, 1).reshape(-1, BOX_DELTAS)
         flat = scores.flatten()
         keep = torch.nonzero(flat > self.score_threshold).flatten()
         if keep.numel() > self.topk_candidates:

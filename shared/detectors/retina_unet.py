@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from shared.detectors.anchors import AnchorGenerator, flatten_head_outputs
-from shared.detectors.box_coder import BoxCoder
+from shared.detectors.box_coder import BOX_DELTAS, BoxCoder
 from shared.detectors.matching import ATSSMatcher
 from shared.detectors.postprocess import DetectionPostprocessor
 from shared.losses.box_regression import DeltaL1Loss, GIoULoss
@@ -128,7 +128,7 @@ class RetinaUNetDetector(nn.Module):
         """
         # losses in float32 even when the network ran under autocast
         cls_logits = flatten_head_outputs(outputs["cls_logits"], self.num_classes).float()  # (B, M, K)
-        deltas = flatten_head_outputs(outputs["box_regression"], 6).float()  # (B, M, 6)
+        deltas = flatten_head_outputs(outputs["box_regression"], BOX_DELTAS).float()  # (B, M, 6)
         grids = [tuple(level.shape[2:]) for level in outputs["cls_logits"]]
         anchors = torch.cat(self.anchor_generator.anchors_per_level(grids, device=cls_logits.device))
         positions = [g[0] * g[1] * g[2] for g in grids]
