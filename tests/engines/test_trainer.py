@@ -63,12 +63,23 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path):
 
 
 def test_validation_saves_the_best_model_and_logs(tmp_path):
-    scores = iter([0.2, 0.5, 0.3])
-    trainer, model = make_trainer(tmp_path, epochs=3, validate=lambda m: {"AP_IoU_0.10_MaxDet_100": next(scores)})
+    scores, seen = iter([0.2, 0.5, 0.3]), []  # scripted: epoch 2 is the best, epoch 3 the last
+
+    def validate(model):
+        seen.append({name: value.clone() for name, value in model.state_dict().items()})
+        return {"AP_IoU_0.10_MaxDet_100": next(scores)}
+
+    trainer, model = make_trainer(tmp_path, epochs=3, validate=validate)
     trainer.run()
     best = torch.load(tmp_path / "model.pt", weights_only=True)
-    assert (tmp_path / "model_final.pt").exists()
+    final = torch.load(tmp_path / "model_final.pt", weights_only=True)
     assert set(best) == set(model.state_dict())
+    for name in best:
+        torch.testing.assert_close(best[name], seen[1][name], rtol=0, atol=0)
+        torch.testing.assert_close(final[name], seen[2][name], rtol=0, atol=0)
+        torch.testing.assert_close(final[name], model.state_dict()[name], rtol=0, atol=0)
+    assert not torch.equal(best["layer.weight"], final["layer.weight"]), "epoch 3 trained on"
+    assert json.loads((tmp_path / "model_best.json").read_text())["iteration"] == 8
     assert list((tmp_path / "logs").iterdir()), "TensorBoard logs are written"
     assert trainer.best_metric() == pytest.approx(0.5)
 
