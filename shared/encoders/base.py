@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from shared.layers.strides import cumulative_strides, per_axis
+
 
 class Encoder(nn.Module):
     """Base of the project's encoders: ``forward(x) -> list`` of feature maps, fine → coarse.
@@ -16,7 +18,8 @@ class Encoder(nn.Module):
         in_channels: channels the input must have.
         spatial_dims: number of spatial axes (3 for volumes).
         feature_info: one ``{"channels": c, "stride": s}`` per level, fine → coarse; ``s`` is the
-            cumulative stride with respect to the input, equal on every axis.
+            cumulative stride with respect to the input: an int when equal on every axis, else a
+            tuple with one int per axis (:mod:`shared.layers.strides`).
         stem_keys: state-dict key prefixes of the layers that read the input channels, so that
             pre-trained weights can skip, replicate or swap the stem for another channel count.
     """
@@ -24,16 +27,11 @@ class Encoder(nn.Module):
     in_channels: int
     spatial_dims: int
     stem_keys: tuple[str, ...]
-    feature_info: list[dict[str, int]]
+    feature_info: list[dict[str, int | tuple[int, ...]]]
 
-    def _declare_levels(self, channels: list[int], strides: list[int]) -> None:
-        cumulative, info = 1, []
-        for width, stride in zip(channels, strides):
-            if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
-                raise ValueError(f"strides must be positive integers, equal on every axis; got {list(strides)}")
-            cumulative *= int(stride)
-            info.append({"channels": int(width), "stride": cumulative})
-        self.feature_info = info
+    def _declare_levels(self, channels: list[int], strides: list[int | tuple[int, ...]]) -> None:
+        totals = cumulative_strides(strides, self.spatial_dims)
+        self.feature_info = [{"channels": int(width), "stride": total} for width, total in zip(channels, totals)]
 
     def check_input(self, x: torch.Tensor) -> None:
         """Raises ``ValueError`` unless ``x`` is (B, in_channels, X, Y, Z) with a matching rank."""
@@ -58,8 +56,8 @@ class Encoder(nn.Module):
         return features
 
     @property
-    def strides(self) -> list[int]:
-        """Cumulative stride per level, fine → coarse."""
+    def strides(self) -> list[int | tuple[int, ...]]:
+        """Cumulative stride per level, fine → coarse (an int, or one per axis when they differ)."""
         return [level["stride"] for level in self.feature_info]
 
     @property
@@ -68,19 +66,20 @@ class Encoder(nn.Module):
         return [level["channels"] for level in self.feature_info]
 
 
-def check_divisible(x: torch.Tensor, stride: int, owner: str) -> None:
-    """Raises ``ValueError`` unless every spatial size of ``x`` is a multiple of ``stride``.
+def check_divisible(x: torch.Tensor, stride: int | tuple[int, ...], owner: str) -> None:
+    """Raises ``ValueError`` unless every spatial size of ``x`` is a multiple of ``stride`` on its axis.
 
     Decoders that upsample and add/concatenate need exact sizes at every level.
 
     Args:
         x: (B, C, X, Y, Z) input.
-        stride: the coarsest cumulative stride of the network.
+        stride: the coarsest cumulative stride of the network (an int, or one per axis).
         owner: the network's name, for the message.
     """
     sizes = tuple(x.shape[2:])
-    if any(size % stride for size in sizes):
+    axis_strides = per_axis(stride, len(sizes), "stride")
+    if any(size % s for size, s in zip(sizes, axis_strides)):
         raise ValueError(
             f"{owner} needs spatial sizes divisible by its coarsest stride {stride}, got {sizes}; "
-            f"pad or crop the input (e.g. to {tuple(-(-s // stride) * stride for s in sizes)})"
+            f"pad or crop the input (e.g. to {tuple(-(-n // s) * s for n, s in zip(sizes, axis_strides))})"
         )

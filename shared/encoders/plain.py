@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from shared.encoders.base import Encoder
-from shared.layers import LayerSpec, StackedConvBlocks, initialize_kaiming, per_stage
+from shared.layers import LayerSpec, StackedConvBlocks, initialize_kaiming, per_stage, per_stage_per_axis
 from shared.layers.specs import DEFAULT_ACT, DEFAULT_NORM
 
 
@@ -22,9 +22,11 @@ class PlainConvEncoder(Encoder):
     Args:
         in_channels: input channels.
         features: channels per stage (fine → coarse); its length sets the number of stages.
-        strides: stride of each stage's first conv (a scalar broadcasts).
+        strides: stride of each stage's first conv: one entry per stage, each an int or one int per
+            axis (``[1, [2, 2, 1], 2]`` for anisotropic data); a scalar broadcasts.
         convs_per_stage: conv blocks per stage (a scalar broadcasts).
-        kernel_sizes: kernel per stage (a scalar broadcasts).
+        kernel_sizes: kernel per stage, each an int or one per axis (``[3, 1]`` pairs with no
+            pooling of a coarse axis); a scalar broadcasts.
         spatial_dims: 1, 2 or 3.
         norm: normalisation spec.
         act: activation spec.
@@ -40,9 +42,9 @@ class PlainConvEncoder(Encoder):
         in_channels: int,
         *,
         features: Sequence[int] = (32, 64, 128, 256, 320, 320),
-        strides: int | Sequence[int] = (1, 2, 2, 2, 2, 2),
+        strides: int | Sequence[int | Sequence[int]] = (1, 2, 2, 2, 2, 2),
         convs_per_stage: int | Sequence[int] = 2,
-        kernel_sizes: int | Sequence[int] = 3,
+        kernel_sizes: int | Sequence[int | Sequence[int]] = 3,
         spatial_dims: int = 3,
         norm: LayerSpec = DEFAULT_NORM,
         act: LayerSpec = DEFAULT_ACT,
@@ -51,9 +53,9 @@ class PlainConvEncoder(Encoder):
         super().__init__()
         features = [int(f) for f in features]
         num_stages = len(features)
-        strides = per_stage(strides, num_stages, "strides")
+        strides = per_stage_per_axis(strides, num_stages, spatial_dims, "strides")
         convs_per_stage = per_stage(convs_per_stage, num_stages, "convs_per_stage")
-        kernel_sizes = per_stage(kernel_sizes, num_stages, "kernel_sizes")
+        kernel_sizes = per_stage_per_axis(kernel_sizes, num_stages, spatial_dims, "kernel_sizes")
         self.in_channels = in_channels
         self.spatial_dims = spatial_dims
         self.kernel_sizes = kernel_sizes

@@ -21,6 +21,7 @@ from shared.layers import (
     StackedResidualBlocks,
     initialize_kaiming,
     per_stage,
+    per_stage_per_axis,
 )
 from shared.layers.specs import DEFAULT_ACT, DEFAULT_NORM
 
@@ -31,9 +32,11 @@ class ResidualEncoder(Encoder):
     Args:
         in_channels: input channels.
         features: channels per stage (fine → coarse); its length sets the number of stages.
-        strides: stride of each stage's first block (a scalar broadcasts).
+        strides: stride of each stage's first block: one entry per stage, each an int or one int per
+            axis (``[1, [2, 2, 1], 2]`` for anisotropic data); a scalar broadcasts.
         blocks_per_stage: residual blocks per stage (a scalar broadcasts).
-        kernel_sizes: kernel per stage (a scalar broadcasts); the stem uses the first.
+        kernel_sizes: kernel per stage, each an int or one per axis; a scalar broadcasts; the stem
+            uses the first.
         stem_channels: stem width; ``None`` means ``features[0]``.
         spatial_dims: 1, 2 or 3.
         norm: normalisation spec.
@@ -51,9 +54,9 @@ class ResidualEncoder(Encoder):
         in_channels: int,
         *,
         features: Sequence[int] = (32, 64, 128, 256, 320, 320),
-        strides: int | Sequence[int] = (1, 2, 2, 2, 2, 2),
+        strides: int | Sequence[int | Sequence[int]] = (1, 2, 2, 2, 2, 2),
         blocks_per_stage: int | Sequence[int] = (1, 3, 4, 6, 6, 6),
-        kernel_sizes: int | Sequence[int] = 3,
+        kernel_sizes: int | Sequence[int | Sequence[int]] = 3,
         stem_channels: int | None = None,
         spatial_dims: int = 3,
         norm: LayerSpec = DEFAULT_NORM,
@@ -64,9 +67,9 @@ class ResidualEncoder(Encoder):
         super().__init__()
         features = [int(f) for f in features]
         num_stages = len(features)
-        strides = per_stage(strides, num_stages, "strides")
+        strides = per_stage_per_axis(strides, num_stages, spatial_dims, "strides")
         blocks_per_stage = per_stage(blocks_per_stage, num_stages, "blocks_per_stage")
-        kernel_sizes = per_stage(kernel_sizes, num_stages, "kernel_sizes")
+        kernel_sizes = per_stage_per_axis(kernel_sizes, num_stages, spatial_dims, "kernel_sizes")
         self.in_channels = in_channels
         self.spatial_dims = spatial_dims
         self.kernel_sizes = kernel_sizes

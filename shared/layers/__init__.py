@@ -11,6 +11,7 @@ from shared.layers.blocks import ConvNormAct, StackedConvBlocks
 from shared.layers.initialization import initialize_head_normal, initialize_kaiming
 from shared.layers.residual import BasicResidualBlock, StackedResidualBlocks
 from shared.layers.specs import LayerSpec, build_activation, build_norm, per_stage
+from shared.layers.strides import compact, cumulative_strides, per_axis, per_stage_per_axis
 
 __all__ = [
     "BasicResidualBlock",
@@ -20,7 +21,11 @@ __all__ = [
     "StackedResidualBlocks",
     "build_activation",
     "build_norm",
+    "compact",
+    "cumulative_strides",
     "initialize_head_normal",
     "initialize_kaiming",
+    "per_axis",
     "per_stage",
+    "per_stage_per_axis",
 ]

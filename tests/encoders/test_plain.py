@@ -68,3 +68,37 @@ def test_matches_dynamic_network_architectures_plain_conv_encoder():
     x = torch.randn(1, 2, 16, 16, 16, dtype=torch.float64)
     for mine, theirs in zip(ours(x), reference(x), strict=True):
         torch.testing.assert_close(mine, theirs, atol=1e-6, rtol=0)
+
+
+def test_anisotropic_config_matches_dynamic_network_architectures():
+    plain = pytest.importorskip("dynamic_network_architectures.building_blocks.plain_conv_encoder")
+    strides, kernels = [1, [2, 2, 1], [2, 2, 2]], [[3, 3, 1], [3, 3, 1], 3]
+    reference = plain.PlainConvEncoder(
+        1, 3, [4, 8, 8], torch.nn.Conv3d, kernels, strides, 2, True, torch.nn.InstanceNorm3d,
+        {"eps": 1e-5, "affine": True}, None, None, torch.nn.LeakyReLU, {"negative_slope": 0.01}, return_skips=True,
+    ).double()
+    for parameter in reference.parameters():
+        torch.nn.init.normal_(parameter, std=0.2)
+    ours = PlainConvEncoder(1, features=[4, 8, 8], strides=strides, kernel_sizes=kernels).double()
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    assert ours.feature_info == [{"channels": 4, "stride": 1}, {"channels": 8, "stride": (2, 2, 1)},
+                                 {"channels": 8, "stride": (4, 4, 2)}]
+    x = torch.randn(1, 1, 8, 8, 4, dtype=torch.float64)
+    outputs = ours(x)
+    assert [tuple(o.shape[2:]) for o in outputs] == [(8, 8, 4), (4, 4, 4), (2, 2, 2)]
+    for mine, theirs in zip(outputs, reference(x), strict=True):
+        torch.testing.assert_close(mine, theirs, atol=1e-6, rtol=0)
+
+
+def test_isotropic_per_axis_lists_give_the_same_keys_and_shapes_as_scalars():
+    scalar = PlainConvEncoder(1, features=[4, 8], strides=[1, 2], kernel_sizes=3)
+    lists = PlainConvEncoder(1, features=[4, 8], strides=[[1, 1, 1], [2, 2, 2]], kernel_sizes=[[3, 3, 3]] * 2)
+    assert {k: v.shape for k, v in scalar.state_dict().items()} == {k: v.shape for k, v in lists.state_dict().items()}
+    assert lists.feature_info == scalar.feature_info == [{"channels": 4, "stride": 1}, {"channels": 8, "stride": 2}]
+
+
+def test_per_axis_entries_of_the_wrong_length_are_named():
+    with pytest.raises(ValueError, match=r"strides\[1\]: expected a positive integer or 3"):
+        PlainConvEncoder(1, features=[4, 8], strides=[1, [2, 2]])
+    with pytest.raises(ValueError, match=r"kernel_sizes has 3 entries"):
+        PlainConvEncoder(1, features=[4, 8], strides=[1, 2], kernel_sizes=[3, 3, 1])

@@ -46,6 +46,10 @@ def test_bad_specs_raise(spec, message):
         build_encoder(spec, 1)
 
 
-def test_anisotropic_strides_are_refused_with_a_clear_message():
-    with pytest.raises(ValueError, match="strides must be positive integers, equal on every axis"):
-        build_encoder({"name": "plain", "preset": "tiny", "strides": [1, [1, 2, 2], 2, 2]}, 1)
+def test_per_axis_strides_and_kernels_override_a_preset():
+    encoder = build_encoder({"name": "plain", "preset": "tiny", "strides": [1, [2, 2, 1], 2, 2],
+                             "kernel_sizes": [[3, 3, 1], 3, 3, 3]}, 1)
+    assert encoder.strides == [1, (2, 2, 1), (4, 4, 2), (8, 8, 4)]
+    assert encoder.stages[0][0].convs[0].conv.weight.shape[2:] == (3, 3, 1)
+    with pytest.raises(ValueError, match=r"strides\[1\]"):
+        build_encoder({"name": "plain", "preset": "tiny", "strides": [1, [2, 0, 2], 2, 2]}, 1)

@@ -16,7 +16,8 @@ def _reference_unet(in_channels, config):
     unet = pytest.importorskip("dynamic_network_architectures.architectures.unet")
     stages = len(config["features"])
     return unet.ResidualEncoderUNet(
-        in_channels, stages, config["features"], torch.nn.Conv3d, 3, config["strides"], config["blocks_per_stage"],
+        in_channels, stages, config["features"], torch.nn.Conv3d, config.get("kernel_sizes", 3), config["strides"],
+        config["blocks_per_stage"],
         3, 1, True, torch.nn.InstanceNorm3d, {"eps": 1e-5, "affine": True}, None, None, torch.nn.LeakyReLU,
         {"inplace": True},
     )
@@ -72,7 +73,8 @@ def _check_against_reference(config, size):
         torch.nn.init.normal_(parameter, std=0.2)
     ours = ResidualEncoder(2, **config).double()
     ours.load_state_dict(_encoder_state(reference), strict=True)
-    x = torch.randn(1, 2, size, size, size, dtype=torch.float64)
+    sizes = (size, size, size) if isinstance(size, int) else tuple(size)
+    x = torch.randn(1, 2, *sizes, dtype=torch.float64)
     with torch.no_grad():
         for mine, theirs in zip(ours(x), reference.encoder(x), strict=True):
             torch.testing.assert_close(mine, theirs, atol=1e-6, rtol=0)
@@ -85,3 +87,26 @@ def test_released_nnssl_encoder_weights_load_by_stripping_the_prefix():
 @pytest.mark.slow
 def test_resenc_l_matches_reference():
     _check_against_reference(PAPER, 64)
+
+
+# Anisotropic data (0.8 × 0.8 × 2.5 mm): z is neither pooled nor convolved until its spacing is close.
+ANISOTROPIC = dict(
+    features=[8, 16, 32, 32],
+    strides=[1, [2, 2, 1], 2, [2, 2, 1]],
+    kernel_sizes=[[3, 3, 1], [3, 3, 1], 3, 3],
+    blocks_per_stage=[1, 2, 1, 2],
+)
+
+
+def test_anisotropic_encoder_matches_reference():
+    _check_against_reference(ANISOTROPIC, (16, 16, 8))
+
+
+def test_anisotropic_shapes_follow_per_axis_feature_info():
+    encoder = ResidualEncoder(1, **ANISOTROPIC)
+    assert [level["stride"] for level in encoder.feature_info] == [1, (2, 2, 1), (4, 4, 2), (8, 8, 2)]
+    assert encoder.stem.convs[0].conv.weight.shape[2:] == (3, 3, 1)
+    with torch.no_grad():
+        features = encoder(torch.randn(1, 1, 16, 16, 8))
+    expected = [(16, 16, 8), (8, 8, 8), (4, 4, 4), (2, 2, 4)]
+    assert [tuple(f.shape[2:]) for f in features] == expected
