@@ -23,6 +23,9 @@ from shared.layers import ConvNormAct, LayerSpec, initialize_head_normal, initia
 from shared.layers.specs import DEFAULT_ACT
 
 BOX_DELTAS = 6
+#: layouts of the auxiliary segmentation head: ``foreground`` (2 channels, nnDetection's
+#: ``DiCESegmenterFgBg`` and the paper's choice) or ``classes`` (K + 1 channels)
+SEGMENTATION_CLASSES = ("foreground", "classes")
 HEAD_NORM: tuple = ("group", {"channels_per_group": 16, "affine": True})
 
 
@@ -82,7 +85,10 @@ class RetinaUNetNetwork(nn.Module):
         head_convs: conv-norm-act blocks in each head before its output conv.
         head_norm: normalisation spec of the head blocks.
         head_act: activation spec of the head blocks.
-        segmentation: build the auxiliary (K + 1)-class segmentation head on the finest level.
+        segmentation: build the auxiliary segmentation head on the finest level.
+        segmentation_classes: ``"foreground"`` (default, the paper's): the head separates foreground
+            from background (2 channels), so the auxiliary task does not turn into classification;
+            ``"classes"``: K + 1 channels, one per class plus background. Detections never use it.
         prior_probability: initial sigmoid output of the classification head.
         learn_scale: a learnable factor per detection level on the regression output.
         min_decoder_channels: smallest U-FPN width at the fine, segmentation-only levels.
@@ -92,7 +98,8 @@ class RetinaUNetNetwork(nn.Module):
     Shape:
         ``forward`` takes (B, in_channels, X, Y, Z) with X, Y, Z divisible by the encoder's coarsest
         stride and returns ``{"cls_logits": [(B, A·K, X_l, Y_l, Z_l)], "box_regression":
-        [(B, A·6, X_l, Y_l, Z_l)], "seg_logits": (B, K + 1, X, Y, Z)}`` with one list entry per
+        [(B, A·6, X_l, Y_l, Z_l)], "seg_logits": (B, S, X, Y, Z)}`` (S = 2, or K + 1 with
+        ``segmentation_classes="classes"``) with one list entry per
         detection level, channel ``a·K + k`` for anchor a and class k, ``a·6 + j`` for delta j.
         With ``dense_output`` it returns (B, K + 6, M): per anchor its K class logits then its 6 box
         deltas, the M anchors of all levels in the order of ``flatten_head_outputs`` (level → x → y
@@ -112,6 +119,7 @@ class RetinaUNetNetwork(nn.Module):
         head_norm: LayerSpec = HEAD_NORM,
         head_act: LayerSpec = DEFAULT_ACT,
         segmentation: bool = True,
+        segmentation_classes: str = "foreground",
         prior_probability: float = 0.01,
         learn_scale: bool = True,
         min_decoder_channels: int = 8,
@@ -120,6 +128,8 @@ class RetinaUNetNetwork(nn.Module):
         super().__init__()
         if num_classes < 1 or num_anchors < 1:
             raise ValueError(f"num_classes and num_anchors must be positive, got {num_classes}, {num_anchors}")
+        if segmentation_classes not in SEGMENTATION_CLASSES:
+            raise ValueError(f"segmentation_classes: expected one of {SEGMENTATION_CLASSES}, got {segmentation_classes!r}")
         self.encoder = build_encoder(encoder, in_channels)
         self.encoder_prefix = "encoder."
         self.in_channels = in_channels
@@ -127,6 +137,7 @@ class RetinaUNetNetwork(nn.Module):
         self.num_anchors = num_anchors
         self.detection_strides = tuple(int(s) for s in detection_strides)
         self.segmentation = segmentation
+        self.segmentation_classes = segmentation_classes
         self.dense_output = bool(dense_output)
         finest = self.encoder.feature_info[0]["stride"]
         if segmentation and finest != 1:
@@ -155,7 +166,8 @@ class RetinaUNetNetwork(nn.Module):
             self.register_buffer("regression_scales", scales)
         if segmentation:
             seg_width = self.decoder.feature_info[0]["channels"]
-            self.segmentation_head = Conv[Conv.CONV, spatial_dims](seg_width, num_classes + 1, 1)
+            seg_channels = 2 if segmentation_classes == "foreground" else num_classes + 1
+            self.segmentation_head = Conv[Conv.CONV, spatial_dims](seg_width, seg_channels, 1)
             initialize_kaiming(self.segmentation_head)
 
     def forward(self, images: torch.Tensor) -> dict[str, Any] | torch.Tensor:
@@ -164,7 +176,7 @@ class RetinaUNetNetwork(nn.Module):
 
         Returns:
             ``cls_logits`` and ``box_regression`` (lists over ``detection_strides``) and, with
-            segmentation, ``seg_logits`` (B, K + 1, X, Y, Z); with ``dense_output`` the (B, K + 6, M)
+            segmentation, ``seg_logits`` (B, S, X, Y, Z); with ``dense_output`` the (B, K + 6, M)
             tensor of the class docstring.
         """
         check_divisible(images, self.encoder.feature_info[-1]["stride"], type(self).__name__)

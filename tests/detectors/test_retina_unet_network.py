@@ -26,7 +26,7 @@ def test_output_contract_shapes(encoder, size, strides):
         side = size // stride
         assert cls.shape == (2, 5 * 2, side, side, side)
         assert box.shape == (2, 5 * 6, side, side, side)
-    assert outputs["seg_logits"].shape == (2, 3, size, size, size)
+    assert outputs["seg_logits"].shape == (2, 2, size, size, size)  # foreground / background
 
 
 def test_contract_attributes():
@@ -117,3 +117,29 @@ def test_paper_networks_run_at_64_cubed(name):
     assert [c.shape[1:] for c in outputs["cls_logits"]] == [(27, 64 // s, 64 // s, 64 // s) for s in (4, 8, 16, 32)]
     assert [b.shape[1] for b in outputs["box_regression"]] == [162] * 4
     assert outputs["seg_logits"].shape == (1, 2, 64, 64, 64)
+
+
+def test_segmentation_head_is_foreground_background_by_default_and_per_class_on_request():
+    images = torch.randn(1, 1, 32, 32, 32)
+    with torch.no_grad():
+        assert _network()(images)["seg_logits"].shape[1] == 2
+        assert _network(segmentation_classes="classes")(images)["seg_logits"].shape[1] == 3
+    with pytest.raises(ValueError, match="segmentation_classes"):
+        _network(segmentation_classes="binary")
+
+
+def test_detections_do_not_depend_on_the_segmentation_head():
+    from shared.detectors.retina_unet import RetinaUNetDetector
+
+    torch.manual_seed(0)
+    foreground = _network().eval()
+    per_class = _network(segmentation_classes="classes").eval()
+    shared_weights = {k: v for k, v in foreground.state_dict().items() if not k.startswith("segmentation_head.")}
+    per_class.load_state_dict(shared_weights, strict=False)
+    images = torch.randn(1, 1, 32, 32, 32)
+    anchors = [[4.0, 6.0, 8.0], [6.0], [6.0]]  # 3 · 1 · 1 = the network's 3 anchors per position
+    first = RetinaUNetDetector(foreground, anchor_sizes=anchors, score_threshold=0.0).eval().predict(images)[0]
+    second = RetinaUNetDetector(per_class, anchor_sizes=anchors, score_threshold=0.0).eval().predict(images)[0]
+    assert len(first["boxes"]) > 0
+    for key in ("boxes", "scores", "labels"):
+        torch.testing.assert_close(first[key], second[key])

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from shared.losses.segmentation import SegmentationLoss
@@ -32,3 +33,16 @@ def test_weights_and_gradient():
     torch.testing.assert_close(SegmentationLoss()(logits, target), dice_only + ce_only)
     (dice_only + ce_only).backward()
     assert logits.grad.abs().sum() > 0
+
+
+def test_two_channel_logits_are_foreground_background():
+    # classes 1 and 2 (labels 2 and 3 in the map) are both foreground to a 2-channel head
+    target = torch.tensor([0, 2, 3, 0, 1, 0, 0, 2]).reshape(1, 1, 2, 2, 2)
+    logits = torch.randn(1, 2, 2, 2, 2)
+    torch.testing.assert_close(SegmentationLoss()(logits, target), SegmentationLoss()(logits, (target > 0).long()))
+
+
+def test_channels_that_fit_neither_layout_are_refused():
+    target = torch.tensor([0, 3, 0, 0, 0, 0, 0, 1]).reshape(1, 1, 2, 2, 2)
+    with pytest.raises(ValueError, match="label 3.*3 channels"):
+        SegmentationLoss()(torch.randn(1, 3, 2, 2, 2), target)
