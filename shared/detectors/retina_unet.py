@@ -8,7 +8,7 @@ training and inference wrap it here.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -17,12 +17,10 @@ from shared.detectors.anchors import AnchorGenerator, flatten_head_outputs
 from shared.detectors.box_coder import BOX_DELTAS, BoxCoder
 from shared.detectors.matching import ATSSMatcher
 from shared.detectors.postprocess import DetectionPostprocessor
-from shared.losses.box_regression import DeltaL1Loss, GIoULoss
+from shared.losses.box_regression import DeltaL1Loss
 from shared.losses.classification import FocalClassificationLoss
 from shared.losses.segmentation import SegmentationLoss
 
-#: placeholder of an omitted loss argument: the default loss (``None`` turns a term off instead)
-DEFAULT = "default"
 #: loss weights: nnDetection-like (every term weighted 1)
 DEFAULT_LOSS_WEIGHTS = {"classification": 1.0, "box_l1": 1.0, "box_giou": 1.0, "segmentation": 1.0}
 
@@ -36,12 +34,13 @@ class RetinaUNetDetector(nn.Module):
         anchor_sizes: per-axis anchor sizes at the first detection level (``fit_anchor_sizes``).
         matcher: anchor matcher (default ATSS with 4 candidates).
         box_coder: box coder (default weights 1).
-        classification_loss: callable ``(logits (B, M, K), classes (B, M)) -> scalar`` (default focal;
-            it cannot be turned off).
-        regression_loss: callable on (P, 6) deltas (default L1).
-        giou_loss: callable on (P, 6) decoded boxes (default GIoU).
-        segmentation_loss: module on (seg_logits, seg) (default CE + batch Dice).
-        For the last three, ``None`` turns the term off; leaving the argument out gives the default.
+        classification_loss: callable ``(logits (B, M, K), classes (B, M)) -> scalar``; the default is
+            the paper's sigmoid focal loss, ``HardNegativeBCELoss()`` nnDetection v1's. It cannot be None.
+        regression_loss: callable on (P, 6) deltas; the default is the paper's L1, ``None`` turns it off.
+        giou_loss: callable on (P, 6) decoded boxes; the default ``None`` leaves it out (the paper
+            trains the regression branch with L1 only), ``GIoULoss()`` adds it.
+        segmentation_loss: callable on (seg_logits, seg); the default is CE + batch Dice, ``None``
+            turns it off. Every loss is a built object (``_target_`` in a bundle) or ``None``.
         loss_weights: weights of ``classification``, ``box_l1``, ``box_giou``, ``segmentation``.
         score_threshold, nms_iou, topk_candidates, detections_per_image, min_size: post-processing
             (see :class:`DetectionPostprocessor`).
@@ -54,10 +53,10 @@ class RetinaUNetDetector(nn.Module):
         anchor_sizes: Sequence[Sequence[float]],
         matcher: ATSSMatcher | None = None,
         box_coder: BoxCoder | None = None,
-        classification_loss=DEFAULT,
-        regression_loss=DEFAULT,
-        giou_loss=DEFAULT,
-        segmentation_loss=DEFAULT,
+        classification_loss: Callable = FocalClassificationLoss(),
+        regression_loss: Callable | None = DeltaL1Loss(),
+        giou_loss: Callable | None = None,
+        segmentation_loss: Callable | None = SegmentationLoss(),
         loss_weights: Mapping[str, float] | None = None,
         score_threshold: float = 0.05,
         nms_iou: float = 0.6,
@@ -76,12 +75,18 @@ class RetinaUNetDetector(nn.Module):
             )
         self.matcher = matcher or ATSSMatcher()
         self.box_coder = box_coder or BoxCoder()
+        # the default losses are shared instances: they hold settings only, no tensors or state
         if classification_loss is None:
             raise ValueError("classification_loss cannot be None: the detector needs a classification loss")
-        self.classification_loss = _or_default(classification_loss, FocalClassificationLoss)
-        self.regression_loss = _or_default(regression_loss, DeltaL1Loss)
-        self.giou_loss = _or_default(giou_loss, GIoULoss)
-        self.segmentation_loss = _or_default(segmentation_loss, SegmentationLoss)
+        losses = dict(classification_loss=classification_loss, regression_loss=regression_loss,
+                      giou_loss=giou_loss, segmentation_loss=segmentation_loss)
+        for name, loss in losses.items():
+            if loss is not None and not callable(loss):
+                raise ValueError(f"{name}: expected a built loss (a '_target_' node in a bundle) or None, got {loss!r}")
+        self.classification_loss = classification_loss
+        self.regression_loss = regression_loss
+        self.giou_loss = giou_loss
+        self.segmentation_loss = segmentation_loss
         unknown = set(loss_weights or {}) - set(DEFAULT_LOSS_WEIGHTS)
         if unknown:
             raise ValueError(f"unknown loss_weights keys {sorted(unknown)}; known: {sorted(DEFAULT_LOSS_WEIGHTS)}")
@@ -167,7 +172,3 @@ class RetinaUNetDetector(nn.Module):
         classes = torch.where(positive, labels[matches.clamp(min=0)], matches) if len(labels) else matches
         return classes, positive, boxes[matches[positive]]
 
-
-def _or_default(loss, default_class):
-    """``loss`` itself, or a fresh ``default_class()`` when the argument was left out."""
-    return default_class() if isinstance(loss, str) and loss == DEFAULT else loss

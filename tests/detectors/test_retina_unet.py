@@ -5,7 +5,9 @@ import torch
 from monai.data.box_utils import box_iou
 
 from shared.detectors.retina_unet import RetinaUNetDetector
-from shared.losses.classification import HardNegativeBCELoss
+from shared.losses.box_regression import DeltaL1Loss, GIoULoss
+from shared.losses.classification import FocalClassificationLoss, HardNegativeBCELoss
+from shared.losses.segmentation import SegmentationLoss
 
 ANCHORS = [[4.0, 6.0, 8.0]] * 3
 
@@ -22,8 +24,17 @@ def _targets(boxes_per_image, shape=(16, 16, 16)):
     return {"boxes": boxes, "labels": labels, "seg": seg}
 
 
-def test_losses_are_finite_for_images_without_boxes(stand_in):
+def test_default_losses_are_the_papers_focal_l1_and_segmentation_without_giou(stand_in):
     detector = RetinaUNetDetector(stand_in(), anchor_sizes=ANCHORS).train()
+    assert isinstance(detector.classification_loss, FocalClassificationLoss) and detector.giou_loss is None
+    assert isinstance(detector.regression_loss, DeltaL1Loss) and detector.regression_loss.beta == 0
+    assert isinstance(detector.segmentation_loss, SegmentationLoss)
+    losses = detector(torch.randn(1, 1, 16, 16, 16), _targets([[[2, 3, 4, 8, 9, 9]]]))
+    assert set(losses) == {"classification", "box_l1", "segmentation", "loss"}
+
+
+def test_losses_are_finite_for_images_without_boxes(stand_in):
+    detector = RetinaUNetDetector(stand_in(), anchor_sizes=ANCHORS, giou_loss=GIoULoss()).train()
     losses = detector(torch.randn(2, 1, 16, 16, 16), _targets([[], []]))
     assert set(losses) == {"classification", "box_l1", "box_giou", "segmentation", "loss"}
     assert all(torch.isfinite(v) for v in losses.values())
@@ -34,7 +45,7 @@ def test_losses_are_finite_for_images_without_boxes(stand_in):
 def test_loss_is_the_weighted_sum_and_backward_reaches_every_parameter(stand_in):
     network = stand_in()
     weights = {"classification": 2.0, "box_l1": 0.5, "box_giou": 3.0, "segmentation": 0.25}
-    detector = RetinaUNetDetector(network, anchor_sizes=ANCHORS, loss_weights=weights).train()
+    detector = RetinaUNetDetector(network, anchor_sizes=ANCHORS, giou_loss=GIoULoss(), loss_weights=weights).train()
     losses = detector(torch.randn(2, 1, 16, 16, 16), _targets([[[2, 3, 4, 8, 9, 9]], []]))
     expected = sum(weights[name] * losses[name] for name in weights)
     torch.testing.assert_close(losses["loss"], expected)
@@ -57,12 +68,20 @@ def test_bce_with_hard_negatives_and_no_segmentation(stand_in):
     assert torch.isfinite(losses["loss"])
 
 
-def test_none_turns_a_loss_term_off_and_omitting_it_gives_the_default(stand_in):
-    detector = RetinaUNetDetector(stand_in(), anchor_sizes=ANCHORS, segmentation_loss=None, regression_loss=None).train()
+def test_none_turns_a_loss_term_off_and_a_built_loss_turns_it_on(stand_in):
+    detector = RetinaUNetDetector(
+        stand_in(), anchor_sizes=ANCHORS, segmentation_loss=None, regression_loss=None, giou_loss=GIoULoss()
+    ).train()
     losses = detector(torch.randn(1, 1, 16, 16, 16), _targets([[[2, 3, 4, 8, 9, 9]]]))
     assert set(losses) == {"classification", "box_giou", "loss"}
     with pytest.raises(ValueError, match="classification_loss cannot be None"):
         RetinaUNetDetector(stand_in(), anchor_sizes=ANCHORS, classification_loss=None)
+
+
+def test_a_string_is_not_a_loss(stand_in):
+    # the old "default" sentinel: a string in a config must fail at construction, not in the first step
+    with pytest.raises(ValueError, match="regression_loss.*'default'"):
+        RetinaUNetDetector(stand_in(), anchor_sizes=ANCHORS, regression_loss="default")
 
 
 def test_configuration_errors(stand_in):
