@@ -18,6 +18,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from shared.checkpoints.safe_load import sha256_file
 from shared.io.errors import InputError
 
 PLAN_VERSION = 1
@@ -47,7 +48,7 @@ def make_plan(fingerprint: dict[str, Any], datalist: dict[str, Any], datalist_pa
     classes = class_names(datalist)
     plan = {"target_spacing": target, "spacing_mode": mode, "channels": fingerprint["channels"],
             "classes": classes, "num_classes": len(classes), "datalist": str(Path(datalist_path).resolve()),
-            "version": PLAN_VERSION, "datalist_sha256": file_sha256(datalist_path)}
+            "version": PLAN_VERSION, "datalist_sha256": sha256_file(datalist_path)}
     plan["hash"] = plan_hash(plan)
     return plan
 
@@ -73,10 +74,6 @@ def spacing_request_matches(plan: dict[str, Any], spacing: str | Sequence[float]
     if plan.get("spacing_mode") != mode:
         return False
     return target is None or np.allclose(plan["target_spacing"], target)
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def _plain(value: Any) -> Any:

@@ -20,10 +20,11 @@ import torch
 from tqdm import tqdm
 
 from shared.boxes.convention import boxes_world_to_voxel
+from shared.checkpoints.safe_load import sha256_file
 from shared.data.cache import PLAN_FILE, cache_lock, case_is_current, entry_digest, read_plan, write_case
 from shared.data.fingerprint import fingerprint_cases
 from shared.data.normalize import normalize_image
-from shared.data.plan import file_sha256, make_plan, spacing_request_matches
+from shared.data.plan import make_plan, spacing_request_matches
 from shared.data.resample import (boxes_after_resampling, needs_resampling, resample_image, resample_instance_map,
                                   resampled_affine, resampled_shape, spacing_of, zoom_factors)
 from shared.data.validate import CheckedCase, channel_paths, validate_datalist
@@ -158,7 +159,7 @@ def _process_case(job: tuple[CheckedCase, dict[str, Any], str]) -> str:
 def _plan_for(datalist_path, cache_dir, datalist, cases, *, spacing, overwrite) -> dict[str, Any]:
     """Reuse the cache's plan when it was made from this very datalist file with this spacing request."""
     existing = None if overwrite else read_plan(cache_dir)
-    if (existing is not None and existing.get("datalist_sha256") == file_sha256(datalist_path)
+    if (existing is not None and existing.get("datalist_sha256") == sha256_file(datalist_path)
             and spacing_request_matches(existing, spacing)):
         check_resampled_sizes(cases, existing["target_spacing"])
         return existing

@@ -19,9 +19,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from shared.checkpoints.safe_load import sha256_file
 from shared.data.cache import PLAN_FILE, cache_lock, rank_zero_first, read_plan
 from shared.data.fingerprint import channel_modalities
-from shared.data.plan import PLAN_VERSION, file_sha256, parse_spacing, plan_hash
+from shared.data.plan import PLAN_VERSION, parse_spacing, plan_hash
 from shared.data.preprocess import check_resampled_sizes, write_cases
 from shared.data.resample import spacing_of
 from shared.data.validate import CheckedCase, channel_paths, check_entry
@@ -136,7 +137,7 @@ def pretraining_plan(cases: Sequence[CheckedCase], datalist: dict[str, Any], dat
                 for modality in modalities]
     plan = {"target_spacing": [float(v) for v in target], "spacing_mode": mode, "channels": channels,
             "classes": [], "num_classes": 0, "datalist": str(Path(datalist_path).resolve()),
-            "version": PLAN_VERSION, "datalist_sha256": file_sha256(datalist_path)}
+            "version": PLAN_VERSION, "datalist_sha256": sha256_file(datalist_path)}
     plan["hash"] = plan_hash(plan)
     return plan
 

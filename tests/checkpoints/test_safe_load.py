@@ -1,5 +1,7 @@
 import collections
 import hashlib
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -52,3 +54,11 @@ def test_foreign_bytes_and_missing_file(tmp_path):
         read_checkpoint(path)
     with pytest.raises(InputError, match="no such file"):
         read_checkpoint(tmp_path / "absent.pt")
+
+
+def test_one_sha256_helper_for_files_in_shared_and_tools():
+    repository = Path(__file__).resolve().parents[2]
+    defined = [f"{path.relative_to(repository)}: {match}"
+               for folder in ("shared", "tools") for path in sorted((repository / folder).rglob("*.py"))
+               for match in re.findall(r"def (\w*sha256\w*)\(", path.read_text())]
+    assert defined == ["shared/checkpoints/safe_load.py: sha256_file"]
