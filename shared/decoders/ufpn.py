@@ -1,7 +1,7 @@
 """The U-FPN decoder of Retina U-Net (nnDetection's ``UFPNModular`` with its default settings).
 
 Every encoder level gets a 1×1 lateral conv; the top-down path upsamples the coarser map with a
-transposed conv (kernel = stride = level ratio) and adds it to the finer lateral; an output 3×3 conv
+transposed conv (kernel = stride = level ratio, per axis) and adds it to the finer lateral; an output 3×3 conv
 follows at each level that is used. Laterals, upsampling and outputs have no norm/activation and
 a bias, as in nnDetection's defaults. Levels used for detection have ``channels`` (128) features;
 finer levels, which only serve segmentation, halve towards the input (never below
@@ -16,7 +16,7 @@ import torch
 from monai.networks.layers.factories import Conv
 from torch import nn
 
-from shared.decoders.levels import read_levels
+from shared.decoders.levels import find_level, read_levels
 from shared.layers import initialize_kaiming
 from shared.layers.blocks import same_padding
 
@@ -27,9 +27,11 @@ class UFPNDecoder(nn.Module):
     Args:
         feature_info: the encoder's ``[{"channels", "stride"}, ...]`` fine → coarse.
         channels: features at the detection levels and coarser.
-        detection_strides: cumulative strides of the detection levels; each must be an encoder stride.
-        output_strides: levels that get an output conv and are returned; ``None`` means the
-            detection levels plus the finest level (for the segmentation head).
+        detection_strides: cumulative strides of the detection levels, each naming an encoder level
+            (an int, or one per axis on an anisotropic encoder; see
+            :func:`shared.decoders.levels.find_level`).
+        output_strides: levels that get an output conv and are returned (named the same way);
+            ``None`` means the detection levels plus the finest level (for the segmentation head).
         min_channels: lower bound for the halved channels of the fine levels.
         kernel_size: kernel of the output convs.
         upsampling: ``"transpose"`` (nnDetection's Retina U-Net), or an ``nn.Upsample`` mode
@@ -46,25 +48,22 @@ class UFPNDecoder(nn.Module):
         feature_info: Sequence[dict],
         *,
         channels: int = 128,
-        detection_strides: Sequence[int] = (4, 8, 16, 32),
-        output_strides: Sequence[int] | None = None,
+        detection_strides: Sequence[int | Sequence[int]] = (4, 8, 16, 32),
+        output_strides: Sequence[int | Sequence[int]] | None = None,
         min_channels: int = 8,
         kernel_size: int = 3,
         upsampling: str = "transpose",
         spatial_dims: int = 3,
     ):
         super().__init__()
-        in_channels, strides, ratios = read_levels(feature_info)
-        for stride in detection_strides:
-            if stride not in strides:
-                raise ValueError(f"detection stride {stride} is not an encoder stride; encoder strides are {strides}")
+        in_channels, strides, ratios = read_levels(feature_info, spatial_dims)
+        detection_levels = [find_level(strides, s, spatial_dims) for s in detection_strides]
         if output_strides is None:
-            output_strides = sorted({strides[0], *detection_strides})
-        missing = [s for s in output_strides if s not in strides]
-        if missing:
-            raise ValueError(f"output_strides {missing} are not encoder strides {strides}")
-        self.level_channels = self._level_channels(strides, min(detection_strides), channels, min_channels)
-        self.output_levels = sorted(strides.index(s) for s in output_strides)
+            output_levels = {0, *detection_levels}
+        else:
+            output_levels = {find_level(strides, s, spatial_dims, "output stride") for s in output_strides}
+        self.level_channels = self._level_channels(len(strides), min(detection_levels), channels, min_channels)
+        self.output_levels = sorted(output_levels)
         self.feature_info = [{"channels": self.level_channels[l], "stride": strides[l]} for l in self.output_levels]
         self.num_levels = len(strides)
         # Levels finer than the finest output feed nothing: they are not built at all.
@@ -81,15 +80,14 @@ class UFPNDecoder(nn.Module):
         initialize_kaiming(self)
 
     @staticmethod
-    def _level_channels(strides: list[int], finest_detection: int, channels: int, min_channels: int) -> list[int]:
-        widths = [channels] * len(strides)
-        for level in reversed(range(len(strides))):
-            if strides[level] < finest_detection:
-                widths[level] = max(min_channels, widths[level + 1] // 2)
+    def _level_channels(num_levels: int, finest_detection: int, channels: int, min_channels: int) -> list[int]:
+        widths = [channels] * num_levels
+        for level in reversed(range(finest_detection)):
+            widths[level] = max(min_channels, widths[level + 1] // 2)
         return widths
 
     @staticmethod
-    def _upsampling(mode: str, coarse: int, fine: int, ratio: int, spatial_dims: int) -> nn.Module:
+    def _upsampling(mode: str, coarse: int, fine: int, ratio: int | tuple[int, ...], spatial_dims: int) -> nn.Module:
         if mode == "transpose":
             return Conv[Conv.CONVTRANS, spatial_dims](coarse, fine, ratio, stride=ratio)
         upsample = nn.Upsample(scale_factor=ratio, mode=mode)

@@ -1,6 +1,6 @@
 """The U-Net decoder of a ResEnc U-Net (dynamic-network-architectures' ``UNetDecoder``).
 
-From the coarsest level up: a transposed conv (kernel = stride = level ratio) to the next finer
+From the coarsest level up: a transposed conv (kernel = stride = level ratio, per axis) to the next finer
 level's size and width, concatenation with that level's skip, then ``convs_per_stage`` conv blocks.
 Keys match DNA (``stages.{i}.convs.{j}.conv.*``, ``transpconvs.{i}.*``, ``seg_layers.{i}.*``) so an
 nnU-Net / nnssl decoder loads by name. Unlike DNA the decoder keeps no reference to the encoder
@@ -17,7 +17,7 @@ from monai.networks.layers.factories import Conv
 from torch import nn
 
 from shared.decoders.levels import read_levels
-from shared.layers import LayerSpec, StackedConvBlocks, initialize_kaiming, per_stage
+from shared.layers import LayerSpec, StackedConvBlocks, initialize_kaiming, per_stage, per_stage_per_axis
 from shared.layers.specs import DEFAULT_ACT, DEFAULT_NORM
 
 
@@ -32,8 +32,8 @@ class UNetDecoder(nn.Module):
         out_channels: channels of the segmentation / reconstruction output.
         convs_per_stage: conv blocks per decoder stage, ordered coarse → fine as DNA orders its
             stages (a scalar broadcasts; one entry per encoder level minus one).
-        kernel_sizes: kernel per encoder level, fine → coarse (a scalar broadcasts); decoder stage
-            ``i`` uses the kernel of the level it outputs.
+        kernel_sizes: kernel per encoder level, fine → coarse, each an int or one per axis (a scalar
+            broadcasts); decoder stage ``i`` uses the kernel of the level it outputs.
         deep_supervision: return every stage's output (fine → coarse) instead of only the finest.
         spatial_dims: 1, 2 or 3.
         norm: normalisation spec.
@@ -51,7 +51,7 @@ class UNetDecoder(nn.Module):
         out_channels: int,
         *,
         convs_per_stage: int | Sequence[int] = 1,
-        kernel_sizes: int | Sequence[int] = 3,
+        kernel_sizes: int | Sequence[int | Sequence[int]] = 3,
         deep_supervision: bool = False,
         spatial_dims: int = 3,
         norm: LayerSpec = DEFAULT_NORM,
@@ -59,12 +59,12 @@ class UNetDecoder(nn.Module):
         conv_bias: bool = True,
     ):
         super().__init__()
-        channels, _, ratios = read_levels(feature_info)
+        channels, _, ratios = read_levels(feature_info, spatial_dims)
         if len(channels) < 2:
             raise ValueError("UNetDecoder needs an encoder with at least two levels")
         num_stages = len(channels) - 1
         convs_per_stage = per_stage(convs_per_stage, num_stages, "convs_per_stage")
-        kernel_sizes = per_stage(kernel_sizes, len(channels), "kernel_sizes")
+        kernel_sizes = per_stage_per_axis(kernel_sizes, len(channels), spatial_dims, "kernel_sizes")
         self.num_levels = len(channels)
         self.deep_supervision = deep_supervision
         transposed = Conv[Conv.CONVTRANS, spatial_dims]

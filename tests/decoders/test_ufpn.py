@@ -76,3 +76,30 @@ def test_bad_arguments_raise():
     decoder = UFPNDecoder(PAPER_LEVELS[:3], channels=8, detection_strides=(4,))
     with pytest.raises(ValueError, match="built for 3 levels, got 2"):
         decoder(_features(PAPER_LEVELS[:2], 8))
+
+
+# 0.8 × 0.8 × 2.5 mm: z is pooled from the second stride-2 stage on.
+ANISOTROPIC_LEVELS = [{"channels": c, "stride": s} for c, s in
+                      zip([8, 16, 32, 32], [1, (2, 2, 1), (4, 4, 2), (8, 8, 4)])]
+
+
+def test_anisotropic_levels_upsample_per_axis():
+    decoder = UFPNDecoder(ANISOTROPIC_LEVELS, channels=16, detection_strides=(4, (8, 8, 4)))
+    assert decoder.feature_info == [{"channels": 8, "stride": 1}, {"channels": 16, "stride": (4, 4, 2)},
+                                    {"channels": 16, "stride": (8, 8, 4)}]
+    assert decoder.up["P0"].weight.shape[2:] == (2, 2, 1) and decoder.up["P2"].weight.shape[2:] == (2, 2, 2)
+    sizes = (16, 16, 8)
+    features = [torch.randn(1, level["channels"], *(n // s for n, s in zip(sizes, stride)))
+                for level, stride in zip(ANISOTROPIC_LEVELS, [(1, 1, 1), (2, 2, 1), (4, 4, 2), (8, 8, 4)])]
+    with torch.no_grad():
+        outputs = decoder(features)
+    assert [tuple(o.shape[2:]) for o in outputs] == [(16, 16, 8), (4, 4, 4), (2, 2, 2)]
+
+
+def test_an_int_detection_stride_names_the_level_of_that_coarsest_axis_stride_unless_ambiguous():
+    assert UFPNDecoder(ANISOTROPIC_LEVELS, channels=8, detection_strides=(8,)).output_levels == [0, 3]
+    assert UFPNDecoder(ANISOTROPIC_LEVELS, channels=8, detection_strides=(1,)).output_levels == [0]
+    levels = [{"channels": 4, "stride": s} for s in (1, (2, 1, 1), (2, 2, 1))]
+    with pytest.raises(ValueError, match=r"detection stride 2 matches levels \[1, 2\].*per axis"):
+        UFPNDecoder(levels, channels=8, detection_strides=(2,))
+    assert UFPNDecoder(levels, channels=8, detection_strides=((2, 2, 1),)).output_levels == [0, 2]

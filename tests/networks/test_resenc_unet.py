@@ -10,7 +10,8 @@ def _reference(in_channels, out_channels, spec, *, deep_supervision=False):
     unet = pytest.importorskip("dynamic_network_architectures.architectures.unet")
     features, strides, blocks = spec["features"], spec["strides"], spec["blocks_per_stage"]
     return unet.ResidualEncoderUNet(
-        in_channels, len(features), features, torch.nn.Conv3d, 3, strides, blocks, out_channels, 1, True,
+        in_channels, len(features), features, torch.nn.Conv3d, spec.get("kernel_sizes", 3), strides, blocks,
+        out_channels, 1, True,
         torch.nn.InstanceNorm3d, {"eps": 1e-5, "affine": True}, None, None, torch.nn.LeakyReLU, {"inplace": True},
         deep_supervision=deep_supervision,
     )
@@ -66,3 +67,29 @@ def test_input_size_must_divide_by_the_coarsest_stride():
     network = ResEncUNet(1, 1, encoder_spec={"name": "resenc", "preset": "tiny"})
     with pytest.raises(ValueError, match=r"divisible by its coarsest stride 8, got \(16, 12, 16\).*\(16, 16, 16\)"):
         network(torch.randn(1, 1, 16, 12, 16))
+
+
+ANISOTROPIC = {"name": "resenc", "features": [8, 16, 32], "strides": [1, [2, 2, 1], 2],
+               "kernel_sizes": [[3, 3, 1], 3, 3], "blocks_per_stage": [1, 2, 1]}
+
+
+def test_anisotropic_network_matches_dynamic_network_architectures():
+    reference = _reference(1, 2, ANISOTROPIC, deep_supervision=True).double()
+    for parameter in reference.parameters():
+        torch.nn.init.normal_(parameter, std=0.2)
+    ours = ResEncUNet(1, 2, encoder_spec=ANISOTROPIC, deep_supervision=True).double()
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    assert ours.decoder.transpconvs[1].weight.shape[2:] == (2, 2, 1)
+    x = torch.randn(1, 1, 8, 8, 4, dtype=torch.float64)
+    with torch.no_grad():
+        mine, theirs = ours(x), reference(x)
+    assert [tuple(m.shape[2:]) for m in mine] == [(8, 8, 4), (4, 4, 4)]
+    for a, b in zip(mine, theirs, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+
+
+def test_input_size_must_divide_by_the_coarsest_stride_per_axis():
+    network = ResEncUNet(1, 1, encoder_spec=ANISOTROPIC)
+    assert network(torch.randn(1, 1, 8, 8, 2)).shape == (1, 1, 8, 8, 2)  # multiples of (4, 4, 2)
+    with pytest.raises(ValueError, match=r"coarsest stride \(4, 4, 2\), got \(8, 8, 3\).*\(8, 8, 4\)"):
+        network(torch.randn(1, 1, 8, 8, 3))
