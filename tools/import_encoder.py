@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from shared.checkpoints.manifest import load_pretrained, save_pretrained
+from shared.checkpoints.loading import load_pretrained
+from shared.checkpoints.manifest import save_pretrained
 from shared.checkpoints.transfer import check_weights_fit_architecture
+from shared.io.errors import InputError
 from tools._cli import check_writable_folder, run_cli
 
 
@@ -34,6 +36,10 @@ def import_encoder(
     """
     check_writable_folder(out, what="--out")
     pretrained = load_pretrained(checkpoint, stem=None if stem is None else str(stem))
+    if pretrained.scope != "encoder":
+        raise InputError(checkpoint, "is a whole network saved by our trainer, not an encoder: give it to the "
+                                     "fine-tuning bundle as pretrained_encoder as it is (transfer_mode encoder "
+                                     "or all)")
     if str(pretrained.source).endswith(".json"):
         # our own format is copied as it is: check the weights are the architecture it declares (the
         # importers of foreign formats build the architecture from the weights themselves)

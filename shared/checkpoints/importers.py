@@ -16,7 +16,6 @@ encoder keys, strip the prefix, and describe the architecture in our spec's term
 
 from __future__ import annotations
 
-import datetime
 import os
 import re
 from pathlib import Path
@@ -24,21 +23,13 @@ from typing import Any
 
 import torch
 
-from shared.checkpoints.manifest import (
-    FORMAT_NAME,
-    FORMAT_VERSION,
-    PretrainedEncoder,
-    StateDict,
-    library_versions,
-    stem_input_channels,
-    understood_formats,
-)
+from shared.checkpoints.manifest import PretrainedEncoder, StateDict, new_manifest, stem_input_channels
 from shared.checkpoints.safe_load import read_checkpoint, sha256_file
 from shared.io.errors import InputError
 
 ENCODER_PREFIX = "encoder."
 # nnssl's ResEnc-L ("Revisiting MAE pre-training..."), the paper's ResEnc encoder: our "paper" preset
-RESENC_L = {"features": [32, 64, 128, 256, 320, 320], "blocks": [1, 3, 4, 6, 6, 6],
+RESENC_L = {"features": [32, 64, 128, 256, 320, 320], "blocks_per_stage": [1, 3, 4, 6, 6, 6],
             "strides": [1, 2, 2, 2, 2, 2], "kernel_sizes": [3, 3, 3, 3, 3, 3]}
 RESENC_CLASSES = ("ResEncL", "NoSkipResEncL", "ResidualEncoderUNet")
 
@@ -54,16 +45,31 @@ def import_checkpoint(path: str | os.PathLike, *, stem: str | None = None) -> Pr
         Our encoder state dict (keys without ``encoder.``) and a manifest.
     """
     path = Path(path)
-    checkpoint = read_checkpoint(path)
+    converted = convert_checkpoint(read_checkpoint(path), path, stem=stem)
+    if converted is None:
+        raise InputError(path, "is neither an nnssl nor a MultiTalent checkpoint")
+    return converted
+
+
+def convert_checkpoint(checkpoint: Any, source: str | os.PathLike, *, stem: str | None = None) -> PretrainedEncoder | None:
+    """Converts a loaded nnssl or MultiTalent checkpoint; ``None`` when it is neither.
+
+    Args:
+        checkpoint: what ``read_checkpoint`` returned.
+        source: the file it came from.
+        stem: stem id for checkpoints with per-dataset stems.
+
+    Returns:
+        Our encoder state dict and manifest, or ``None``.
+    """
     weights = find_weights(checkpoint)
     if weights is None:
-        hint = " (our encoder.pt needs its encoder.json beside it)" if _looks_like_encoder(checkpoint) else ""
-        raise InputError(path, f"unknown checkpoint format{hint}; {understood_formats()}")
+        return None
     if stem_ids(weights):
-        return import_multitalent(checkpoint, path, stem=stem)
+        return import_multitalent(checkpoint, source, stem=stem)
     if isinstance(checkpoint, dict) and "nnssl_adaptation_plan" in checkpoint:
-        return import_nnssl(checkpoint, path)
-    raise InputError(path, f"unknown checkpoint format; {understood_formats()}")
+        return import_nnssl(checkpoint, source)
+    return None
 
 
 def find_weights(checkpoint: Any) -> StateDict | None:
@@ -76,10 +82,6 @@ def find_weights(checkpoint: Any) -> StateDict | None:
             if any(name.startswith(ENCODER_PREFIX) for name in weights):
                 return weights
     return None
-
-
-def _looks_like_encoder(checkpoint: Any) -> bool:
-    return isinstance(checkpoint, dict) and any(str(key).startswith("stem.") for key in checkpoint)
 
 
 def stem_ids(weights: StateDict, prefix: str = ENCODER_PREFIX) -> list[str]:
@@ -135,7 +137,8 @@ def architecture_from_nnssl(architecture_plans: dict[str, Any], source: Path) ->
         source: the file, for errors.
 
     Returns:
-        e.g. ``{"name": "resenc", "preset": "paper", "features": [...], "blocks": [...], ...}``.
+        e.g. ``{"name": "resenc", "preset": "paper", "features": [...], "blocks_per_stage": [...], ...}``,
+        a spec :func:`shared.encoders.presets.build_encoder` takes.
     """
     class_name = architecture_plans.get("arch_class_name")
     if class_name not in RESENC_CLASSES:
@@ -148,7 +151,7 @@ def architecture_from_nnssl(architecture_plans: dict[str, Any], source: Path) ->
     architecture = {
         "name": "resenc",
         "features": [int(v) for v in _per_stage(kwargs["features_per_stage"], stages)],
-        "blocks": [int(v) for v in _per_stage(kwargs["n_blocks_per_stage"], stages)],
+        "blocks_per_stage": [int(v) for v in _per_stage(kwargs["n_blocks_per_stage"], stages)],
         "strides": _per_stage(kwargs["strides"], stages),
         "kernel_sizes": _per_stage(kwargs["kernel_sizes"], stages),
         "conv_bias": bool(kwargs.get("conv_bias", True)),
@@ -173,18 +176,6 @@ def _configuration(pretrain_plan: dict[str, Any]) -> dict[str, Any]:
 
 def _source_entry(path: Path, kind: str) -> dict[str, Any]:
     return {"format": kind, "file": path.name, "sha256": sha256_file(path)}
-
-
-def _base_manifest(architecture: dict, in_channels: int, stem_keys: list[str]) -> dict[str, Any]:
-    return {
-        "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION,
-        "architecture": architecture,
-        "in_channels": int(in_channels),
-        "stem_keys": stem_keys,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "versions": library_versions(),
-    }
 
 
 def import_nnssl(checkpoint: dict[str, Any], source: str | os.PathLike) -> PretrainedEncoder:
@@ -219,32 +210,35 @@ def import_nnssl(checkpoint: dict[str, Any], source: str | os.PathLike) -> Pretr
         raise InputError(source, f"the stem '{key_to_stem}' does not take pretrain_num_input_channels={in_channels}")
     pretrain_plan = plan.get("pretrain_plan") or {}
     configuration = _configuration(pretrain_plan)
-    manifest = _base_manifest(architecture, in_channels, [stem_prefix])
-    manifest.update({
-        "modality": None,  # nnssl plans do not record it
-        "spacing": configuration.get("spacing"),
-        "normalization": configuration.get("normalization_schemes"),
-        "method": checkpoint.get("trainer_name", "nnssl"),
-        "method_settings": {"recommended_downstream_patchsize": plan.get("recommended_downstream_patchsize"),
-                            "in_projection_keys": [key[len(prefix):] for key in plan.get("keys_to_in_proj", ())
-                                                   if key.startswith(prefix)],
-                            "epochs": checkpoint.get("current_epoch")},
-        "data": {"dataset_name": pretrain_plan.get("dataset_name")},
-        "source": _source_entry(source, "nnssl"),
-    })
+    manifest = new_manifest(
+        architecture=architecture, in_channels=in_channels, stem_keys=[stem_prefix],
+        modality=None,  # nnssl plans do not record it
+        spacing=configuration.get("spacing"),
+        normalization=configuration.get("normalization_schemes"),
+        method=checkpoint.get("trainer_name", "nnssl"),
+        method_settings={"recommended_downstream_patchsize": plan.get("recommended_downstream_patchsize"),
+                         "in_projection_keys": [key[len(prefix):] for key in plan.get("keys_to_in_proj", ())
+                                                if key.startswith(prefix)],
+                         "epochs": checkpoint.get("current_epoch")},
+        data={"dataset_name": pretrain_plan.get("dataset_name")},
+        source=_source_entry(source, "nnssl"),
+    )
     return PretrainedEncoder(state_dict, manifest, {}, source=str(source))
 
 
 def infer_resenc_architecture(state_dict: StateDict) -> dict[str, Any]:
-    """What the weights themselves say about a ResEnc encoder: features, blocks, kernel sizes per stage.
+    """A buildable ResEnc spec from what the weights show: features, blocks, kernel sizes per stage.
 
-    Strides leave no trace in the weights, so they are not part of the answer.
+    Strides leave no trace in the weights (only whether a stage down-samples shifts the skip's keys):
+    the spec states nnU-Net's usual ones, a stride-1 first stage and 2 after, which is what the
+    released checkpoints without a plan (MultiTalent) were trained with.
 
     Args:
         state_dict: encoder state dict with DNA keys (``stages.{s}.blocks.{b}.conv1.conv.weight``).
 
     Returns:
-        ``{"name": "resenc", "features": [...], "blocks": [...], "kernel_sizes": [...]}``.
+        ``{"name": "resenc", "features": [...], "blocks_per_stage": [...], "kernel_sizes": [...],
+        "strides": [1, 2, ...]}``.
     """
     pattern = re.compile(r"stages\.(\d+)\.blocks\.(\d+)\.conv1\.conv\.weight$")
     blocks: dict[int, int] = {}
@@ -257,8 +251,9 @@ def infer_resenc_architecture(state_dict: StateDict) -> dict[str, Any]:
             blocks[stage] = max(blocks.get(stage, 0), block + 1)
             features[stage], kernels[stage] = int(value.shape[0]), int(value.shape[2])
     order = sorted(blocks)
-    return {"name": "resenc", "features": [features[s] for s in order], "blocks": [blocks[s] for s in order],
-            "kernel_sizes": [kernels[s] for s in order]}
+    return {"name": "resenc", "features": [features[s] for s in order],
+            "blocks_per_stage": [blocks[s] for s in order], "kernel_sizes": [kernels[s] for s in order],
+            "strides": [1] + [2] * (len(order) - 1)}
 
 
 def import_multitalent(checkpoint: dict[str, Any], source: str | os.PathLike, *, stem: str | None) -> PretrainedEncoder:
@@ -287,15 +282,12 @@ def import_multitalent(checkpoint: dict[str, Any], source: str | os.PathLike, *,
         raise InputError(source, f"{problem}; available: {available}")
     state_dict = {key: value for key, value in encoder.items() if not key.startswith("stem.")}
     state_dict.update({f"stem.{key}": value for key, value in stems[str(stem)].items()})
-    manifest = _base_manifest(infer_resenc_architecture(state_dict), stem_input_channels(stems[str(stem)]), ["stem."])
     plan = checkpoint.get("nnssl_adaptation_plan") or {}
-    manifest.update({
-        "modality": None,
-        "spacing": _configuration(plan.get("pretrain_plan") or {}).get("spacing"),
-        "normalization": None,
-        "method": "multitalent",
-        "method_settings": {"stem": str(stem), "available_stems": sorted(stems)},
-        "data": {},
-        "source": _source_entry(source, "multitalent"),
-    })
+    manifest = new_manifest(
+        architecture=infer_resenc_architecture(state_dict), in_channels=stem_input_channels(stems[str(stem)]),
+        stem_keys=["stem."], modality=None, spacing=_configuration(plan.get("pretrain_plan") or {}).get("spacing"),
+        normalization=None, method="multitalent",
+        method_settings={"stem": str(stem), "available_stems": sorted(stems)},
+        source=_source_entry(source, "multitalent"),
+    )
     return PretrainedEncoder(state_dict, manifest, stems, source=str(source))

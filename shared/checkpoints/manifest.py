@@ -3,8 +3,9 @@
 The manifest records everything a fine-tuning run must match or should know: the architecture and
 its arguments, input channels and modality, the spacing and intensity normalisation the encoder saw,
 the pre-training method and its settings, the data, the weights' sha256, when and with which library
-versions it was made. ``load_pretrained`` reads our format and, through ``shared.checkpoints.importers``,
-released checkpoints of other projects, and always returns a ``PretrainedEncoder``.
+versions it was made. This module owns the format: ``new_manifest`` is the one place a manifest is
+assembled (exports here, the importers of other projects' checkpoints in ``shared.checkpoints.importers``),
+``read_manifest_encoder`` reads it back; ``shared.checkpoints.loading.load_pretrained`` reads any file.
 
 Optional per-dataset stems (MultiTalent) travel in ``stems.pt`` beside the weights: keys
 ``<stem id>.<key inside the stem>``, hashed in the manifest like the weights.
@@ -43,6 +44,7 @@ MANIFEST_NAME = "encoder.json"
 STEMS_NAME = "stems.pt"
 
 StateDict = dict[str, torch.Tensor]
+SCOPES = ("encoder", "network")
 
 
 @dataclass
@@ -55,12 +57,19 @@ class PretrainedEncoder:
         stems: alternative stems by id, keys relative to the stem (``convs.0.conv.weight``); empty
             unless the source had several (MultiTalent).
         source: the file it was read from, for error messages.
+        scope: ``"encoder"`` (keys relative to the encoder) or ``"network"`` (a whole network's state
+            dict, keys as in ``network.state_dict()``: our trainer's ``model.pt`` and checkpoints).
     """
 
     state_dict: StateDict
     manifest: dict[str, Any]
     stems: dict[str, StateDict] = field(default_factory=dict)
     source: str | None = None
+    scope: str = "encoder"
+
+    def __post_init__(self) -> None:
+        if self.scope not in SCOPES:
+            raise ValueError(f"scope: expected one of {SCOPES}, got {self.scope!r}")
 
 
 def encoder_of(network_or_encoder: nn.Module) -> nn.Module:
@@ -204,22 +213,62 @@ def export_encoder(
     if not isinstance(architecture, dict) or "name" not in architecture:
         raise ValueError(f"architecture: expected a dict with at least a 'name', got {architecture!r}")
     encoder = encoder_of(network_or_encoder)
+    manifest = new_manifest(
+        architecture=architecture, in_channels=in_channels, modality=modality, spacing=spacing,
+        normalization=normalization, method=method, method_settings=method_settings, data=data,
+        stem_keys=list(getattr(encoder, "stem_keys", ["stem."])),
+    )
+    return save_pretrained(PretrainedEncoder(encoder.state_dict(), manifest, dict(stems or {})), out_dir)
+
+
+def new_manifest(
+    *,
+    architecture: dict[str, Any],
+    in_channels: int,
+    modality: str | list[str] | None,
+    spacing: list[float] | tuple[float, ...] | None,
+    normalization: Any,
+    method: str,
+    method_settings: dict[str, Any] | None = None,
+    data: dict[str, Any] | None = None,
+    stem_keys: list[str] | None = None,
+    source: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A manifest (without its ``weights`` entry, which ``save_pretrained`` fills in).
+
+    Args:
+        architecture: a spec :func:`shared.encoders.presets.build_encoder` takes.
+        in_channels: input channels of the stem.
+        modality: e.g. ``"CT"``, one name per channel, or ``None`` when the source does not say.
+        spacing: voxel spacing in mm of the inputs, or ``None`` when unknown.
+        normalization: the intensity normalisation (our description or the source's scheme names).
+        method: the pre-training method.
+        method_settings: its settings.
+        data: what it saw.
+        stem_keys: key prefixes of the layers that read the input channels.
+        source: for imports, ``{"format", "file", "sha256"}`` of the converted checkpoint.
+
+    Returns:
+        The manifest dict.
+    """
     manifest = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         "architecture": dict(architecture),
         "in_channels": int(in_channels),
         "modality": modality,
-        "spacing": [float(value) for value in spacing],
+        "spacing": None if spacing is None else [float(value) for value in spacing],
         "normalization": normalization,
         "method": method,
         "method_settings": dict(method_settings or {}),
         "data": dict(data or {}),
-        "stem_keys": list(getattr(encoder, "stem_keys", ["stem."])),
+        "stem_keys": list(stem_keys or ["stem."]),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "versions": library_versions(),
     }
-    return save_pretrained(PretrainedEncoder(encoder.state_dict(), manifest, dict(stems or {})), out_dir)
+    if source is not None:
+        manifest["source"] = dict(source)
+    return manifest
 
 
 def stem_input_channels(stem: StateDict) -> int:
@@ -283,43 +332,3 @@ def read_manifest_encoder(manifest_path: str | os.PathLike) -> PretrainedEncoder
             stems[stem_id] = {key[len(stem_id) + 1:]: value for key, value in flat.items()
                               if key.startswith(f"{stem_id}.")}
     return PretrainedEncoder(state_dict, manifest, stems, source=str(manifest_path))
-
-
-def load_pretrained(path: str | os.PathLike, *, stem: str | None = None) -> PretrainedEncoder:
-    """Loads pre-trained encoder weights from any understood format.
-
-    Understood: our manifest ``encoder.json``; our ``encoder.pt`` (its manifest is read from beside
-    it); a folder holding ``encoder.json``; an nnssl checkpoint; a MultiTalent checkpoint (choose its
-    stem with ``stem``). Foreign checkpoints are read with ``weights_only=True`` only.
-
-    Args:
-        path: file or folder.
-        stem: stem id for checkpoints with per-dataset stems.
-
-    Returns:
-        The encoder weights with a manifest.
-    """
-    from shared.checkpoints.importers import import_checkpoint
-
-    path = Path(path)
-    if path.is_dir():
-        if not (path / MANIFEST_NAME).is_file():
-            raise InputError(path, f"is a folder without {MANIFEST_NAME}; {understood_formats()}")
-        return read_manifest_encoder(path / MANIFEST_NAME)
-    if not path.is_file():
-        raise InputError(path, "no such file or folder")
-    if path.suffix == ".json":
-        return read_manifest_encoder(path)
-    if path.name in (WEIGHTS_NAME, STEMS_NAME) and (path.parent / MANIFEST_NAME).is_file():
-        return read_manifest_encoder(path.parent / MANIFEST_NAME)
-    return import_checkpoint(path, stem=stem)
-
-
-def understood_formats() -> str:
-    """One sentence listing the formats ``load_pretrained`` reads, for error messages."""
-    return (
-        "understood formats: (1) our encoder.json manifest beside encoder.pt, or a folder holding them; "
-        "(2) an nnssl checkpoint (a dict with 'network_weights' and 'nnssl_adaptation_plan'); "
-        "(3) a MultiTalent checkpoint (weights with per-dataset stems 'encoder.stem.<id>.*', "
-        "choose one with stem=<id>)"
-    )

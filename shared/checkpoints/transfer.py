@@ -14,6 +14,7 @@ one of the per-dataset stems (MultiTalent) — and fails if there is none.
 from __future__ import annotations
 
 import fnmatch
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,21 +59,61 @@ class TransferReport:
         return [name for name, _ in network.named_parameters() if name not in done]
 
 
+# constructor arguments given per stage: a scalar broadcasts and an isotropic [s, s, s] is s
+PER_STAGE_ARGUMENTS = ("strides", "blocks_per_stage", "convs_per_stage", "kernel_sizes")
+
+
 def architecture_differences(found: dict[str, Any], expected: dict[str, Any]) -> list[str]:
-    """Fields on which two encoder specs disagree (only fields both state are compared).
+    """Constructor arguments on which two encoder specs disagree, each resolved to the full argument list.
+
+    Strides leave no trace in weight shapes, so this comparison is the only guard against loading an
+    encoder into a network that down-samples differently.
 
     Args:
         found: the manifest's ``architecture``.
         expected: the detector's encoder spec.
 
     Returns:
-        ``"field: checkpoint X, network Y"`` lines; empty when compatible.
+        ``"argument: checkpoint X, network Y"`` lines, sorted by argument; empty when they agree.
     """
-    def plain(value: Any) -> Any:
-        return [plain(v) for v in value] if isinstance(value, (list, tuple)) else value
+    found, expected = encoder_arguments(found), encoder_arguments(expected)
+    return [f"{key}: checkpoint {found.get(key)!r}, network {expected.get(key)!r}"
+            for key in sorted(set(found) | set(expected)) if found.get(key) != expected.get(key)]
 
-    return [f"{key}: checkpoint {found[key]!r}, network {expected[key]!r}"
-            for key in sorted(set(found) & set(expected)) if plain(found[key]) != plain(expected[key])]
+
+def encoder_arguments(spec: dict[str, Any]) -> dict[str, Any]:
+    """Every constructor argument an encoder spec means: the class defaults, then the preset, then the spec.
+
+    Args:
+        spec: ``{"name": ..., "preset": ..., <overrides>}`` as :func:`shared.encoders.presets.build_encoder`
+            takes it.
+
+    Returns:
+        ``{"name": ..., <argument>: <value>}`` with tuples as lists and per-stage arguments one entry per
+        stage; an unknown name or preset is returned as given (the build reports it).
+    """
+    from shared.encoders.presets import ENCODER_CLASSES, ENCODER_PRESETS
+
+    name, preset = spec.get("name"), spec.get("preset")
+    if name not in ENCODER_CLASSES or (preset is not None and preset not in ENCODER_PRESETS[name]):
+        return {key: _plain(value) for key, value in spec.items()}
+    parameters = inspect.signature(ENCODER_CLASSES[name].__init__).parameters.values()
+    arguments = {parameter.name: parameter.default for parameter in parameters
+                 if parameter.default is not inspect.Parameter.empty}
+    arguments.update(ENCODER_PRESETS[name][preset] if preset is not None else {})
+    arguments.update({key: value for key, value in spec.items() if key not in ("name", "preset")})
+    arguments = {key: _plain(value) for key, value in arguments.items()}
+    stages = len(arguments["features"]) if isinstance(arguments.get("features"), list) else None
+    for key in PER_STAGE_ARGUMENTS:
+        if key in arguments and stages is not None:
+            values = arguments[key] if isinstance(arguments[key], list) else [arguments[key]] * stages
+            arguments[key] = [value[0] if isinstance(value, list) and value and len(set(map(repr, value))) == 1
+                              else value for value in values]
+    return {"name": name, **arguments}
+
+
+def _plain(value: Any) -> Any:
+    return [_plain(item) for item in value] if isinstance(value, (list, tuple)) else value
 
 
 def check_weights_fit_architecture(pretrained: PretrainedEncoder, *, shown: int = 3) -> None:
@@ -80,8 +121,6 @@ def check_weights_fit_architecture(pretrained: PretrainedEncoder, *, shown: int 
 
     Builds the declared ``architecture`` for the declared ``in_channels`` and compares keys and shapes
     (the reference network's alias keys, ``.all_modules.``, are ignored when the built encoder has none).
-    Importers describe foreign encoders by what the weights show (``blocks`` for
-    ``blocks_per_stage``, perhaps no strides), which is read as the same architecture.
 
     Args:
         pretrained: weights with our manifest.
@@ -95,7 +134,7 @@ def check_weights_fit_architecture(pretrained: PretrainedEncoder, *, shown: int 
 
     architecture, channels = pretrained.manifest.get("architecture"), pretrained.manifest.get("in_channels")
     try:
-        target = build_encoder(_buildable(architecture), int(channels)).state_dict()
+        target = build_encoder(architecture, int(channels)).state_dict()
     except (TypeError, ValueError) as error:
         raise InputError(pretrained.source, f"declares an architecture {architecture!r} with in_channels "
                                             f"{channels!r} that cannot be built: {error}") from None
@@ -112,19 +151,6 @@ def check_weights_fit_architecture(pretrained: PretrainedEncoder, *, shown: int 
     if problems:
         raise InputError(pretrained.source, f"the weights do not fit the declared architecture {architecture!r} "
                                             f"({'; '.join(problems)}); re-export the encoder or fix its manifest")
-
-
-def _buildable(architecture: Any) -> Any:
-    """An importer's description of an encoder as a spec :func:`build_encoder` takes."""
-    if not isinstance(architecture, dict) or "preset" in architecture or "features" not in architecture:
-        return architecture
-    spec = dict(architecture)
-    if "blocks" in spec:
-        spec["blocks_per_stage"] = spec.pop("blocks")
-    # an importer that could not read the strides (MultiTalent) saw nnU-Net's usual ones: only whether a
-    # stage down-samples shows in the weights (the skip's pooling shifts its keys), not by how much
-    spec.setdefault("strides", [1] + [2] * (len(spec["features"]) - 1))
-    return spec
 
 
 def _stem_prefixes(encoder: nn.Module) -> tuple[str, ...]:
@@ -205,9 +231,10 @@ def transfer_encoder(
 
     Args:
         network: the detector (or any module with an ``encoder``); with mode ``"all"`` any module.
-        pretrained: weights from ``load_pretrained`` (encoder keys; whole-network keys for ``"all"``).
-        mode: ``"encoder"`` (the paper's default) or ``"all"`` (every matching key, for our own full
-            checkpoints).
+        pretrained: weights from ``load_pretrained``: an encoder, or a whole network (``scope="network"``,
+            our trainer's files) of which mode ``"encoder"`` takes the keys under ``network.encoder_prefix``.
+        mode: ``"encoder"`` (the paper's default) or ``"all"`` (every key of a whole network's
+            checkpoint; an encoder-only checkpoint gives the encoder, the rest stays as initialised).
         stem: ``"matching"`` (default; a stem with the network's channel count), ``"random"`` or
             ``"replicate"``.
         allow_missing: fnmatch patterns of keys (network keys for missing, checkpoint keys for
@@ -221,11 +248,16 @@ def transfer_encoder(
         raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
     if stem not in STEM_STRATEGIES:
         raise ValueError(f"stem: expected one of {STEM_STRATEGIES}, got {stem!r}")
-    if expected_architecture is not None:
-        differences = architecture_differences(pretrained.manifest.get("architecture") or {}, expected_architecture)
+    declared = pretrained.manifest.get("architecture")
+    if expected_architecture is not None and declared:  # our trainer's files do not declare it
+        differences = architecture_differences(declared, expected_architecture)
         if differences:
             raise InputError(pretrained.source, "architecture of the pre-trained encoder differs from the network's "
                                                 f"encoder: {'; '.join(differences)}")
+    if pretrained.scope == "encoder":
+        mode = "encoder"  # the encoder is everything such a checkpoint holds
+    elif mode == "encoder":
+        pretrained = encoder_part(pretrained, getattr(network, "encoder_prefix", "encoder."))
     target_module = network.encoder if mode == "encoder" else network
     prefix = getattr(network, "encoder_prefix", "encoder.") if mode == "encoder" else ""
     prefixes = _stem_prefixes(getattr(network, "encoder", network))
@@ -264,6 +296,14 @@ def _compare(source: StateDict, target: StateDict, excused: set[str], allow: Seq
         shown = "; ".join(refused[:20]) + (f"; ... ({len(refused)} in all)" if len(refused) > 20 else "")
         raise InputError(origin, f"refusing a partial load of pre-trained weights: {shown}. If this is intended, "
                                "pass the keys (fnmatch patterns) in allow_missing")
+
+
+def encoder_part(pretrained: PretrainedEncoder, prefix: str) -> PretrainedEncoder:
+    """The encoder inside a whole network's weights: the keys under ``prefix``, without it."""
+    state_dict = {key[len(prefix):]: value for key, value in pretrained.state_dict.items() if key.startswith(prefix)}
+    if not state_dict:
+        raise InputError(pretrained.source, f"holds no encoder weights (no key starts with '{prefix}')")
+    return PretrainedEncoder(state_dict, pretrained.manifest, pretrained.stems, pretrained.source, scope="encoder")
 
 
 def _load(module: nn.Module, target: StateDict, source: StateDict, report: TransferReport, prefix: str) -> None:

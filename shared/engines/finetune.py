@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 from torch import nn
 
-from shared.checkpoints.manifest import load_pretrained
+from shared.checkpoints.loading import load_pretrained
 from shared.checkpoints.transfer import TransferReport, transfer_encoder
 from shared.engines.warmup import WarmupFreeze
 from shared.io.errors import InputError

@@ -16,7 +16,7 @@ TINY = {
 }
 NORM_KWARGS = {"eps": 1e-5, "affine": True}
 # the architecture our importer should report for TINY
-TINY_SPEC = {"name": "resenc", "features": [4, 8, 16], "blocks": [1, 2, 2], "strides": [1, 2, 2],
+TINY_SPEC = {"name": "resenc", "features": [4, 8, 16], "blocks_per_stage": [1, 2, 2], "strides": [1, 2, 2],
              "kernel_sizes": [3, 3, 3], "conv_bias": True, "norm": ["instance", NORM_KWARGS],
              "act": ["leakyrelu", {"negative_slope": 0.01}]}
 

@@ -1,3 +1,5 @@
+import ast
+import inspect
 import json
 import os
 import re
@@ -17,7 +19,9 @@ from tests.checkpoints.checkpoint_cases import (
 )
 
 from shared.checkpoints.importers import RESENC_L, architecture_from_nnssl, import_checkpoint, infer_resenc_architecture
-from shared.checkpoints.manifest import load_pretrained, sha256_file
+from shared.checkpoints.loading import load_pretrained
+from shared.checkpoints.safe_load import sha256_file
+from shared.encoders.presets import build_encoder
 from shared.io.errors import InputError
 
 REPOSITORY = Path(__file__).resolve().parents[2]
@@ -98,12 +102,54 @@ def test_multitalent_stem_choice(tmp_path):
     ct_stem = stems["ct"].encoder.stem.state_dict()
     assert all(torch.equal(pretrained.stems["ct"][key], ct_stem[key]) for key in ct_stem)
     assert pretrained.manifest["method_settings"] == {"stem": "brats", "available_stems": ["brats", "ct"]}
-    assert pretrained.manifest["architecture"] == {"name": "resenc", "features": [4, 8, 16], "blocks": [1, 2, 2],
-                                                   "kernel_sizes": [3, 3, 3]}
+    assert pretrained.manifest["architecture"] == {"name": "resenc", "features": [4, 8, 16],
+                                                   "blocks_per_stage": [1, 2, 2], "kernel_sizes": [3, 3, 3],
+                                                   "strides": [1, 2, 2]}
+
+
+@pytest.mark.parametrize("source", ["nnssl", "multitalent"])
+def test_an_imported_manifest_builds_the_encoder_it_describes(source, tmp_path):
+    network = dna_unet(1, seed=0)
+    if source == "nnssl":
+        save_nnssl_checkpoint(tmp_path / "c.pth", network, 1)
+        pretrained = load_pretrained(tmp_path / "c.pth")
+    else:
+        save_multitalent_checkpoint(tmp_path / "c.pth", {"ct": network, "brats": dna_unet(2, seed=1)})
+        pretrained = load_pretrained(tmp_path / "c.pth", stem="ct")
+    encoder = build_encoder(pretrained.manifest["architecture"], pretrained.manifest["in_channels"]).double()
+    # the reference network registers every conv/norm twice (all_modules); ours once
+    encoder.load_state_dict({key: value for key, value in pretrained.state_dict.items() if ".all_modules." not in key})
+    images = torch.randn(1, 1, 16, 16, 16, dtype=torch.float64)
+    network.eval(), encoder.eval()
+    for ours, theirs in zip(encoder(images), network.encoder(images)):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-10)
+
+
+def test_importers_depend_on_the_manifest_module_and_not_the_other_way():
+    import shared.checkpoints.importers as importers
+    import shared.checkpoints.manifest as manifest
+
+    imported = [node.module if isinstance(node, ast.ImportFrom) else alias.name
+                for node in ast.walk(ast.parse(inspect.getsource(manifest)))
+                if isinstance(node, (ast.Import, ast.ImportFrom)) for alias in node.names]
+    assert "shared.checkpoints.manifest" in [node.module for node in ast.walk(ast.parse(inspect.getsource(importers)))
+                                             if isinstance(node, ast.ImportFrom)]
+    assert not [name for name in imported if name and name.startswith("shared.checkpoints.importers")]
+    # one place assembles a manifest: the importers fill in the fields, the format's own keys are not theirs
+    assert "FORMAT_NAME" not in inspect.getsource(importers) and "library_versions" not in inspect.getsource(importers)
+
+
+def test_a_trainer_checkpoint_is_not_imported_as_an_encoder(tmp_path):
+    from tools.import_encoder import import_encoder
+
+    torch.save(dna_unet().state_dict(), tmp_path / "model.pt")
+    with pytest.raises(InputError, match="model.pt: is a whole network saved by our trainer, not an encoder"):
+        import_encoder(str(tmp_path / "model.pt"), str(tmp_path / "out"))
+    assert not (tmp_path / "out" / "encoder.json").exists()
 
 
 def test_inferred_architecture_matches_the_weights():
-    assert infer_resenc_architecture(dna_encoder().state_dict())["blocks"] == [1, 2, 2]
+    assert infer_resenc_architecture(dna_encoder().state_dict())["blocks_per_stage"] == [1, 2, 2]
 
 
 def test_command_line_import_round_trip(tmp_path, monkeypatch, capsys):
@@ -134,7 +180,7 @@ def test_resenc_l_nnssl_checkpoint_imports_at_full_size(tmp_path):
     from dynamic_network_architectures.architectures.unet import ResidualEncoderUNet
 
     network = ResidualEncoderUNet(
-        1, 6, RESENC_L["features"], nn.Conv3d, 3, RESENC_L["strides"], RESENC_L["blocks"], 1, [1] * 5, True,
+        1, 6, RESENC_L["features"], nn.Conv3d, 3, RESENC_L["strides"], RESENC_L["blocks_per_stage"], 1, [1] * 5, True,
         nn.InstanceNorm3d, {"eps": 1e-5, "affine": True}, None, None, nn.LeakyReLU, {"inplace": True},
     )
     plan = {**dynamic_plan(1), "architecture_plans": {"arch_class_name": "ResEncL", "arch_kwargs": None}}

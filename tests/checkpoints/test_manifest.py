@@ -4,7 +4,9 @@ import pytest
 import torch
 from tests.checkpoints.checkpoint_cases import dna_encoder, dna_unet
 
-from shared.checkpoints.manifest import export_encoder, load_pretrained, sha256_file
+from shared.checkpoints.loading import load_pretrained
+from shared.checkpoints.manifest import export_encoder
+from shared.checkpoints.safe_load import sha256_file
 from shared.io.errors import InputError
 
 SETTINGS = dict(

@@ -63,10 +63,27 @@ def test_shape_mismatch_is_listed():
 
 def test_architecture_mismatch_names_the_field():
     paper = {"name": "resenc", "preset": "paper", "features": [32, 64, 128, 256, 320, 320]}
-    with pytest.raises(InputError, match="features: checkpoint .*; preset: checkpoint 'paper', network 'tiny'"):
+    with pytest.raises(InputError, match="features: checkpoint .*; strides: checkpoint \\[1, 2, 2, 2, 2, 2\\], network"):
         transfer_encoder(StandInDetector(1), pretrained_from(dna_encoder(), architecture=paper),
                          expected_architecture=SPEC)
-    assert architecture_differences({"blocks": (1, 2)}, {"blocks": [1, 2], "preset": "tiny"}) == []
+    tiny = {"name": "resenc", "preset": "tiny"}
+    assert architecture_differences({**tiny, "blocks_per_stage": (1, 1, 1, 1)}, tiny) == []
+
+
+def test_architecture_differences_compare_every_constructor_argument():
+    paper = {"name": "resenc", "preset": "paper"}
+    other = {"name": "resenc", "features": [16, 32, 64, 128, 256, 256], "strides": [1, 1, 2, 2, 2, 2],
+             "blocks_per_stage": [1, 3, 4, 6, 6, 6]}
+    assert architecture_differences(paper, other) == [
+        "features: checkpoint [32, 64, 128, 256, 320, 320], network [16, 32, 64, 128, 256, 256]",
+        "strides: checkpoint [1, 2, 2, 2, 2, 2], network [1, 1, 2, 2, 2, 2]",
+    ]
+    # the class defaults are the paper's sizes; a scalar broadcasts over the stages
+    assert architecture_differences(paper, {"name": "resenc", "kernel_sizes": 3}) == []
+    assert architecture_differences(paper, {"name": "resenc", "kernel_sizes": 5}) == [
+        "kernel_sizes: checkpoint [3, 3, 3, 3, 3, 3], network [5, 5, 5, 5, 5, 5]"]
+    assert "name: checkpoint 'resenc', network 'plain'" in architecture_differences(
+        paper, {"name": "plain", "preset": "paper"})
 
 
 def test_random_stem_keeps_the_fresh_stem():
@@ -111,13 +128,13 @@ def test_matching_stem_takes_the_per_dataset_stem_with_the_right_channels():
 
 def test_all_mode_loads_the_whole_network():
     trained, fresh = dna_unet(1, seed=0), dna_unet(1, seed=5)
-    pretrained = PretrainedEncoder(trained.state_dict(), {}, source="full.pt")
+    pretrained = PretrainedEncoder(trained.state_dict(), {}, source="full.pt", scope="network")
     report = transfer_encoder(fresh, pretrained, mode="all")
     assert equal(trained.state_dict(), fresh.state_dict())
     assert report.new_parameters(fresh) == [] and len(report.transferred_keys) == len(trained.state_dict())
     partial = {key: value for key, value in trained.state_dict().items() if not key.startswith("decoder.seg_layers")}
     with pytest.raises(InputError, match="missing decoder.seg_layers.0.bias; missing decoder.seg_layers.0.weight"):
-        transfer_encoder(dna_unet(1), PretrainedEncoder(partial, {}), mode="all")
+        transfer_encoder(dna_unet(1), PretrainedEncoder(partial, {}, scope="network"), mode="all")
 
 
 def test_network_without_alias_keys_skips_them():
@@ -147,7 +164,8 @@ def test_bad_arguments():
 
 
 def test_mae_pretraining_to_detector_end_to_end(tmp_path):
-    from shared.checkpoints.manifest import export_encoder, load_pretrained
+    from shared.checkpoints.loading import load_pretrained
+    from shared.checkpoints.manifest import export_encoder
     from shared.ssl.mae import MaskedAutoencoder
 
     model = MaskedAutoencoder(dna_unet(1), block_size=4, mask_ratio=0.75, seed=0)

@@ -6,7 +6,7 @@ import json
 
 import torch
 
-from shared.checkpoints.manifest import load_pretrained
+from shared.checkpoints.loading import load_pretrained
 from shared.checkpoints.safe_load import sha256_file
 from shared.data.pretraining import NORMALIZATION, PretrainingData
 from shared.networks.resenc_unet import ResEncUNet
