@@ -28,7 +28,7 @@ import torch
 from shared.data.cache import list_cases
 from shared.data.dataset import ValidationCaseDataset
 from shared.engines.inference import POSTPROCESSING_FILE
-from shared.inference.sliding_window import VolumeStreams, consolidate_streams, predict_streams
+from shared.inference.sliding_window import VolumeStreams, consolidate_streams, predict_streams, split_settings
 from shared.io.atomic import write_json
 from shared.io.errors import InputError
 from shared.io.writable import check_writable_folder
@@ -40,8 +40,6 @@ DEFAULT_GRID: dict[str, tuple[float, ...]] = {
     "score_threshold": (0.05, 0.1, 0.2, 0.3, 0.5),
     "min_size": (0.01, 2.0, 4.0),
 }
-#: predict_volume keywords that change the network pass (not swept; taken from the bundle's ``inference``)
-STREAM_KEYS = ("overlap", "mirror", "batch_size", "sigma_scale")
 
 
 def grid_points(grid: dict[str, Sequence[float]]) -> list[dict[str, float]]:
@@ -124,7 +122,7 @@ def collect_streams(detector, cache_dir: str | os.PathLike, patch_size: Sequence
         raise InputError(cache_dir, "no validation cases in the cache: train the bundle first (it preprocesses the "
                                     "validation split into <model_dir>/cache), or pass the model_dir it trained")
     dataset = ValidationCaseDataset(cache_dir, cases)
-    stream_settings = {key: inference[key] for key in STREAM_KEYS if key in inference}
+    stream_settings, _ = split_settings(inference)  # the network pass as the bundle's; clustering is swept
     streams, targets = [], []
     for index in range(len(dataset)):
         case = dataset[index]

@@ -9,11 +9,13 @@ tile and shifted to volume coordinates; weighted box clustering then merges the 
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -95,52 +97,64 @@ def predict_volume(
     volume: Tensor,
     *,
     patch_size: Sequence[int],
-    overlap: float = 0.5,
-    mirror: bool = False,
-    batch_size: int = 4,
-    postprocessor: DetectionPostprocessor | None = None,
-    cluster_iou: float = 0.5,
-    score_threshold: float = 0.05,
-    min_size: float = 0.01,
-    detections_per_volume: int = 100,
-    sigma_scale: float = 0.25,
     timings: dict | None = None,
+    **settings: Any,
 ) -> dict[str, Tensor]:
-    """Detect objects in a whole volume.
+    """Detect objects in a whole volume: :func:`predict_streams`, then :func:`consolidate_streams`.
 
     Args:
         models: a ``RetinaUNetDetector``, or a list of them (fold ensemble), or bare networks with the
-            head contract (then ``postprocessor`` is required).
+            head contract (then the ``postprocessor`` setting is required).
         volume: (C, X, Y, Z) preprocessed volume.
         patch_size: tile size (X, Y, Z), a multiple of the coarsest detection stride.
-        overlap: tile overlap fraction per axis.
-        mirror: test-time mirroring over all 8 flips.
-        batch_size: tiles per network call.
-        postprocessor: per-stream post-processing; default the detector's own.
-        cluster_iou: IoU threshold of weighted box clustering.
-        score_threshold: smallest consolidated score kept.
-        min_size: smallest consolidated box side kept (voxels).
-        detections_per_volume: most boxes returned.
-        sigma_scale: Gaussian width of the position weights (fraction of the tile).
         timings: if given, filled with seconds spent in ``forward``, ``postprocess`` (per stream),
             ``consolidation`` and ``total``.
+        **settings: keywords of :func:`predict_streams` (how the networks see the volume: ``overlap``,
+            ``mirror``, ``batch_size``, ``postprocessor``, ``sigma_scale``) and of
+            :func:`consolidate_streams` (how the streams merge: ``cluster_iou``, ``score_threshold``,
+            ``min_size``, ``detections_per_volume``), with their defaults there; a bundle's ``inference``.
 
     Returns:
         ``{"boxes": (M, 6) xyzxyz voxel of ``volume``, "scores": (M,), "labels": (M,) int64}`` on
         ``volume``'s device, sorted by score.
+
+    Raises:
+        ValueError: naming a setting that neither half takes.
     """
     start = time.perf_counter()
+    stream_settings, cluster_settings = split_settings(settings)
     clock: dict = {}
-    streams = predict_streams(models, volume, patch_size=patch_size, overlap=overlap, mirror=mirror,
-                              batch_size=batch_size, postprocessor=postprocessor, sigma_scale=sigma_scale,
-                              timings=clock)
+    streams = predict_streams(models, volume, patch_size=patch_size, timings=clock, **stream_settings)
     tic = time.perf_counter()
-    result = consolidate_streams(streams, cluster_iou=cluster_iou, score_threshold=score_threshold,
-                                 min_size=min_size, detections_per_volume=detections_per_volume)
+    result = consolidate_streams(streams, **cluster_settings)
     clock["consolidation"] = time.perf_counter() - tic
     if timings is not None:
         timings.update(clock, total=time.perf_counter() - start)
     return {key: value.to(volume.device) for key, value in result.items()}
+
+
+def split_settings(settings: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Sliding-window settings → (keywords of :func:`predict_streams`, of :func:`consolidate_streams`).
+
+    The keyword sets are read from the two signatures, so a setting added to either half is routed
+    without a list to keep in step.
+
+    Raises:
+        ValueError: naming a setting that neither half takes, and the known ones.
+    """
+    stream_keys, cluster_keys = _setting_names(predict_streams), _setting_names(consolidate_streams)
+    unknown = sorted(set(settings) - stream_keys - cluster_keys)
+    if unknown:
+        known = ", ".join(sorted(stream_keys | cluster_keys))
+        raise ValueError(f"unknown sliding-window setting(s) {', '.join(map(repr, unknown))}; known: {known}")
+    return ({key: value for key, value in settings.items() if key in stream_keys},
+            {key: value for key, value in settings.items() if key in cluster_keys})
+
+
+def _setting_names(function) -> set[str]:
+    """Keyword-only parameters of ``function`` other than the per-call ones (patch size, timings)."""
+    parameters = inspect.signature(inspect.unwrap(function)).parameters.values()
+    return {p.name for p in parameters if p.kind is p.KEYWORD_ONLY and p.name not in ("patch_size", "timings")}
 
 
 @torch.no_grad()
@@ -159,8 +173,16 @@ def predict_streams(
     """The network half of :func:`predict_volume`: every stream's detections, not yet clustered.
 
     Kept separate so a post-processing sweep runs the networks once per volume and then re-clusters
-    the same streams with :func:`consolidate_streams` for each setting. Arguments as in
-    :func:`predict_volume`; ``timings`` gets ``forward``, ``postprocess`` and ``streams``.
+    the same streams with :func:`consolidate_streams` for each setting.
+
+    Args:
+        models, volume, patch_size: as in :func:`predict_volume`.
+        overlap: tile overlap fraction per axis.
+        mirror: test-time mirroring over all 8 flips.
+        batch_size: tiles per network call.
+        postprocessor: per-stream post-processing; default the detector's own.
+        sigma_scale: Gaussian width of the position weights (fraction of the tile).
+        timings: if given, filled with seconds in ``forward``, ``postprocess`` and the count of ``streams``.
     """
     clock = {"forward": 0.0, "postprocess": 0.0}
     pairs = _resolve_models(models, postprocessor)
@@ -193,6 +215,13 @@ def consolidate_streams(
     detections_per_volume: int = 100,
 ) -> dict[str, Tensor]:
     """The clustering half of :func:`predict_volume`: weighted box clustering, clipping, filtering.
+
+    Args:
+        streams: the output of :func:`predict_streams`.
+        cluster_iou: IoU threshold of weighted box clustering.
+        score_threshold: smallest consolidated score kept.
+        min_size: smallest consolidated box side kept (voxels).
+        detections_per_volume: most boxes returned.
 
     Returns:
         ``{"boxes": (M, 6), "scores": (M,), "labels": (M,)}`` on the streams' device, sorted by score.

@@ -12,7 +12,7 @@ from shared.detectors.box_coder import BoxCoder
 from shared.detectors.postprocess import DetectionPostprocessor
 from shared.detectors.retina_unet import RetinaUNetDetector
 from shared.inference.sliding_window import (ALL_FLIPS, consolidate_streams, predict_streams, predict_volume,
-                                             tile_origins, unflip_boxes)
+                                             split_settings, tile_origins, unflip_boxes)
 
 STRIDE = 8
 
@@ -132,3 +132,18 @@ def test_streams_then_consolidation_equals_predict_volume():
         assert len(whole["boxes"]) >= (2 if threshold < 0.5 else 0)
         for key in whole:
             torch.testing.assert_close(split[key], whole[key])
+
+
+def test_settings_split_into_network_pass_and_clustering():
+    # a bundle's "inference" dict: one set of keywords, each routed to the half that owns its default
+    streams, clustering = split_settings({"overlap": 0.25, "mirror": True, "batch_size": 2, "sigma_scale": 0.5,
+                                          "cluster_iou": 0.4, "score_threshold": 0.1, "min_size": 2.0,
+                                          "detections_per_volume": 7})
+    assert streams == {"overlap": 0.25, "mirror": True, "batch_size": 2, "sigma_scale": 0.5}
+    assert clustering == {"cluster_iou": 0.4, "score_threshold": 0.1, "min_size": 2.0, "detections_per_volume": 7}
+
+
+def test_an_unknown_setting_is_named():
+    with pytest.raises(ValueError, match="'cluster_iuo'.*cluster_iou"):
+        predict_volume([CellDetector()], torch.zeros(1, 32, 32, 32), patch_size=(32, 32, 32),
+                       postprocessor=_postprocessor(), cluster_iuo=0.5)
