@@ -8,11 +8,11 @@ predictions and ground truth are compared in the cached voxel grid directly.
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import ignite.distributed as idist
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from shared.data.dataset import ValidationCaseDataset
 from shared.inference.sliding_window import predict_volume
@@ -53,10 +53,39 @@ class DetectionValidator:
     @torch.no_grad()
     def __call__(self, detector: nn.Module) -> dict[str, float]:
         metric = DetectionMetrics(self.class_names)
-        for index in range(len(self.dataset)):
-            case = self.dataset[index]
-            image = torch.as_tensor(case["image"], dtype=torch.float32, device=self.device)
-            result = predict_volume(detector, image, patch_size=self.patch_size, **self.inference)
-            target = {"boxes": torch.as_tensor(case["boxes"]), "labels": torch.as_tensor(case["labels"])}
-            metric.update(([{key: value.cpu() for key, value in result.items()}], [target]))
+        for found, target in predict_cases(detector, self.dataset, patch_size=self.patch_size,
+                                           inference=self.inference, device=self.device):
+            metric.update(([found], [target]))
         return metric.compute()
+
+
+@torch.no_grad()
+def predict_cases(
+    detector: nn.Module,
+    dataset: Sequence[dict[str, Any]],
+    *,
+    patch_size: Sequence[int],
+    inference: dict[str, Any] | None = None,
+    device: str | torch.device = "cpu",
+) -> Iterator[tuple[dict[str, Tensor], dict[str, Tensor]]]:
+    """Sliding-window detections of each whole case, with its ground truth: the loop every scorer shares.
+
+    Args:
+        detector: what :func:`shared.inference.sliding_window.predict_volume` takes.
+        dataset: cases ``{"image": (C, X, Y, Z), "boxes": (N, 6), "labels": (N,)}``, e.g. a
+            :class:`shared.data.dataset.ValidationCaseDataset`.
+        patch_size: sliding-window tile size.
+        inference: the other keywords of ``predict_volume``.
+        device: where the detector runs.
+
+    Yields:
+        ``(found, target)`` per case, on the CPU: ``found`` ``{"boxes": (M, 6) xyzxyz voxel, "scores": (M,),
+        "labels": (M,)}``, ``target`` ``{"boxes": (N, 6), "labels": (N,)}``, both in the cached grid.
+    """
+    patch_size = tuple(int(size) for size in patch_size)
+    for index in range(len(dataset)):
+        case = dataset[index]
+        image = torch.as_tensor(case["image"], dtype=torch.float32, device=device)
+        result = predict_volume(detector, image, patch_size=patch_size, **(inference or {}))
+        target = {"boxes": torch.as_tensor(case["boxes"]), "labels": torch.as_tensor(case["labels"])}
+        yield {key: value.cpu() for key, value in result.items()}, target

@@ -29,8 +29,8 @@ from shared.data.dataset import DetectionPatchDataset, ValidationCaseDataset, co
 from shared.detectors.retina_unet import RetinaUNetDetector
 from shared.detectors.retina_unet_network import RetinaUNetNetwork
 from shared.engines.detection_setup import prepare_detection_data
+from shared.engines.validation import predict_cases
 from shared.engines.schedule import learning_rate_at, set_learning_rate
-from shared.inference.sliding_window import predict_volume
 from shared.losses.classification import FocalClassificationLoss, HardNegativeBCELoss
 from shared.metrics.ignite import DetectionMetrics
 from tools._cli import run_cli
@@ -43,11 +43,8 @@ def score_cases(detector: RetinaUNetDetector, dataset: ValidationCaseDataset, cl
                 patch_size: Sequence[int]) -> dict[str, float]:
     """AP over the classes, class-agnostic AP/AR at IoU 0.1 and the mean top score of the cases."""
     by_class, agnostic, top = DetectionMetrics(list(class_names)), DetectionMetrics(["object"]), []
-    for index in range(len(dataset)):
-        case = dataset[index]
-        found = predict_volume(detector, torch.as_tensor(case["image"]), patch_size=patch_size,
-                               score_threshold=1e-3, batch_size=2)
-        target = {"boxes": torch.as_tensor(case["boxes"]), "labels": torch.as_tensor(case["labels"])}
+    inference = {"score_threshold": 1e-3, "batch_size": 2}
+    for found, target in predict_cases(detector, dataset, patch_size=patch_size, inference=inference):
         by_class.update(([found], [target]))
         agnostic.update(([{**found, "labels": torch.zeros_like(found["labels"])}],
                          [{**target, "labels": torch.zeros_like(target["labels"])}]))
