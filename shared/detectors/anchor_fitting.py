@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from shared.detectors.anchors import anchor_shapes
+from shared.detectors.anchors import anchor_shapes, level_strides
 
 
 def centred_iou(box_shapes: np.ndarray, anchor_shapes_: np.ndarray) -> np.ndarray:
@@ -26,23 +26,25 @@ def centred_iou(box_shapes: np.ndarray, anchor_shapes_: np.ndarray) -> np.ndarra
     return inter / union
 
 
-def mean_best_iou(box_shapes: np.ndarray, anchor_sizes: Sequence[Sequence[float]], strides: Sequence[int]) -> float:
+def mean_best_iou(box_shapes: np.ndarray, anchor_sizes: Sequence[Sequence[float]],
+                  strides: Sequence[int | Sequence[int]]) -> float:
     """Mean over boxes of the best centred IoU with any anchor of any level.
 
     Args:
         box_shapes: (N, 3) box widths, heights, depths in voxels.
         anchor_sizes: per-axis sizes at the first level (see :mod:`shared.detectors.anchors`).
-        strides: detection strides, fine → coarse.
+        strides: detection strides, fine → coarse (ints, or one per axis).
     """
     base = anchor_shapes(anchor_sizes)
-    scales = np.asarray(strides, dtype=np.float64) / float(strides[0])
+    axis_strides = level_strides(strides)
+    scales = axis_strides / axis_strides[0]  # (L, 3): anchors grow per axis with the level's stride
     all_shapes = np.concatenate([base * s for s in scales], axis=0)
     return float(centred_iou(np.asarray(box_shapes, dtype=np.float64), all_shapes).max(axis=1).mean())
 
 
 def fit_anchor_sizes(
     boxes: np.ndarray,
-    strides: Sequence[int],
+    strides: Sequence[int | Sequence[int]],
     *,
     sizes_per_axis: int = 3,
     rounds: int = 6,
@@ -54,7 +56,8 @@ def fit_anchor_sizes(
 
     Args:
         boxes: (N, 6) xyzxyz voxel training boxes at the training spacing.
-        strides: detection strides, fine → coarse; level ``l`` uses sizes × stride_l / stride_0.
+        strides: detection strides, fine → coarse (ints, or one per axis); level ``l`` uses sizes ×
+            stride_l / stride_0 per axis.
         sizes_per_axis: sizes per axis (3 gives the 27 anchors of the Retina U-Net).
         rounds: coordinate-search rounds; the step factor halves (in log space) every round.
         max_boxes: boxes used for the objective (a seeded random subset beyond that).
@@ -81,7 +84,8 @@ def fit_anchor_sizes(
     return [sorted(round(float(v), 3) for v in axis) for axis in sizes]
 
 
-def _initial_sizes(shapes: np.ndarray, strides: Sequence[int], count: int, min_size: float) -> list[list[float]]:
+def _initial_sizes(shapes: np.ndarray, strides: Sequence[int | Sequence[int]], count: int,
+                   min_size: float) -> list[list[float]]:
     """Sizes spread geometrically over one octave from the smallest boxes' size, per axis.
 
     Each coarser level doubles the anchors (for stride ratios of 2), so one octave at the finest

@@ -2,7 +2,8 @@
 
 An anchor set is three sizes per axis (``anchor_sizes = [[w0, w1, w2], [h0, h1, h2], [d0, d1, d2]]``,
 voxels at the first detection level) whose 3 × 3 × 3 products give the 27 shapes; level ``l`` scales
-them by ``stride_l / stride_0``. Anchor ``a = (i_w · 3 + i_h) · 3 + i_d``.
+them by ``stride_l / stride_0`` per axis (strides may differ per axis on anisotropic data, so a level
+may double its anchors in-plane only). Anchor ``a = (i_w · 3 + i_h) · 3 + i_d``.
 
 The layout matches the network's heads: a head output (B, A·K, X_l, Y_l, Z_l) has channel ``a·K + k``,
 and flattening it gives rows ordered level → x → y → z → anchor (position-major, anchor-minor). This is
@@ -22,6 +23,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from shared.layers.strides import compact, per_axis
+
 
 def anchor_shapes(anchor_sizes: Sequence[Sequence[float]]) -> np.ndarray:
     """The (A, 3) anchor shapes (width, height, depth) of a per-axis size set, in anchor order."""
@@ -31,21 +34,29 @@ def anchor_shapes(anchor_sizes: Sequence[Sequence[float]]) -> np.ndarray:
     return np.array(list(itertools.product(*sizes)), dtype=np.float64)
 
 
+def level_strides(strides: Sequence[int | Sequence[int]]) -> np.ndarray:
+    """(L, 3) per-axis strides of the detection levels, from ints or per-axis lists."""
+    if not len(strides):
+        raise ValueError("anchors need at least one detection stride")
+    return np.array([per_axis(s, 3, "detection stride") for s in strides], dtype=np.float64)
+
+
 class AnchorGenerator(nn.Module):
     """Anchors for every detection level, cached per feature-map shape.
 
     Args:
         anchor_sizes: per-axis sizes at the first detection level, e.g. ``[[4, 6, 8]] * 3`` (voxels).
-        strides: stride of each detection level, fine → coarse (equal on all axes).
+        strides: stride of each detection level, fine → coarse: an int, or one per axis.
 
     The module holds no parameters (the cache is not a buffer, so it never enters a state dict).
     """
 
-    def __init__(self, anchor_sizes: Sequence[Sequence[float]], strides: Sequence[int]):
+    def __init__(self, anchor_sizes: Sequence[Sequence[float]], strides: Sequence[int | Sequence[int]]):
         super().__init__()
         self.anchor_sizes = [list(map(float, axis)) for axis in anchor_sizes]
-        self.strides = [int(s) for s in strides]
         self.shapes = anchor_shapes(self.anchor_sizes)
+        self.axis_strides = level_strides(strides)  # (L, 3)
+        self.strides = [compact(s) for s in self.axis_strides.astype(int).tolist()]
         self._cache: dict[tuple, list[Tensor]] = {}
 
     @property
@@ -54,8 +65,8 @@ class AnchorGenerator(nn.Module):
         return len(self.shapes)
 
     def level_shapes(self, level: int) -> np.ndarray:
-        """(A, 3) anchor shapes at a level: the base shapes × stride_l / stride_0."""
-        return self.shapes * (self.strides[level] / self.strides[0])
+        """(A, 3) anchor shapes at a level: the base shapes × stride_l / stride_0, per axis."""
+        return self.shapes * (self.axis_strides[level] / self.axis_strides[0])
 
     def anchors_per_level(self, grid_sizes: Sequence[Sequence[int]], device=None, dtype=torch.float32) -> list[Tensor]:
         """Anchors of every level for feature maps of the given spatial sizes.
@@ -65,7 +76,8 @@ class AnchorGenerator(nn.Module):
 
         Returns:
             list over levels of (X_l·Y_l·Z_l·A, 6) xyzxyz voxel anchors in image coordinates; the cell
-            ``i`` of stride ``s`` covers voxels ``[i·s, (i+1)·s)``, so its anchors are centred at ``(i + ½)·s``.
+            ``i`` of stride ``s`` (on its axis) covers voxels ``[i·s, (i+1)·s)``, so its anchors are centred
+            at ``(i + ½)·s``.
         """
         if len(grid_sizes) != len(self.strides):
             raise ValueError(f"{len(grid_sizes)} feature maps for {len(self.strides)} detection strides")
@@ -75,8 +87,7 @@ class AnchorGenerator(nn.Module):
         return self._cache[key]
 
     def _level_anchors(self, level: int, grid: Sequence[int], device, dtype) -> Tensor:
-        stride = self.strides[level]
-        axes = [(torch.arange(n, dtype=torch.float64) + 0.5) * stride for n in grid]
+        axes = [(torch.arange(n, dtype=torch.float64) + 0.5) * float(s) for n, s in zip(grid, self.axis_strides[level])]
         centres = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, 1, 3)
         half = torch.as_tensor(self.level_shapes(level) / 2.0, dtype=torch.float64).reshape(1, -1, 3)
         anchors = torch.cat([centres - half, centres + half], dim=-1).reshape(-1, 6)

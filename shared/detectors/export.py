@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from shared.detectors.box_coder import BOX_DELTAS
+from shared.layers.strides import per_axis
 
 
 class FlatOutputNetwork(nn.Module):
@@ -62,7 +63,8 @@ def split_dense_output(
         dense: (B, K + 6, M) class logits then box deltas per anchor, anchors ordered level → x → y →
             z → anchor (``shared.detectors.anchors.flatten_head_outputs``).
         image_shape: spatial size (X, Y, Z) of the network's input.
-        strides: the network's ``detection_strides``, fine → coarse (each divides ``image_shape``).
+        strides: the network's ``detection_strides``, fine → coarse (each an int or one per axis,
+            dividing ``image_shape``).
         num_anchors: anchors per position A.
         num_classes: foreground classes K.
 
@@ -70,7 +72,8 @@ def split_dense_output(
         ``{"cls_logits": [(B, A·K, X_l, Y_l, Z_l)], "box_regression": [(B, A·6, X_l, Y_l, Z_l)]}``, the
         lists the detector's post-processing takes.
     """
-    grids = [tuple(int(size) // int(stride) for size in image_shape) for stride in strides]
+    grids = [tuple(int(size) // axis for size, axis in zip(image_shape, per_axis(stride, len(image_shape), "strides")))
+             for stride in strides]
     expected = sum(g[0] * g[1] * g[2] for g in grids) * num_anchors
     if dense.dim() != 3 or dense.shape[1] != num_classes + BOX_DELTAS or dense.shape[2] != expected:
         raise ValueError(

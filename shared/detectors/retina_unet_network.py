@@ -16,6 +16,7 @@ import torch
 from monai.networks.layers.factories import Conv
 from torch import nn
 
+from shared.decoders.levels import find_level
 from shared.decoders.ufpn import UFPNDecoder
 from shared.detectors.anchors import flatten_head_outputs
 from shared.encoders import Encoder, build_encoder, check_divisible
@@ -80,7 +81,10 @@ class RetinaUNetNetwork(nn.Module):
         num_classes: foreground classes K (sigmoid per class; no background logit in the heads).
         encoder: a built encoder or a spec ``{"name": "plain"|"resenc", "preset": ..., ...}``.
         decoder_channels: U-FPN width at the detection levels.
-        detection_strides: cumulative strides of the levels the heads run on, fine → coarse.
+        detection_strides: cumulative strides of the levels the heads run on, fine → coarse; an int
+            names the level whose coarsest axis has that stride (the same depth on an anisotropic
+            encoder), a per-axis list names a level exactly. ``self.detection_strides`` holds the
+            levels' actual strides (an int, or one per axis where they differ).
         num_anchors: anchors per position A.
         head_convs: conv-norm-act blocks in each head before its output conv.
         head_norm: normalisation spec of the head blocks.
@@ -113,7 +117,7 @@ class RetinaUNetNetwork(nn.Module):
         *,
         encoder: dict[str, Any] | Encoder,
         decoder_channels: int = 128,
-        detection_strides: Sequence[int] = (4, 8, 16, 32),
+        detection_strides: Sequence[int | Sequence[int]] = (4, 8, 16, 32),
         num_anchors: int = 27,
         head_convs: int = 2,
         head_norm: LayerSpec = HEAD_NORM,
@@ -135,14 +139,17 @@ class RetinaUNetNetwork(nn.Module):
         self.in_channels = in_channels
         self.num_classes = num_classes
         self.num_anchors = num_anchors
-        self.detection_strides = tuple(int(s) for s in detection_strides)
+        encoder_strides = [level["stride"] for level in self.encoder.feature_info]
+        self.detection_strides = tuple(
+            encoder_strides[find_level(encoder_strides, s, self.encoder.spatial_dims)] for s in detection_strides
+        )
         self.segmentation = segmentation
         self.segmentation_classes = segmentation_classes
         self.dense_output = bool(dense_output)
         finest = self.encoder.feature_info[0]["stride"]
         if segmentation and finest != 1:
             raise ValueError(f"the segmentation head needs an encoder whose first stride is 1, got {finest}")
-        output_strides = sorted({*self.detection_strides, *((finest,) if segmentation else ())})
+        output_strides = [*((finest,) if segmentation else ()), *self.detection_strides]
         spatial_dims = self.encoder.spatial_dims
         self.decoder = UFPNDecoder(
             self.encoder.feature_info,

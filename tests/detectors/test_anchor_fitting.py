@@ -42,3 +42,12 @@ def test_fit_beats_a_naive_grid_on_anisotropic_clusters(rng):
 def test_fit_needs_boxes():
     with pytest.raises(ValueError, match="at least one"):
         fit_anchor_sizes(np.zeros((0, 6)), [4])
+
+
+def test_anchor_levels_scale_per_axis_with_anisotropic_strides():
+    box = np.array([[8.0, 8.0, 2.0]])
+    # the second level is pooled in-plane only: its anchor is (8, 8, 2), not (8, 8, 4)
+    assert mean_best_iou(box, [[4.0], [4.0], [2.0]], [(1, 1, 1), (2, 2, 1)]) == pytest.approx(1.0)
+    assert mean_best_iou(box, [[4.0], [4.0], [2.0]], [1, 2]) == pytest.approx(0.5)
+    sizes = fit_anchor_sizes(np.array([[0, 0, 0, 8, 8, 2.0]]), [(1, 1, 1), (2, 2, 1)])
+    assert mean_best_iou(box, sizes, [(1, 1, 1), (2, 2, 1)]) == pytest.approx(1.0, abs=1e-3)

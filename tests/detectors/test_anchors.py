@@ -59,3 +59,34 @@ def test_flatten_head_outputs_follows_the_channel_layout_a_times_k_plus_k():
     for p, a, k in [(0, 0, 1), (5, 13, 0), (11, 26, 1)]:
         assert flat[0, p * num_anchors + a, k] == p * 1000 + a * 10 + k
     assert flat[0, 12 * 27 + 4, 1] == 41  # second level starts after all first-level anchors
+
+
+def test_anisotropic_levels_place_and_scale_anchors_per_axis():
+    # 0.8 × 0.8 × 2.5 mm: the first detection level has stride (2, 2, 1), the next (4, 4, 2)
+    generator = AnchorGenerator(SIZES, [(2, 2, 1), [4, 4, 2]])
+    assert generator.strides == [(2, 2, 1), (4, 4, 2)]
+    np.testing.assert_array_equal(generator.level_shapes(1), anchor_shapes(SIZES) * [2.0, 2.0, 2.0])
+    level0, level1 = generator.anchors_per_level([(2, 3, 4), (1, 2, 2)])
+    x, y, z, a = 1, 2, 3, 5
+    row = ((x * 3 + y) * 4 + z) * 27 + a
+    centre = torch.tensor([(x + 0.5) * 2, (y + 0.5) * 2, (z + 0.5) * 1])
+    size = torch.tensor(anchor_shapes(SIZES)[a], dtype=torch.float32)
+    torch.testing.assert_close(level0[row], torch.cat([centre - size / 2, centre + size / 2]))
+    row1 = ((0 * 2 + 1) * 2 + 1) * 27 + a
+    centre1 = torch.tensor([2.0, 6.0, 3.0])
+    torch.testing.assert_close(level1[row1], torch.cat([centre1 - size, centre1 + size]))
+    # a level pooled in-plane only doubles its anchors in-plane only
+    in_plane = AnchorGenerator(SIZES, [(1, 1, 1), (2, 2, 1)])
+    np.testing.assert_array_equal(in_plane.level_shapes(1), anchor_shapes(SIZES) * [2.0, 2.0, 1.0])
+
+
+def test_box_coder_round_trip_on_an_anisotropic_level():
+    from shared.detectors.box_coder import BoxCoder
+
+    anchors = AnchorGenerator(SIZES, [(2, 2, 1), (4, 4, 2)]).anchors_per_level(
+        [(4, 4, 8), (2, 2, 4)], dtype=torch.float64)[1]
+    generator = torch.Generator().manual_seed(0)
+    low = torch.rand(len(anchors), 3, generator=generator, dtype=torch.float64) * 8
+    boxes = torch.cat([low, low + 1 + torch.rand(len(anchors), 3, generator=generator, dtype=torch.float64) * 6], 1)
+    coder = BoxCoder()
+    torch.testing.assert_close(coder.decode(coder.encode(boxes, anchors), anchors), boxes)

@@ -79,3 +79,18 @@ def test_traced_dense_network_gives_the_detectors_boxes():
 def test_split_dense_output_checks_the_shape():
     with pytest.raises(ValueError, match=r"expected \(B, 8, 216\)"):
         split_dense_output(torch.zeros(1, 8, 215), (16, 16, 16), (4, 8), num_anchors=3, num_classes=2)
+
+
+def test_dense_output_splits_back_on_anisotropic_levels():
+    encoder = {"name": "plain", "features": [4, 8, 8, 8], "strides": [1, [2, 2, 1], 2, 2], "convs_per_stage": 1}
+    torch.manual_seed(0)
+    network = _tiny_network(encoder=encoder)
+    dense_network = _tiny_network(encoder=encoder, dense_output=True)
+    dense_network.load_state_dict(network.state_dict())
+    images = torch.randn(1, 1, 16, 16, 8)
+    reference = network(images)
+    split = split_dense_output(dense_network(images), (16, 16, 8), network.detection_strides, 3, 2)
+    assert [tuple(level.shape[2:]) for level in split["cls_logits"]] == [(4, 4, 4), (2, 2, 2)]
+    for key in ("cls_logits", "box_regression"):
+        for level, expected in zip(split[key], reference[key], strict=True):
+            torch.testing.assert_close(level, expected)

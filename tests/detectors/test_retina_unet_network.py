@@ -143,3 +143,34 @@ def test_detections_do_not_depend_on_the_segmentation_head():
     assert len(first["boxes"]) > 0
     for key in ("boxes", "scores", "labels"):
         torch.testing.assert_close(first[key], second[key])
+
+
+# 0.8 × 0.8 × 2.5 mm planned nnDetection-style: z joins the pooling one stage late, with 1-voxel kernels before.
+ANISOTROPIC = {"name": "plain", "features": [4, 8, 8, 8], "strides": [1, [2, 2, 1], 2, 2],
+               "kernel_sizes": [[3, 3, 1], 3, 3, 3], "convs_per_stage": 1}
+
+
+def test_anisotropic_encoder_forward_and_loss():
+    from shared.detectors.retina_unet import RetinaUNetDetector
+
+    torch.manual_seed(0)
+    network = _network(encoder=ANISOTROPIC, detection_strides=(4, 8))
+    assert network.detection_strides == ((4, 4, 2), (8, 8, 4))
+    images = torch.randn(2, 1, 16, 16, 8)
+    outputs = network(images)
+    sizes = [tuple(n // s for n, s in zip(images.shape[2:], stride)) for stride in network.detection_strides]
+    assert sizes == [(4, 4, 4), (2, 2, 2)]
+    assert [tuple(c.shape) for c in outputs["cls_logits"]] == [(2, 3 * 2, *size) for size in sizes]
+    assert [tuple(b.shape) for b in outputs["box_regression"]] == [(2, 3 * 6, *size) for size in sizes]
+    assert outputs["seg_logits"].shape[2:] == images.shape[2:]
+    detector = RetinaUNetDetector(network, anchor_sizes=[[4.0], [4.0], [1.0, 2.0, 3.0]]).train()  # 3 anchors
+    seg = torch.zeros(2, 1, 16, 16, 8, dtype=torch.long)
+    seg[0, 0, 2:8, 3:9, 1:4] = 1
+    targets = {"boxes": [torch.tensor([[2.0, 3.0, 1.0, 8.0, 9.0, 4.0]]), torch.zeros(0, 6)],
+               "labels": [torch.zeros(1, dtype=torch.long), torch.zeros(0, dtype=torch.long)], "seg": seg}
+    losses = detector(images, targets)
+    assert torch.isfinite(losses["loss"]) and losses["box_l1"] > 0
+    losses["loss"].backward()
+    assert network.encoder.stages[0][0].convs[0].conv.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match=r"coarsest stride \(8, 8, 4\)"):
+        network(torch.randn(1, 1, 16, 16, 6))
