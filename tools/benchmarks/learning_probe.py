@@ -34,6 +34,7 @@ from shared.engines.schedule import learning_rate_at, set_learning_rate
 from shared.losses.classification import FocalClassificationLoss, HardNegativeBCELoss
 from shared.metrics.ignite import DetectionMetrics
 from tools._cli import run_cli
+from tools.benchmarks._probe import spacing_and_patch
 
 AP, AR = "AP_IoU_0.10_MaxDet_100", "AR_IoU_0.10_MaxDet_100"
 CLASSIFICATION_LOSSES = {"focal": FocalClassificationLoss, "hard_negative_bce": HardNegativeBCELoss}
@@ -53,9 +54,10 @@ def score_cases(detector: RetinaUNetDetector, dataset: ValidationCaseDataset, cl
     return {"AP": classes[AP], "AP_any": objects[AP], "AR_any": objects[AR], "top_score": float(np.mean(top))}
 
 
-def main(datalist: str, cache_dir: str, spacing: float | Sequence[float] = 1.5, patch_size: int = 48,
+def main(datalist: str, cache_dir: str, spacing: float | str | Sequence[float] = 1.5,
+         patch_size: int | Sequence[int] = 48,
          iterations: int = 800, eval_every: int = 200, batch_size: int = 2, optimizer: str = "adamw",
-         learning_rate: float = 1e-3, warmup_iterations: int = 20, foreground_fraction: float = 0.5,
+         learning_rate: float = 1e-3, lr_warmup_iterations: int = 20, foreground_fraction: float = 0.5,
          augment: bool = True, encoder: str = "resenc", preset: str = "small", decoder_channels: int = 32,
          detection_strides: Sequence[int] = (4, 8, 16), classification: str = "focal", train_cases: int = 6,
          seed: int = 0) -> None:
@@ -67,8 +69,7 @@ def main(datalist: str, cache_dir: str, spacing: float | Sequence[float] = 1.5, 
     if classification not in CLASSIFICATION_LOSSES:
         raise ValueError(f"classification must be one of {sorted(CLASSIFICATION_LOSSES)}, got {classification!r}")
     torch.manual_seed(seed)
-    spacing = [float(spacing)] * 3 if np.isscalar(spacing) else [float(s) for s in spacing]
-    patch = [int(patch_size)] * 3
+    spacing, patch = spacing_and_patch(spacing, patch_size)
     data = prepare_detection_data(datalist, cache_dir, f"{cache_dir}/probe", spacing=spacing,
                                   **_channels_and_classes(datalist), patch_size=patch,
                                   detection_strides=list(detection_strides))
@@ -96,7 +97,7 @@ def main(datalist: str, cache_dir: str, spacing: float | Sequence[float] = 1.5, 
     loader = torch.utils.data.DataLoader(samples, batch_size=batch_size, collate_fn=collate_detection)
     for iteration, batch in enumerate(loader, start=1):
         set_learning_rate(optim, learning_rate_at(iteration - 1, base_lr=learning_rate, total_iterations=iterations,
-                                                  warmup_iterations=warmup_iterations))
+                                                  lr_warmup_iterations=lr_warmup_iterations))
         losses = detector(batch["image"], batch)
         optim.zero_grad()
         losses["loss"].backward()

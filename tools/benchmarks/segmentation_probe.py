@@ -26,6 +26,7 @@ from shared.data.cache import list_cases, read_plan
 from shared.data.dataset import DetectionPatchDataset, collate_detection
 from shared.data.preprocess import preprocess
 from tools._cli import run_cli
+from tools.benchmarks._probe import spacing_and_patch
 
 
 def validation_dice(network: torch.nn.Module, samples: DetectionPatchDataset) -> tuple[float, int, int]:
@@ -43,14 +44,14 @@ def validation_dice(network: torch.nn.Module, samples: DetectionPatchDataset) ->
     return 2 * overlap / max(predicted + true, 1), predicted, true
 
 
-def main(datalist: str, cache_dir: str, spacing: float | Sequence[float] = 1.5, patch_size: int = 48,
+def main(datalist: str, cache_dir: str, spacing: float | str | Sequence[float] = 1.5,
+         patch_size: int | Sequence[int] = 48,
          iterations: int = 1000, eval_every: int = 100, batch_size: int = 2, learning_rate: float = 1e-3,
          foreground_fraction: float = 1.0, augment: bool = False, num_training: int | None = None,
          features: Sequence[int] = (16, 16, 32, 64, 128, 16), validation_patches: int = 20, seed: int = 0) -> None:
     """Train and print the table: iteration, seconds, mean loss since the last row, validation Dice."""
     torch.manual_seed(seed)
-    spacing = [float(spacing)] * 3 if np.isscalar(spacing) else [float(s) for s in spacing]
-    patch = [int(patch_size)] * 3
+    spacing, patch = spacing_and_patch(spacing, patch_size)
     preprocess(datalist, cache_dir, splits=("training", "validation"), spacing=spacing)
     train_cases = list_cases(cache_dir, "training")[:num_training]
     channels = len(read_plan(cache_dir)["channels"])
