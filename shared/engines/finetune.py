@@ -10,8 +10,12 @@ from typing import Any, Sequence
 from torch import nn
 
 from shared.checkpoints.loading import load_pretrained
+from shared.checkpoints.preprocessing_match import preprocessing_differences
 from shared.checkpoints.transfer import TransferReport, transfer_encoder
-from shared.engines.warmup import WarmupFreeze
+from shared.data.fingerprint import channel_modalities
+from shared.data.plan import parse_spacing
+from shared.engines.freeze import FreezePhase, frozen_parameter_names
+from shared.io.datalist import read_datalist
 from shared.io.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -26,13 +30,25 @@ def load_pretrained_encoder(
     stem_id: str | None = None,
     allow_missing: Sequence[str] = (),
     expected_architecture: dict[str, Any] | None = None,
+    spacing: str | Sequence[float] | None = None,
+    datalist: str | os.PathLike | None = None,
 ) -> TransferReport | None:
-    """Transfer ``pretrained`` (a manifest, our ``encoder.pt``, a folder, an nnssl or MultiTalent
-    checkpoint) into ``network``; ``None`` or ``""`` trains from scratch.
+    """Transfer ``pretrained`` (a manifest, our ``encoder.pt``, a folder, our trainer's ``model.pt`` or
+    checkpoint, an nnssl or MultiTalent checkpoint) into ``network``; ``None`` or ``""`` trains from scratch.
 
     The transfer refuses a partial load (see :func:`shared.checkpoints.transfer.transfer_encoder`), so
     training never starts on a half-loaded encoder. The bundles call this in ``initialize``, before the
     data are preprocessed, so a bad encoder fails in seconds.
+
+    A fine-tuning spacing or normalisation other than the pre-training's (as its manifest records) is
+    logged as a warning (:mod:`shared.checkpoints.preprocessing_match`). The plan does not exist yet at
+    this point: the spacing compared is the bundle's ``spacing`` when it names one (``"fixed"`` or
+    explicit mm; a ``"median"`` spacing is known only after preprocessing and is not compared), the
+    normalisation follows from the datalist's ``modality``.
+
+    Args:
+        spacing: the bundle's spacing request (``"fixed"``, ``"median"``, ``"x,y,z"`` or 3 numbers).
+        datalist: the fine-tuning datalist, for its channels' modalities.
 
     Raises:
         InputError: naming ``pretrained`` when it is missing, unreadable, corrupt (sha256) or does not
@@ -49,16 +65,41 @@ def load_pretrained_encoder(
                               allow_missing=allow_missing, expected_architecture=expected_architecture)
     logger.info("transferred %d tensors from %s (mode %s, stem %s); %d skipped",
                 len(report.transferred_keys), pretrained, mode, stem, len(report.skipped_keys))
+    in_channels = getattr(getattr(network, "encoder", network), "in_channels", None)
+    _warn_about_preprocessing(loaded.manifest, pretrained, spacing, datalist, in_channels)
     return report
 
 
-def freeze_iterations(report: TransferReport | None, total_iterations: int, fraction: float = 0.05) -> int:
-    """Length of the warm-up phase: ``fraction`` of the run when something was transferred, else 0."""
-    return int(round(fraction * total_iterations)) if report is not None and report.transferred_keys else 0
+def _warn_about_preprocessing(manifest: dict[str, Any], pretrained: str | os.PathLike,
+                              spacing: str | Sequence[float] | None, datalist: str | os.PathLike | None,
+                              in_channels: int | None) -> None:
+    target = None if spacing is None else parse_spacing(spacing)[1]
+    modalities = None
+    if datalist and in_channels:
+        try:
+            modalities = channel_modalities(read_datalist(datalist), int(in_channels))
+        except InputError:  # preprocessing names a broken datalist; the transfer is not the place
+            modalities = None
+    for difference in preprocessing_differences(manifest, spacing=target, modalities=modalities):
+        logger.warning("the pre-trained encoder %s was made with other preprocessing than this fine-tuning: %s",
+                       pretrained, difference)
 
 
-def warmup_handlers(network: nn.Module, report: TransferReport | None, iterations: int) -> list[WarmupFreeze]:
-    """The trainer's iteration handlers that keep the transferred parameters frozen during warm-up."""
+def freeze_iterations(report: TransferReport | None, iterations: int) -> int:
+    """Length of the freeze phase: ``iterations`` when something was transferred, else 0.
+
+    The phase comes before the full schedule, added to it (nnDetection: 3 frozen epochs, then 50).
+    """
+    return int(iterations) if report is not None and report.transferred_keys else 0
+
+
+def freeze_handlers(network: nn.Module, report: TransferReport | None, iterations: int, *,
+                    frozen: str = "encoder") -> list[FreezePhase]:
+    """The trainer's iteration handlers that hold ``frozen`` still for the first ``iterations``.
+
+    ``frozen``: ``"encoder"`` (the paper's: the whole encoder, a random stem included) or
+    ``"transferred"`` (only the transferred tensors); see :mod:`shared.engines.freeze`.
+    """
     if report is None or iterations <= 0:
         return []
-    return [WarmupFreeze(network, report, iterations)]
+    return [FreezePhase(network, frozen_parameter_names(network, report, frozen), iterations)]

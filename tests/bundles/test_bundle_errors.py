@@ -9,6 +9,7 @@ written must fail in seconds, before the data set is preprocessed, not after it.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -113,6 +114,32 @@ def test_good_encoder_is_loaded_in_initialize(datalist, tmp_path, monkeypatch):
     report = workflow.parser.get_parsed_content("transfer")
     assert report is not None and report.transferred_keys
     assert not (tmp_path / "out" / "cache").exists()
+
+
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_initialize_warns_when_the_bundle_spacing_is_not_the_encoders(datalist, tmp_path, monkeypatch):
+    manifest = _encoder(tmp_path / "encoder")  # pre-trained at 2 mm, on CT normalised as CT
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+    workflow = ConfigWorkflow(config_file=[str(DETECTOR / "train.json")], **{**TINY, "spacing": [2.5, 2.5, 2.5]},
+                              datalist=str(datalist), output_dir=str(tmp_path / "out"),
+                              pretrained_encoder=str(manifest), amp=False)
+    # the bundle's logging.conf replaces the root handlers (caplog's too): listen on the module's logger
+    records, logger = _Records(), logging.getLogger("shared.engines.finetune")
+    logger.addHandler(records)
+    try:
+        workflow.initialize()
+    finally:
+        logger.removeHandler(records)
+    warned = [record.getMessage() for record in records.records]
+    assert len(warned) == 1 and "pre-trained at spacing [2.0, 2.0, 2.0] mm, fine-tuned at [2.5, 2.5, 2.5] mm" in warned[0]
 
 
 @pytest.mark.parametrize("bundle, configs, key", [
