@@ -1,6 +1,11 @@
 """What a detector bundle's training needs before the first step, in one call from its config:
 check and preprocess the data, fit the anchors, check the network fits the data, and record all of it
 in ``model_plan.json`` so inference rebuilds exactly the same model and preprocessing.
+
+With ``spacing: "median"`` (the paper's "default" arm) the data's spacing is usually anisotropic, and
+:func:`plan_encoder` gives the encoder per-axis strides and kernel sizes planned from it
+(:mod:`shared.encoders.planning`) before the network is built; the planned spec is recorded in the
+model plan's ``"encoder"``.
 """
 
 from __future__ import annotations
@@ -13,11 +18,17 @@ from typing import Any, Sequence
 
 import numpy as np
 
+import torch
+
 from shared.data.cache import list_cases, rank_zero_first, read_case, read_plan
+from shared.data.plan import parse_spacing
 from shared.data.preprocess import preprocess
 from shared.detectors.anchor_fitting import fit_anchor_sizes
+from shared.encoders import build_encoder
+from shared.encoders.planning import plan_strides_and_kernels
 from shared.io.atomic import write_json
 from shared.io.errors import InputError
+from shared.layers.strides import compact, per_axis
 
 MODEL_PLAN = "model_plan.json"
 
@@ -32,7 +43,8 @@ class DetectionData:
         class_names: one name per class.
         anchor_sizes: per-axis anchor sizes at the first detection level, fitted to the training boxes.
         patch_size: training and inference tile size.
-        detection_strides: the network's detection strides.
+        detection_strides: the network's detection strides (ints, or one per axis).
+        encoder: the encoder spec the network was built from (``None`` when not given).
     """
 
     plan: dict[str, Any]
@@ -41,7 +53,56 @@ class DetectionData:
     class_names: list[str]
     anchor_sizes: list[list[float]]
     patch_size: list[int]
-    detection_strides: list[int]
+    detection_strides: list[int | list[int]]
+    encoder: dict[str, Any] | None = None
+
+
+def plan_encoder(
+    encoder: dict[str, Any],
+    *,
+    datalist: str | os.PathLike,
+    cache_dir: str | os.PathLike,
+    spacing: str | Sequence[float],
+    patch_size: Sequence[int],
+    num_workers: int = 0,
+) -> dict[str, Any]:
+    """The encoder spec for the training spacing: planned per-axis strides and kernels for "median".
+
+    With ``spacing`` "fixed" or explicit mm values the spec comes back unchanged (the presets'
+    isotropic strides). With "median" the data are preprocessed (once: the cache is reused by
+    :func:`prepare_detection_data`) to learn the median spacing, and the spec gets ``strides`` and
+    ``kernel_sizes`` planned nnU-Net-style for it and ``patch_size``; ``strides`` or
+    ``kernel_sizes`` written in the spec itself are kept (an explicit choice wins over the plan).
+
+    Raises:
+        InputError: naming the datalist, when the patch is too small for the encoder's stages.
+    """
+    if parse_spacing(spacing)[0] != "median":
+        return encoder
+    with rank_zero_first():
+        preprocess(datalist, cache_dir, splits=("training", "validation"), spacing=spacing, num_workers=num_workers)
+    return planned_encoder(encoder, read_plan(cache_dir)["target_spacing"], patch_size, source=datalist)
+
+
+def planned_encoder(encoder: dict[str, Any], spacing: Sequence[float], patch_size: Sequence[int], *,
+                    source: str | os.PathLike | None = None) -> dict[str, Any]:
+    """``encoder`` with ``strides`` and ``kernel_sizes`` planned for ``spacing`` (unless the spec sets them).
+
+    Raises:
+        InputError: naming ``source``, when ``patch_size`` is too small for the encoder's stages.
+    """
+    with torch.device("meta"):
+        num_stages = len(build_encoder(encoder, 1).feature_info)
+    try:
+        strides, kernel_sizes = plan_strides_and_kernels(spacing, patch_size, num_stages)
+    except ValueError as error:
+        raise InputError(source, str(error)) from error
+    planned = {"strides": [_json_stride(s) for s in strides], "kernel_sizes": [_json_stride(k) for k in kernel_sizes]}
+    return {**planned, **encoder}
+
+
+def _json_stride(value: int | tuple[int, ...]) -> int | list[int]:
+    return value if isinstance(value, int) else list(value)
 
 
 def prepare_detection_data(
@@ -53,22 +114,33 @@ def prepare_detection_data(
     in_channels: int,
     num_classes: int,
     patch_size: Sequence[int],
-    detection_strides: Sequence[int],
-    network_stride: int | None = None,
+    detection_strides: Sequence[int | Sequence[int]],
+    network_stride: int | Sequence[int] | None = None,
+    encoder: dict[str, Any] | None = None,
     num_workers: int = 0,
 ) -> DetectionData:
     """Preprocess the training and validation splits (once; cached), fit anchors, write the model plan.
 
+    ``detection_strides`` are the network's levels (``network.detection_strides``: per axis on an
+    anisotropic encoder, so that the anchors are fitted per axis); ``encoder`` (the spec the network
+    was built from, e.g. :func:`plan_encoder`'s) is recorded in the model plan for inference.
+
     Raises:
         InputError: naming the datalist, when its channel or class count differs from the network's,
-            a split is empty, or the patch size is not a multiple of the network's total stride (the
-            encoder's coarsest stride ``network_stride`` when given, which may exceed the coarsest
-            detection stride).
+            a split is empty, or the patch size is not a multiple, on each axis, of the network's total
+            stride (the encoder's coarsest stride ``network_stride`` when given, which may exceed the
+            coarsest detection stride; else the coarsest detection stride).
     """
-    coarsest = max(int(stride) for stride in [*detection_strides, network_stride or 1])
-    if any(int(size) % coarsest for size in patch_size):
+    dims = len(patch_size)
+    if network_stride is not None:
+        totals = [per_axis(network_stride, dims, "network_stride")]
+    else:
+        totals = [per_axis(stride, dims, "detection_strides") for stride in detection_strides]
+    coarsest = tuple(max(axis) for axis in zip(*totals))
+    if any(int(size) % stride for size, stride in zip(patch_size, coarsest)):
+        named = coarsest[0] if len(set(coarsest)) == 1 else list(coarsest)
         raise InputError(datalist, f"patch_size {list(patch_size)} is not divisible by the network's total "
-                                   f"stride {coarsest}: choose multiples of {coarsest}")
+                                   f"stride {named}: choose multiples of {named} on each axis")
     with rank_zero_first():
         preprocess(datalist, cache_dir, splits=("training", "validation"), spacing=spacing, num_workers=num_workers)
     plan = read_plan(cache_dir)
@@ -84,7 +156,9 @@ def prepare_detection_data(
     data = DetectionData(
         plan=plan, train_cases=train_cases, validation_cases=validation_cases, class_names=list(plan["classes"]),
         anchor_sizes=fit_anchor_sizes(_training_boxes(cache_dir, train_cases), detection_strides),
-        patch_size=[int(size) for size in patch_size], detection_strides=[int(s) for s in detection_strides],
+        patch_size=[int(size) for size in patch_size],
+        detection_strides=[_json_stride(compact(per_axis(s, dims, "detection_strides"))) for s in detection_strides],
+        encoder=encoder,
     )
     write_json(Path(output_dir) / MODEL_PLAN, {key: value for key, value in asdict(data).items()
                                                if key not in ("train_cases", "validation_cases")})
