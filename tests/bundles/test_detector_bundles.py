@@ -27,7 +27,7 @@ from shared.checkpoints.weights import load_weights
 from shared.data.synthetic.dataset import make_dataset
 from shared.detectors.export import split_dense_output
 from shared.detectors.retina_unet import RetinaUNetDetector
-from shared.detectors.retina_unet_network import RetinaUNetNetwork
+from shared.networks.retina_unet import RetinaUNetNetwork
 from shared.networks.resenc_unet import ResEncUNet
 
 REPOSITORY = Path(__file__).resolve().parents[2]

@@ -15,7 +15,7 @@ from shared.bundles import check_metadata
 from shared.checkpoints.safe_load import sha256_file
 from shared.checkpoints.weights import load_weights
 from shared.data.synthetic.dataset import make_dataset
-from shared.detectors.retina_unet_network import RetinaUNetNetwork
+from shared.networks.retina_unet import RetinaUNetNetwork
 from shared.engines.finetune import load_pretrained_encoder
 from shared.networks.resenc_unet import ResEncUNet
 

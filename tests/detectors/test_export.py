@@ -6,7 +6,7 @@ import torch
 from shared.detectors.anchors import flatten_head_outputs
 from shared.detectors.export import FlatOutputNetwork, split_dense_output, unflatten_outputs
 from shared.detectors.retina_unet import RetinaUNetDetector
-from shared.detectors.retina_unet_network import RetinaUNetNetwork
+from shared.networks.retina_unet import RetinaUNetNetwork
 
 
 def test_the_contract_dict_does_not_trace_as_is(stand_in):

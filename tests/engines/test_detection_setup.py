@@ -2,7 +2,7 @@
 
 import pytest
 
-from shared.detectors.retina_unet_network import RetinaUNetNetwork
+from shared.networks.retina_unet import RetinaUNetNetwork
 from shared.engines.detection_setup import plan_encoder, prepare_detection_data, read_model_plan
 from shared.io.errors import InputError
 from tests._cases import spaced_affine, write_dataset

@@ -4,7 +4,7 @@ import logging
 import pytest
 
 import shared.engines.finetune as finetune
-from shared.detectors.retina_unet_network import RetinaUNetNetwork
+from shared.networks.retina_unet import RetinaUNetNetwork
 from shared.io.errors import InputError
 
 

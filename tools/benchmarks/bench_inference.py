@@ -50,7 +50,7 @@ ANCHOR_SIZES = (4.0, 6.0, 8.0)
 
 def build_network(encoder: str, preset: str, *, busy: bool):
     """A Retina U-Net with random weights (2 classes, 27 anchors, as in the bundles)."""
-    from shared.detectors.retina_unet_network import RetinaUNetNetwork
+    from shared.networks.retina_unet import RetinaUNetNetwork
 
     torch.manual_seed(0)
     channels, strides = PRESET_SETTINGS[preset]

@@ -27,7 +27,7 @@ import torch
 
 from shared.data.dataset import DetectionPatchDataset, ValidationCaseDataset, collate_detection
 from shared.detectors.retina_unet import RetinaUNetDetector
-from shared.detectors.retina_unet_network import RetinaUNetNetwork
+from shared.networks.retina_unet import RetinaUNetNetwork
 from shared.engines.detection_setup import prepare_detection_data
 from shared.engines.validation import predict_cases
 from shared.engines.schedule import learning_rate_at, set_learning_rate

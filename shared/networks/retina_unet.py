@@ -19,11 +19,11 @@ from torch import nn
 from shared.decoders.levels import find_level
 from shared.decoders.ufpn import UFPNDecoder
 from shared.detectors.anchors import flatten_head_outputs
+from shared.detectors.box_coder import BOX_DELTAS
 from shared.encoders import Encoder, build_encoder, check_divisible
 from shared.layers import ConvNormAct, LayerSpec, initialize_head_normal, initialize_kaiming
 from shared.layers.specs import DEFAULT_ACT
 
-BOX_DELTAS = 6
 #: layouts of the auxiliary segmentation head: ``foreground`` (2 channels, nnDetection's
 #: ``DiCESegmenterFgBg`` and the paper's choice) or ``classes`` (K + 1 channels)
 SEGMENTATION_CLASSES = ("foreground", "classes")

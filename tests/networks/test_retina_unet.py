@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from shared.detectors.retina_unet_network import RetinaUNetNetwork
+from shared.networks.retina_unet import RetinaUNetNetwork
 from shared.encoders import build_encoder
 
 TINY = {"name": "resenc", "preset": "tiny"}
