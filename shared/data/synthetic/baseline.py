@@ -66,8 +66,9 @@ def detect_blobs(hu: np.ndarray, affine: np.ndarray, *, threshold: float = 40.0)
 
 def average_precision_at(predictions: list[dict], truths: list[dict], num_classes: int, iou: float = 0.1) -> float:
     """COCO AP at one IoU threshold, mean over the classes that have ground truth, by MONAI's
-    ``COCOMetric`` (a stand-in until the project's own metrics land). Boxes in world cccwhd: IoU does
-    not change under the voxel → mm map.
+    ``COCOMetric``. The project's evaluation is :mod:`shared.metrics` (``tools.evaluate``); this scorer
+    shares no code with it, so it serves as an independent reference (the bundle tests compare the two).
+    Boxes in world cccwhd: IoU does not change under the voxel → mm map.
     """
     from monai.apps.detection.metrics.coco import COCOMetric
     from monai.apps.detection.metrics.matching import matching_batch
@@ -95,7 +96,7 @@ def average_precision_at(predictions: list[dict], truths: list[dict], num_classe
 
 
 def _box_iou(boxes: np.ndarray, others: np.ndarray) -> np.ndarray:
-    """(N, M) IoU of xyzxyz boxes (numpy; stands in for :mod:`shared.boxes.ops` until it lands)."""
+    """(N, M) IoU of xyzxyz boxes, in numpy and local so that this scorer stays independent of ``shared``."""
     low = np.maximum(boxes[:, None, :3], others[None, :, :3])
     high = np.minimum(boxes[:, None, 3:], others[None, :, 3:])
     inter = np.clip(high - low, 0, None).prod(-1)
