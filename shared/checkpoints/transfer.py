@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import fnmatch
 import inspect
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +24,10 @@ import torch
 from torch import nn
 
 from shared.checkpoints.manifest import PretrainedEncoder, StateDict, stem_input_channels
+from shared.encoders.planning import is_spacing_variant
 from shared.io.errors import InputError
+
+logger = logging.getLogger(__name__)
 
 STEM_STRATEGIES = ("random", "replicate", "matching")
 MODES = ("encoder", "all")
@@ -250,7 +254,8 @@ def transfer_encoder(
         raise ValueError(f"stem: expected one of {STEM_STRATEGIES}, got {stem!r}")
     declared = pretrained.manifest.get("architecture")
     if expected_architecture is not None and declared:  # our trainer's files do not declare it
-        differences = architecture_differences(declared, expected_architecture)
+        differences = _excuse_spacing_arms(architecture_differences(declared, expected_architecture),
+                                           declared, expected_architecture, pretrained.source)
         if differences:
             raise InputError(pretrained.source, "architecture of the pre-trained encoder differs from the network's "
                                                 f"encoder: {'; '.join(differences)}")
@@ -274,6 +279,26 @@ def transfer_encoder(
     _compare(source, target, set(excused), allow_missing, report, prefix, pretrained.source)
     _load(target_module, target, source, report, prefix)
     return report
+
+
+def _excuse_spacing_arms(differences: list[str], declared: dict[str, Any], expected: dict[str, Any],
+                         origin: str | None) -> list[str]:
+    """Drops stride and kernel differences between the two spacing arms of one encoder, with a warning.
+
+    An encoder pre-trained at 1 mm isotropic may be fine-tuned with the strides planned for a data set's
+    anisotropic median spacing (and back): the weights fit wherever the kernels have the same shape,
+    which the key-by-key shape check then enforces, naming each mismatching key.
+    """
+    arms = {"strides", "kernel_sizes"}
+    named = {line.split(":", 1)[0] for line in differences}
+    if not named & arms or named - arms:
+        return differences
+    found, wanted = encoder_arguments(declared), encoder_arguments(expected)
+    if not is_spacing_variant(found.get("strides", []), wanted.get("strides", [])):
+        return differences
+    logger.warning("%s: pre-trained for other strides/kernels (%s); transferring between spacing arms where the "
+                   "kernel shapes agree", origin, "; ".join(differences))
+    return []
 
 
 def _compare(source: StateDict, target: StateDict, excused: set[str], allow: Sequence[str],

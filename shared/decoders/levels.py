@@ -47,8 +47,8 @@ def read_levels(
 def find_level(strides: Sequence[Any], wanted: Any, spatial_dims: int = 3, argument: str = "detection stride") -> int:
     """The index of the level with cumulative stride ``wanted``.
 
-    A per-axis ``wanted`` must equal a level's stride. An int ``s`` names the level whose stride is
-    ``s`` on every axis or, on an anisotropic encoder, the one level whose coarsest axis has stride
+    A per-axis ``wanted`` must equal a level's stride (the finest such level when a stride repeats).
+    An int ``s`` names the level whose stride is ``s`` on every axis or, on an anisotropic encoder, the one level whose coarsest axis has stride
     ``s`` — so ``detection_strides = [4, 8, 16, 32]`` picks the same depth of the network in the
     isotropic and in the planned anisotropic arm (where the in-plane axes keep the isotropic strides).
 
@@ -57,7 +57,7 @@ def find_level(strides: Sequence[Any], wanted: Any, spatial_dims: int = 3, argum
     """
     levels = [per_axis(s, spatial_dims, "stride") for s in strides]
     target = per_axis(wanted, spatial_dims, argument)
-    matches = [i for i, level in enumerate(levels) if level == target]
+    matches = [i for i, level in enumerate(levels) if level == target][:1]  # a repeated stride: the finest
     if not matches and isinstance(wanted, int):
         matches = [i for i, level in enumerate(levels) if max(level) == wanted]
     if not matches:

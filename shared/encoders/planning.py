@@ -12,8 +12,9 @@ and kernel with those rules, so an isotropic spacing gives back the presets' ``[
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
-from shared.layers.strides import compact
+from shared.layers.strides import compact, per_axis
 
 # nnU-Net v1 / nnDetection: an axis is pooled only while at least twice this many voxels remain.
 MIN_FEATURE_MAP_SIZE = 4
@@ -89,3 +90,27 @@ def _axes_to_pool(spacing: list[float], sizes: list[float], min_feature_map_size
     if len(axes) == 1 and sizes[axes[0]] < 3 * min_feature_map_size:
         return []
     return axes
+
+
+def is_spacing_variant(first: Sequence[Any], second: Sequence[Any], spatial_dims: int = 3) -> bool:
+    """Whether two per-stage stride lists are one encoder planned for two spacings (the paper's arms).
+
+    True when, in one direction, every stage pools the same axes or a subset of them that still
+    pools (e.g. ``[1, 2, 2]`` and ``[1, [2, 2, 1], 2]``): the weights of such encoders are
+    interchangeable wherever the kernels have the same shape. Strides leave no trace in weight
+    shapes, so this is what lets weights cross between the arms while other stride changes are refused.
+    """
+    if len(first) != len(second):
+        return False
+    return _pools_a_subset(first, second, spatial_dims) or _pools_a_subset(second, first, spatial_dims)
+
+
+def _pools_a_subset(full: Sequence[Any], reduced: Sequence[Any], spatial_dims: int) -> bool:
+    for full_stage, reduced_stage in zip(full, reduced):
+        full_axes = per_axis(full_stage, spatial_dims, "strides")
+        reduced_axes = per_axis(reduced_stage, spatial_dims, "strides")
+        if any(r not in (f, 1) for f, r in zip(full_axes, reduced_axes)):
+            return False
+        if max(full_axes) > 1 and not any(r == f > 1 for f, r in zip(full_axes, reduced_axes)):
+            return False
+    return True

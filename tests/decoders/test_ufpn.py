@@ -103,3 +103,8 @@ def test_an_int_detection_stride_names_the_level_of_that_coarsest_axis_stride_un
     with pytest.raises(ValueError, match=r"detection stride 2 matches levels \[1, 2\].*per axis"):
         UFPNDecoder(levels, channels=8, detection_strides=(2,))
     assert UFPNDecoder(levels, channels=8, detection_strides=((2, 2, 1),)).output_levels == [0, 2]
+
+
+def test_a_repeated_stride_names_the_finest_of_its_levels():
+    levels = [{"channels": 4, "stride": s} for s in (1, 1, 2, 4)]
+    assert UFPNDecoder(levels, channels=8, detection_strides=(2, 4), output_strides=(1, 2, 4)).output_levels == [0, 2, 3]

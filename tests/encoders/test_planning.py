@@ -36,3 +36,13 @@ def test_a_patch_too_small_for_the_stages_is_refused_naming_it():
     with pytest.raises(ValueError, match=r"patch_size \[32, 32, 32\] at spacing \[1.0, 1.0, 1.0\] allows only 3 "
                                          r"poolings but the encoder has 6 stages"):
         plan_strides_and_kernels([1.0, 1.0, 1.0], [32, 32, 32], 6)
+
+
+def test_spacing_variants_pool_a_subset_of_the_axes_at_every_stage():
+    from shared.encoders.planning import is_spacing_variant
+
+    assert is_spacing_variant([1, 2, 2, 2], [1, [2, 2, 1], 2, 2])
+    assert is_spacing_variant([1, [2, 2, 1], [2, 2, 1], 2], [1, 2, 2, 2])  # either direction
+    assert not is_spacing_variant([1, 2, 2, 2], [1, 1, 2, 2])  # a stage that no longer pools
+    assert not is_spacing_variant([1, 2, 2, 2], [1, 2, 2])  # another number of stages
+    assert not is_spacing_variant([1, 2, 2], [1, [4, 4, 1], 2])  # another factor
