@@ -51,7 +51,9 @@ def import_checkpoint(path: str | os.PathLike, *, stem: str | None = None) -> Pr
     return converted
 
 
-def convert_checkpoint(checkpoint: Any, source: str | os.PathLike, *, stem: str | None = None) -> PretrainedEncoder | None:
+def convert_checkpoint(
+    checkpoint: Any, source: str | os.PathLike, *, stem: str | None = None
+) -> PretrainedEncoder | None:
     """Converts a loaded nnssl or MultiTalent checkpoint; ``None`` when it is neither.
 
     Args:

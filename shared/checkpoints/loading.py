@@ -26,11 +26,11 @@ from shared.checkpoints.manifest import (
     read_manifest_encoder,
 )
 from shared.checkpoints.safe_load import read_checkpoint, sha256_file
+from shared.checkpoints.weights import DETECTOR_PREFIX
 from shared.io.errors import InputError
 
-# the trainer saves the network, whose encoder is under "encoder."; a detector holds it under "network."
+# the trainer saves the network, whose encoder is under "encoder." (a detector holds it under "network.")
 NETWORK_ENCODER_PREFIX = "encoder."
-DETECTOR_PREFIX = "network."
 TRAINER_FORMAT = "missing-piece-trainer"
 
 

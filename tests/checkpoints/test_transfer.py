@@ -63,7 +63,7 @@ def test_shape_mismatch_is_listed():
 
 def test_architecture_mismatch_names_the_field():
     paper = {"name": "resenc", "preset": "paper", "features": [32, 64, 128, 256, 320, 320]}
-    with pytest.raises(InputError, match="features: checkpoint .*; strides: checkpoint \\[1, 2, 2, 2, 2, 2\\], network"):
+    with pytest.raises(InputError, match=r"features: checkpoint .*; strides: checkpoint \[1, 2, 2, 2, 2, 2\], network"):
         transfer_encoder(StandInDetector(1), pretrained_from(dna_encoder(), architecture=paper),
                          expected_architecture=SPEC)
     tiny = {"name": "resenc", "preset": "tiny"}
