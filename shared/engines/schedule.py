@@ -1,9 +1,10 @@
 """The paper's learning-rate schedule as a pure function of the iteration, so resuming needs no state.
 
-Fine-tuning (appendix C.3) runs in two phases: for the first ``freeze_iterations`` only what was not
-transferred trains; then the whole network trains with a linear warm-up over ``warmup_iterations`` and
-a poly decay to zero at ``total_iterations``. The first phase uses the same linear warm-up, restarted,
-so freshly initialised heads do not see the full rate on their first step.
+Fine-tuning (appendix C.3; nnDetection's ``sgd_base_warmupdecoder_heads``) runs in two phases. The
+freeze phase (``freeze_iterations``) trains the decoder and heads only, its rate ramping linearly over
+the whole phase (nnDetection's ``iterations_warmup`` equals the phase). Then the whole network trains
+with a linear LR warm-up over ``lr_warmup_iterations`` and a poly decay to zero at ``total_iterations``.
+"LR warm-up" is only that ramp; the freeze phase is always called "freeze".
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ def learning_rate_at(
     *,
     base_lr: float,
     total_iterations: int,
-    warmup_iterations: int = 0,
+    lr_warmup_iterations: int = 0,
     freeze_iterations: int = 0,
     exponent: float = 0.9,
 ) -> float:
@@ -24,19 +25,20 @@ def learning_rate_at(
 
     Args:
         iteration: the iteration about to run, 0-based.
-        base_lr: the rate reached after warm-up.
-        total_iterations: the length of the whole run; the rate reaches zero there.
-        warmup_iterations: linear warm-up length, at the start of each phase (clipped to the phase).
-        freeze_iterations: length of the first (frozen-encoder) phase; 0 for a single phase.
+        base_lr: the rate reached after the ramps.
+        total_iterations: the length of the whole run, freeze phase included; the rate reaches zero there.
+        lr_warmup_iterations: linear ramp at the start of the full-network phase (clipped to it).
+        freeze_iterations: length of the first (frozen-encoder) phase, which ramps over all of it;
+            0 for a single phase.
         exponent: the poly exponent.
     """
     if total_iterations <= 0:
         raise ValueError(f"total_iterations must be positive, got {total_iterations}")
     if iteration < freeze_iterations:
-        return base_lr * min(1.0, (iteration + 1) / max(1, min(warmup_iterations, freeze_iterations)))
+        return base_lr * (iteration + 1) / freeze_iterations
     step = iteration - freeze_iterations
     phase_length = total_iterations - freeze_iterations
-    warmup = min(warmup_iterations, phase_length)
+    warmup = min(lr_warmup_iterations, phase_length)
     if step < warmup:
         return base_lr * (step + 1) / warmup
     decay_length = max(1, phase_length - warmup)

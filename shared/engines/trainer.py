@@ -69,7 +69,7 @@ class Trainer:
         data_loader: endless loader; if its batch sampler has ``start_iteration`` it is moved on resume.
         output_dir: checkpoints go to ``output_dir/checkpoints``, TensorBoard logs to ``output_dir/logs``.
         iterations_per_epoch, max_epochs: the run's length.
-        base_lr, warmup_iterations, freeze_iterations, poly_exponent: the schedule
+        base_lr, lr_warmup_iterations, freeze_iterations, poly_exponent: the schedule
             (:func:`shared.engines.schedule.learning_rate_at`).
         forward: ``(model, batch, device) -> losses``; defaults to :func:`detection_forward`.
         device: where the model lives; amp: mixed precision, only honoured on CUDA.
@@ -96,7 +96,7 @@ class Trainer:
         iterations_per_epoch: int,
         max_epochs: int,
         base_lr: float,
-        warmup_iterations: int = 0,
+        lr_warmup_iterations: int = 0,
         freeze_iterations: int = 0,
         poly_exponent: float = 0.9,
         forward: Callable[[nn.Module, dict, torch.device], dict] = detection_forward,
@@ -119,7 +119,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.forward, self.gradient_clip = forward, gradient_clip
         self.total_iterations = total = iterations_per_epoch * max_epochs
-        self.schedule = dict(base_lr=base_lr, total_iterations=total, warmup_iterations=warmup_iterations,
+        self.schedule = dict(base_lr=base_lr, total_iterations=total, lr_warmup_iterations=lr_warmup_iterations,
                              freeze_iterations=freeze_iterations, exponent=poly_exponent)
         self.save_module = save_module
         self.engine = Engine(self._step)

@@ -42,7 +42,7 @@ def _tiny(encoder_name: str) -> list[str]:
 
 
 TRAIN = ["--patch_size", "[32,32,32]", "--batch_size", "2", "--iterations_per_epoch", "2", "--epochs", "1",
-         "--warmup_iterations", "1", "--checkpoint_every", "2"]
+         "--lr_warmup_iterations", "1", "--checkpoint_every", "2"]
 
 
 def _bundle(*arguments: str, cwd: Path, expect_failure: bool = False, command: list[str] | None = None
@@ -90,7 +90,7 @@ def test_training_writes_a_model_that_loads_into_network_def(trained):
 def test_training_resumes_from_its_checkpoint(trained):
     result = _bundle("run", "--config_file", _configs(PLAIN, "train.json", "quick.json"), "--dataset_dir",
                      str(trained / "data"), "--output_dir", str(trained / "out"), *_tiny("plain"), *TRAIN[:-6],
-                     "--epochs", "2", "--warmup_iterations", "1", "--checkpoint_every", "2", cwd=trained)
+                     "--epochs", "2", "--lr_warmup_iterations", "1", "--checkpoint_every", "2", cwd=trained)
     assert "resuming from" in result.stdout + result.stderr
     assert (trained / "out" / "checkpoints" / "last_checkpoint_4.pt").is_file()
     load_weights(_network(), trained / "out" / "model.pt")

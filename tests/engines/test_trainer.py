@@ -39,7 +39,7 @@ def make_trainer(tmp_path, epochs, **kwargs):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=3e-5)
     loader = DataLoader(SeededNoise(), batch_sampler=ResumableBatchSampler(3))
     trainer = Trainer(model, optimizer, loader, output_dir=tmp_path, iterations_per_epoch=4, max_epochs=epochs,
-                      base_lr=0.1, warmup_iterations=3, forward=image_forward, checkpoint_every=2,
+                      base_lr=0.1, lr_warmup_iterations=3, forward=image_forward, checkpoint_every=2,
                       progress=False, **kwargs)
     return trainer, model
 

@@ -11,7 +11,7 @@ TINY_DATA = {"counts": {"training": 3, "validation": 1, "test": 2, "unlabelled":
 TINY_ENCODER = {"name": "resenc", "preset": "tiny"}
 TINY_PRETRAIN = {"encoder": TINY_ENCODER, "patch_size": [32, 32, 32], "iterations_per_epoch": 2, "epochs": 1}
 TINY_FINETUNE = {"encoder": TINY_ENCODER, "decoder_channels": 16, "detection_strides": [4, 8],
-                 "patch_size": [32, 32, 32], "iterations_per_epoch": 2, "epochs": 1, "warmup_iterations": 1,
+                 "patch_size": [32, 32, 32], "iterations_per_epoch": 2, "epochs": 1, "lr_warmup_iterations": 1,
                  "validate_every": 1}
 
 
