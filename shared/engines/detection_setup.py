@@ -160,8 +160,9 @@ def prepare_detection_data(
         detection_strides=[_json_stride(compact(per_axis(s, dims, "detection_strides"))) for s in detection_strides],
         encoder=encoder,
     )
-    write_json(Path(output_dir) / MODEL_PLAN, {key: value for key, value in asdict(data).items()
-                                               if key not in ("train_cases", "validation_cases")})
+    # no "encoder" key unless one was given: plans of bundles that do not pass it stay as they were
+    left_out = ("train_cases", "validation_cases", *(("encoder",) if encoder is None else ()))
+    write_json(Path(output_dir) / MODEL_PLAN, {key: value for key, value in asdict(data).items() if key not in left_out})
     return data
 
 

@@ -55,6 +55,9 @@ def test_median_spacing_plans_per_axis_strides_recorded_for_inference(tmp_path, 
     assert data.plan["target_spacing"] == pytest.approx([0.8, 0.8, 2.5])
     rebuilt = RetinaUNetNetwork(1, 2, encoder=plan["encoder"], decoder_channels=16, detection_strides=[4, 8])
     assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in network.state_dict().items()}
+    prepare_detection_data(datalist, cache, tmp_path / "without", spacing="median", in_channels=1, num_classes=2,
+                           patch_size=[32, 32, 16], detection_strides=[4, 8])
+    assert "encoder" not in read_model_plan(tmp_path / "without")  # plans of bundles not passing one: unchanged
     # an explicit choice in the spec wins over the plan
     explicit = plan_encoder({"name": "plain", "preset": "tiny", "kernel_sizes": 3}, **arguments)
     assert explicit["kernel_sizes"] == 3 and explicit["strides"] == [1, [2, 2, 1], 2, 2]
