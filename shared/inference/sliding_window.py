@@ -118,11 +118,16 @@ def predict_volume(
         ``{"boxes": (M, 6) xyzxyz voxel of ``volume``, "scores": (M,), "labels": (M,) int64}`` on
         ``volume``'s device, sorted by score.
 
+    The final ``score_threshold`` and ``min_size`` are the ones to tune; each stream was already
+    filtered by its post-processor's own (per-tile) values, so final values below those would change
+    nothing and are refused.
+
     Raises:
-        ValueError: naming a setting that neither half takes.
+        ValueError: naming a setting that neither half takes, or a final filter below the per-tile one.
     """
     start = time.perf_counter()
     stream_settings, cluster_settings = split_settings(settings)
+    check_final_filters(_resolve_models(models, stream_settings.get("postprocessor")), cluster_settings)
     clock: dict = {}
     streams = predict_streams(models, volume, patch_size=patch_size, timings=clock, **stream_settings)
     tic = time.perf_counter()
@@ -149,6 +154,24 @@ def split_settings(settings: Mapping[str, Any]) -> tuple[dict[str, Any], dict[st
         raise ValueError(f"unknown sliding-window setting(s) {', '.join(map(repr, unknown))}; known: {known}")
     return ({key: value for key, value in settings.items() if key in stream_keys},
             {key: value for key, value in settings.items() if key in cluster_keys})
+
+
+def check_final_filters(pairs, cluster_settings: Mapping[str, Any]) -> None:
+    """Refuse a final ``score_threshold`` / ``min_size`` below a stream post-processor's own.
+
+    A box under the per-tile threshold never reaches clustering, and a cluster's score is a damped
+    average of its members', so a lower final threshold (or size) would silently change nothing.
+    """
+    defaults = inspect.signature(consolidate_streams).parameters
+    for name in ("score_threshold", "min_size"):
+        final = float(cluster_settings.get(name, defaults[name].default))
+        per_tile = max(float(getattr(post, name)) for _, post in pairs)
+        if final < per_tile:
+            raise ValueError(
+                f"inference {name} {final:g} is below the per-tile {name} {per_tile:g} (the detector's "
+                f"post-processor; tile_{name} in the bundles): it would change nothing; "
+                f"use at least {per_tile:g} or lower the per-tile value too"
+            )
 
 
 def _setting_names(function) -> set[str]:

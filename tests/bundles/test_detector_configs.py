@@ -69,3 +69,54 @@ def test_inference_json_builds_the_segmentation_head_train_json_trained(bundle):
         parser["detection_strides"] = [4, 8]
         parser["segmentation_classes"] = name
         assert parser.get_parsed_content("network_def").segmentation_head.out_channels == channels
+
+
+class _Transferred:
+    """Stands for the TransferReport of a run that loaded a pre-trained encoder."""
+
+    transferred_keys = ["encoder.stem.convs.0.conv.weight"]
+
+
+def _parser(bundle: str, *configs: str) -> ConfigParser:
+    parser = ConfigParser()
+    parser.read_config([str(BUNDLES / bundle / "configs" / name) for name in configs])
+    return parser
+
+
+@pytest.mark.parametrize("bundle", DETECTORS)
+def test_the_freeze_phase_is_three_epochs_added_to_the_fifty_and_only_after_a_transfer(bundle):
+    # nnDetection's sgd_base_warmupdecoder_heads: num_warmup_epochs 3 of max_num_epochs 53 (50 + 3)
+    names = set(_parser(bundle, "train.json").config)
+    assert not names & {"warmup_iterations", "warmup_fraction"}, "one name per thing: lr_warmup_* or freeze_*"
+    for transfer, freeze, total, epochs in ((_Transferred(), 7500, 132500, 53), (None, 0, 125000, 50)):
+        parser = _parser(bundle, "train.json")
+        parser["transfer"] = transfer
+        assert parser.get_parsed_content("lr_warmup_iterations") == 4000
+        assert parser.get_parsed_content("freeze_iterations") == freeze
+        assert parser.get_parsed_content("total_iterations") == total
+        assert parser.get_parsed_content("trainer#max_epochs") == epochs
+        assert parser.get("trainer")["lr_warmup_iterations"] == "@lr_warmup_iterations"
+    assert parser.get("freeze") == "encoder"
+
+
+@pytest.mark.parametrize("bundle", DETECTORS)
+def test_the_paper_configuration_evaluates_with_mirroring_and_quick_does_not(bundle):
+    assert _parser(bundle, "train.json").get("inference")["mirror"] is True
+    # validation during training stays unmirrored (8x cheaper; nnDetection validates without it too)
+    assert _parser(bundle, "train.json").get_parsed_content("validator#inference")["mirror"] is False
+    assert _parser(bundle, "inference.json").get("inference")["mirror"] is True
+    assert _parser(bundle, "train.json", "quick.json").get("inference")["mirror"] is False
+
+
+@pytest.mark.parametrize("bundle", DETECTORS)
+def test_per_tile_and_final_filters_have_distinct_names(bundle):
+    for configs in (("train.json",), ("inference.json",)):
+        parser = _parser(bundle, *configs)
+        assert parser.get("tile_score_threshold") <= parser.get("inference")["score_threshold"]
+        assert parser.get("tile_min_size") <= parser.get("inference")["min_size"]
+        assert "stream_score_threshold" not in parser.config
+    detector = _parser(bundle, "train.json").get("detector")
+    assert detector["score_threshold"] == "@tile_score_threshold" and detector["min_size"] == "@tile_min_size"
+    for name in ("evaluate.json", "inference.json"):
+        expression = _parser(bundle, name).get("detectors")
+        assert "score_threshold=@tile_score_threshold" in expression and "min_size=@tile_min_size" in expression

@@ -147,3 +147,18 @@ def test_an_unknown_setting_is_named():
     with pytest.raises(ValueError, match="'cluster_iuo'.*cluster_iou"):
         predict_volume([CellDetector()], torch.zeros(1, 32, 32, 32), patch_size=(32, 32, 32),
                        postprocessor=_postprocessor(), cluster_iuo=0.5)
+
+
+def test_the_final_filters_change_the_output_and_may_not_undercut_the_per_tile_ones():
+    # two objects of scores sigmoid(10) and sigmoid(0.4 · 20 - 10) ≈ 0.12: the final threshold decides
+    volume = _volume((48, 32, 32), [0, 8, 8, 8, 16, 16]) + 0.4 * _volume((48, 32, 32), [24, 16, 16, 32, 24, 24])
+    settings = {"patch_size": (32, 32, 32), "postprocessor": _postprocessor()}
+    assert len(predict_volume(CellDetector(), volume, score_threshold=0.05, **settings)["boxes"]) == 2
+    assert len(predict_volume(CellDetector(), volume, score_threshold=0.5, **settings)["boxes"]) == 1
+    assert len(predict_volume(CellDetector(), volume, score_threshold=0.05, detections_per_volume=1,
+                              **settings)["boxes"]) == 1
+    # below the per-tile filters nothing would change: refused, naming both
+    with pytest.raises(ValueError, match=r"score_threshold 0.01 .* per-tile .* 0.05"):
+        predict_volume(CellDetector(), volume, score_threshold=0.01, **settings)
+    with pytest.raises(ValueError, match=r"min_size 0.001 .* per-tile .* 0.01"):
+        predict_volume(CellDetector(), volume, min_size=0.001, **settings)
