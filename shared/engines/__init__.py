@@ -1,2 +1,2 @@
-"""Engines shared by every bundle: the LR schedule, a resumable sampler, the trainer, warm-up freezing,
+"""Engines shared by every bundle: the LR schedule, a resumable sampler, the trainer, the fine-tuning freeze phase,
 fine-tuning setup, validation and inference."""

@@ -1,5 +1,5 @@
 """Fine-tuning from a pre-trained encoder, as bundle configs call it: load and transfer, log what was
-transferred, and freeze it for the warm-up phase (paper, section 3 and appendix C.3)."""
+transferred, and hold the encoder still for the freeze phase (paper, section 3 and appendix C.3)."""
 
 from __future__ import annotations
 

@@ -82,7 +82,7 @@ class Trainer:
             nothing was validated).
         save_module: the module whose state dict those files hold (e.g. the bare network of a
             detector, so a bundle's ``network_def`` loads it); default the model.
-        iteration_handlers: callables ``(engine)`` run at the start of each iteration (warm-up freeze).
+        iteration_handlers: callables ``(engine)`` run at the start of each iteration (the fine-tuning freeze phase).
         progress: show a progress bar.
     """
 
