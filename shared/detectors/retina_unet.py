@@ -43,7 +43,9 @@ class RetinaUNetDetector(nn.Module):
             turns it off. Every loss is a built object (``_target_`` in a bundle) or ``None``.
         loss_weights: weights of ``classification``, ``box_l1``, ``box_giou``, ``segmentation``.
         score_threshold, nms_iou, topk_candidates, detections_per_image, min_size: post-processing
-            (see :class:`DetectionPostprocessor`).
+            (see :class:`DetectionPostprocessor`) of each input image, i.e. of each tile in
+            sliding-window inference: the per-tile pre-filters (the bundles' ``tile_*`` keys), not the
+            final ones, which the ``inference`` settings hold.
     """
 
     def __init__(
