@@ -48,8 +48,8 @@ def find_level(strides: Sequence[Any], wanted: Any, spatial_dims: int = 3, argum
     """The index of the level with cumulative stride ``wanted``.
 
     A per-axis ``wanted`` must equal a level's stride (the finest such level when a stride repeats).
-    An int ``s`` names the level whose stride is ``s`` on every axis or, on an anisotropic encoder, the one level whose coarsest axis has stride
-    ``s`` — so ``detection_strides = [4, 8, 16, 32]`` picks the same depth of the network in the
+    An int ``s`` names the level whose stride is ``s`` on every axis or, on an anisotropic encoder,
+    the one level whose coarsest axis has stride ``s`` — so ``detection_strides = [4, 8, 16, 32]`` picks the same depth of the network in the
     isotropic and in the planned anisotropic arm (where the in-plane axes keep the isotropic strides).
 
     Raises:

@@ -162,7 +162,8 @@ def prepare_detection_data(
     )
     # no "encoder" key unless one was given: plans of bundles that do not pass it stay as they were
     left_out = ("train_cases", "validation_cases", *(("encoder",) if encoder is None else ()))
-    write_json(Path(output_dir) / MODEL_PLAN, {key: value for key, value in asdict(data).items() if key not in left_out})
+    write_json(Path(output_dir) / MODEL_PLAN,
+               {key: value for key, value in asdict(data).items() if key not in left_out})
     return data
 
 

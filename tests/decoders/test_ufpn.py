@@ -107,4 +107,5 @@ def test_an_int_detection_stride_names_the_level_of_that_coarsest_axis_stride_un
 
 def test_a_repeated_stride_names_the_finest_of_its_levels():
     levels = [{"channels": 4, "stride": s} for s in (1, 1, 2, 4)]
-    assert UFPNDecoder(levels, channels=8, detection_strides=(2, 4), output_strides=(1, 2, 4)).output_levels == [0, 2, 3]
+    decoder = UFPNDecoder(levels, channels=8, detection_strides=(2, 4), output_strides=(1, 2, 4))
+    assert decoder.output_levels == [0, 2, 3]

@@ -54,7 +54,8 @@ def test_median_spacing_plans_per_axis_strides_recorded_for_inference(tmp_path, 
     assert plan["encoder"] == encoder and plan["detection_strides"] == [[4, 4, 2], [8, 8, 4]]
     assert data.plan["target_spacing"] == pytest.approx([0.8, 0.8, 2.5])
     rebuilt = RetinaUNetNetwork(1, 2, encoder=plan["encoder"], decoder_channels=16, detection_strides=[4, 8])
-    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in network.state_dict().items()}
+    shapes = {k: v.shape for k, v in network.state_dict().items()}
+    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == shapes
     prepare_detection_data(datalist, cache, tmp_path / "without", spacing="median", in_channels=1, num_classes=2,
                            patch_size=[32, 32, 16], detection_strides=[4, 8])
     assert "encoder" not in read_model_plan(tmp_path / "without")  # plans of bundles not passing one: unchanged
