@@ -10,7 +10,8 @@ subprocess), shows its progress, writes under ``--out`` and marks itself done in
 interrupted resumes where it stopped when run again (training from its last checkpoint). ``--force
 True`` starts a stage again from nothing: the training stages (pretrain, finetune) train into a fresh
 folder beside their outputs (``.pretrain.fresh``, ``.finetune.fresh``) and replace the old outputs only
-once complete. The stages after a forced one are not re-run by themselves: list them too.
+once complete. A stage that runs takes the done mark off every stage after it, since their outputs
+were made from its old ones: the next run re-does them.
 """
 
 from __future__ import annotations
@@ -96,9 +97,18 @@ def main(out: str = "runs/quickstart", stages: Sequence[str] = STAGES, force: bo
         start = time.perf_counter()
         run_stage(stage, root, fresh=force, **settings)
         write_json(marker, {"stage": stage, "seconds": round(time.perf_counter() - start, 1), "settings": settings})
+        _mark_not_done(root, STAGES[STAGES.index(stage) + 1:])
         logger.info("stage %s: done in %.0f s", stage, time.perf_counter() - start)
     report = root / "report" / "report.md"
     print(f"\nreport: {report}" if report.exists() else f"\noutputs: {root}")
+
+
+def _mark_not_done(root: Path, stages: Sequence[str]) -> None:
+    for stage in stages:
+        marker = root / "stages" / f"{stage}.json"
+        if marker.exists():
+            marker.unlink()
+            logger.info("stage %s: its inputs changed, so it is no longer done", stage)
 
 
 def run_stage(stage: str, root: Path, *, fresh: bool, **settings) -> None:

@@ -120,3 +120,16 @@ def test_outputs_set_aside_by_a_killed_swap_are_put_back(tmp_path):
     main(str(out), stages=[])
     assert (out / "finetune" / "mae" / "model.pt").read_text() == "old"
     assert sorted(path.name for path in out.iterdir()) == ["finetune"]
+
+
+def test_a_stage_that_runs_again_takes_the_done_mark_off_the_later_stages(tmp_path, monkeypatch):
+    import tools.pipeline as pipeline
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(pipeline, "run_bundle", fake_training([]))
+    main(str(out), stages=["finetune"])
+    for later in ("evaluate", "report"):
+        (out / "stages" / f"{later}.json").write_text("{}")
+    (out / "stages" / "data.json").write_text("{}")
+    main(str(out), stages=["finetune"], force=True)
+    assert sorted(path.name for path in (out / "stages").iterdir()) == ["data.json", "finetune.json"]
