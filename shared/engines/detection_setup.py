@@ -167,6 +167,19 @@ def prepare_detection_data(
     return data
 
 
+def trained_encoder(model_dir: str | os.PathLike, default: dict[str, Any]) -> dict[str, Any]:
+    """The encoder spec a trained model was built from (its model plan's ``"encoder"``), else ``default``.
+
+    Inference rebuilds the network from it, so a model trained with planned per-axis strides runs with
+    the plain inference config. ``default`` (the config's ``encoder``) serves models whose plan records
+    none and folders without a trained model yet (``verify_net_in_out``, ``ckpt_export``).
+    """
+    path = Path(model_dir) / MODEL_PLAN
+    if not path.is_file():
+        return default
+    return read_model_plan(path).get("encoder") or default
+
+
 def read_model_plan(path: str | os.PathLike) -> dict[str, Any]:
     """The model plan written at training: a ``model_plan.json`` or the folder holding it."""
     path = Path(path)

@@ -3,9 +3,11 @@
 import pytest
 
 from shared.networks.retina_unet import RetinaUNetNetwork
-from shared.engines.detection_setup import plan_encoder, prepare_detection_data, read_model_plan
+from shared.engines.detection_setup import plan_encoder, prepare_detection_data, read_model_plan, trained_encoder
 from shared.io.errors import InputError
 from tests._cases import spaced_affine, write_dataset
+
+ISOTROPIC = {"name": "plain", "preset": "tiny"}
 
 
 @pytest.mark.parametrize(("network_stride", "stride_named"), [(None, 8), (16, 16)])
@@ -56,11 +58,43 @@ def test_median_spacing_plans_per_axis_strides_recorded_for_inference(tmp_path, 
     rebuilt = RetinaUNetNetwork(1, 2, encoder=plan["encoder"], decoder_channels=16, detection_strides=[4, 8])
     shapes = {k: v.shape for k, v in network.state_dict().items()}
     assert {k: v.shape for k, v in rebuilt.state_dict().items()} == shapes
+    assert trained_encoder(out, ISOTROPIC) == encoder  # inference rebuilds the planned encoder
+    assert trained_encoder(tmp_path / "untrained", ISOTROPIC) == ISOTROPIC
     prepare_detection_data(datalist, cache, tmp_path / "without", spacing="median", in_channels=1, num_classes=2,
                            patch_size=[32, 32, 16], detection_strides=[4, 8])
     assert "encoder" not in read_model_plan(tmp_path / "without")  # plans of bundles not passing one: unchanged
+    assert trained_encoder(tmp_path / "without", ISOTROPIC) == ISOTROPIC
     # an explicit choice in the spec wins over the plan
     explicit = plan_encoder({"name": "plain", "preset": "tiny", "kernel_sizes": 3}, **arguments)
     assert explicit["kernel_sizes"] == 3 and explicit["strides"] == [1, [2, 2, 1], 2, 2]
     with pytest.raises(InputError, match=r"patch_size \[16, 16, 8\] at spacing \[0.8, 0.8, 2.5\] allows only 2"):
         plan_encoder({"name": "plain", "preset": "tiny"}, **{**arguments, "patch_size": [16, 16, 8]})
+
+
+def test_the_detector_bundles_plan_the_encoder_for_median_spacing_and_inference_rebuilds_it(tmp_path, rng):
+    from pathlib import Path
+
+    from monai.bundle import ConfigParser
+
+    configs = Path(__file__).resolve().parents[2] / "bundles" / "retina_unet_detection" / "configs"
+    dataset = tmp_path / "raw"
+    write_dataset(dataset, rng=rng, training=2, validation=1, affine=spaced_affine(spacing=(0.8, 0.8, 2.5)))
+    settings = {"dataset_dir": str(dataset), "output_dir": str(tmp_path / "out"), "spacing": "median",
+                "patch_size": [32, 32, 16], "encoder": ISOTROPIC, "decoder_channels": 16, "detection_strides": [4, 8],
+                "num_workers": 0}
+    train = ConfigParser()
+    train.read_config(str(configs / "train.json"))
+    for key, value in settings.items():
+        train[key] = value
+    network = train.get_parsed_content("network_def")
+    assert network.encoder.strides == [1, (2, 2, 1), (4, 4, 2), (8, 8, 4)]
+    assert network.detection_strides == ((4, 4, 2), (8, 8, 4))
+    train.get_parsed_content("data")  # writes model_plan.json
+    inference = ConfigParser()
+    inference.read_config(str(configs / "inference.json"))
+    for key in ("output_dir", "encoder", "decoder_channels", "detection_strides"):
+        inference[key] = settings[key]
+    rebuilt = inference.get_parsed_content("network_def")
+    assert rebuilt.encoder.strides == network.encoder.strides
+    shapes = {k: v.shape for k, v in network.state_dict().items()}
+    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == shapes
