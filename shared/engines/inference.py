@@ -136,7 +136,9 @@ def write_box_map(path: str | os.PathLike, entry: dict[str, Any], image: str | S
     volume = load_volume(image)
     boxes = boxes_world_to_voxel(entry["box"], volume.affine)
     labels = np.asarray(entry["label"], dtype=np.int64)
-    order = np.argsort(entry["label_scores"])  # the most confident box is drawn last, on top
+    # rasterize_boxes paints larger boxes first (a small one inside stays visible); among equal sizes
+    # the later row wins, so this order puts the more confident box on top only then
+    order = np.argsort(entry["label_scores"])
     label_map = rasterize_boxes(boxes[order], volume.array.shape[1:], ids=labels[order] + 1, dtype=np.int64)
     save_nifti(path, label_map.astype(np.uint8), volume.affine)
 

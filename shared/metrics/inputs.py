@@ -1,7 +1,8 @@
 """Reading evaluation inputs: a decathlon-style datalist (ground truth) and a predictions file.
 
 Both hold world-millimetre ``cccwhd`` boxes; they are returned as xyzxyz (IoU is unchanged by the
-world<->voxel affine's scaling and shift, so metrics in millimetres equal metrics in voxels). Every
+scaling and shift of an axis-aligned world<->voxel affine, so there metrics in millimetres equal
+metrics in voxels; on oblique scans boxes are compared as the axis-aligned world boxes the files hold). Every
 problem raises :class:`EvaluationInputError` naming the file, the image and the field.
 
 Images are matched by the path as written in the datalist, or by the normalised absolute path

@@ -3,7 +3,7 @@
 Trains a Retina U-Net straight from a preprocessed cache (no bundle, no checkpoints) and every
 ``--eval_every`` iterations detects on the validation cases and on a few training cases, so one run
 tells apart "does not learn at all" (training AP stays 0), "learns but does not generalise" and
-"learns". Used to diagnose the quick configuration (bundle docs, "Performance").
+"learns". Used to diagnose the quick configuration (docs/experiments/lung_quick_detector.md).
 
     python -m tools.make_dataset lung_ct --out /tmp/lung_ct
     python -m tools.benchmarks.learning_probe --datalist /tmp/lung_ct/datalist.json --cache_dir /tmp/probe_cache \\
