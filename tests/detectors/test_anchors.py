@@ -22,19 +22,24 @@ def test_anchor_shapes_needs_three_axes():
         anchor_shapes([[1, 2, 3], [1, 2, 3]])
 
 
-def test_anchors_per_level_count_centres_and_scaling():
-    generator = AnchorGenerator(SIZES, [4, 8])
+@pytest.mark.parametrize("strides", [
+    [4, 8],
+    [(2, 2, 1), [4, 4, 2]],  # 0.8 × 0.8 × 2.5 mm: in-plane strides twice the through-plane ones
+], ids=["isotropic", "anisotropic"])
+def test_anchors_per_level_count_centres_and_scaling(strides):
+    generator = AnchorGenerator(SIZES, strides)
+    stride0, stride1 = (torch.tensor(stride, dtype=torch.float32).expand(3) for stride in generator.strides)
     level0, level1 = generator.anchors_per_level([(2, 3, 4), (1, 2, 2)])
     assert level0.shape == (2 * 3 * 4 * 27, 6) and level1.shape == (1 * 2 * 2 * 27, 6)
-    # row = position · A + a with position = (x · Y + y) · Z + z
-    x, y, z, a = 1, 2, 0, 5
+    # row = position · A + a with position = (x · Y + y) · Z + z; centres per axis at (index + ½) · stride
+    x, y, z, a = 1, 2, 3, 5
     row = ((x * 3 + y) * 4 + z) * 27 + a
-    centre = torch.tensor([(x + 0.5) * 4, (y + 0.5) * 4, (z + 0.5) * 4])
+    centre = (torch.tensor([x, y, z]) + 0.5) * stride0
     size = torch.tensor(anchor_shapes(SIZES)[a], dtype=torch.float32)
     torch.testing.assert_close(level0[row], torch.cat([centre - size / 2, centre + size / 2]))
-    # the next level doubles sizes (stride 8 / stride 4) and centres on its own cells
+    # the next level scales sizes by its stride over the first's (2 on every axis here)
     row1 = ((0 * 2 + 1) * 2 + 1) * 27 + a
-    centre1 = torch.tensor([4.0, 12.0, 12.0])
+    centre1 = (torch.tensor([0, 1, 1]) + 0.5) * stride1
     torch.testing.assert_close(level1[row1], torch.cat([centre1 - size, centre1 + size]))
 
 
@@ -61,20 +66,10 @@ def test_flatten_head_outputs_follows_the_channel_layout_a_times_k_plus_k():
     assert flat[0, 12 * 27 + 4, 1] == 41  # second level starts after all first-level anchors
 
 
-def test_anisotropic_levels_place_and_scale_anchors_per_axis():
-    # 0.8 × 0.8 × 2.5 mm: the first detection level has stride (2, 2, 1), the next (4, 4, 2)
+def test_anisotropic_levels_scale_anchors_per_axis():
     generator = AnchorGenerator(SIZES, [(2, 2, 1), [4, 4, 2]])
     assert generator.strides == [(2, 2, 1), (4, 4, 2)]
     np.testing.assert_array_equal(generator.level_shapes(1), anchor_shapes(SIZES) * [2.0, 2.0, 2.0])
-    level0, level1 = generator.anchors_per_level([(2, 3, 4), (1, 2, 2)])
-    x, y, z, a = 1, 2, 3, 5
-    row = ((x * 3 + y) * 4 + z) * 27 + a
-    centre = torch.tensor([(x + 0.5) * 2, (y + 0.5) * 2, (z + 0.5) * 1])
-    size = torch.tensor(anchor_shapes(SIZES)[a], dtype=torch.float32)
-    torch.testing.assert_close(level0[row], torch.cat([centre - size / 2, centre + size / 2]))
-    row1 = ((0 * 2 + 1) * 2 + 1) * 27 + a
-    centre1 = torch.tensor([2.0, 6.0, 3.0])
-    torch.testing.assert_close(level1[row1], torch.cat([centre1 - size, centre1 + size]))
     # a level pooled in-plane only doubles its anchors in-plane only
     in_plane = AnchorGenerator(SIZES, [(1, 1, 1), (2, 2, 1)])
     np.testing.assert_array_equal(in_plane.level_shapes(1), anchor_shapes(SIZES) * [2.0, 2.0, 1.0])
