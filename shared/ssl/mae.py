@@ -39,12 +39,11 @@ def masked_mse_loss(reconstruction: torch.Tensor, target: torch.Tensor, mask: to
     return ((reconstruction - target) ** 2 * weight).sum() / count
 
 
-class MaskedAutoencoder(nn.Module):
-    """Wraps a reconstruction network (C → C channels) with block masking and the masked MSE.
+class BlockMaskedPretraining(nn.Module):
+    """What the block-masking methods (MAE, SparK) share: the wrapped network, the mask draws and their state.
 
     Args:
-        network: dense network mapping (B, C, X, Y, Z) to (B, C, X, Y, Z), e.g. the ResEnc U-Net;
-            its ``encoder`` attribute is what gets exported after pre-training.
+        network: the network being pre-trained; its ``encoder`` attribute is what gets exported.
         block_size: mask block edge in voxels, one int or one per axis.
         mask_ratio: fraction of blocks hidden per sample.
         seed: seed of the mask generator (masks are drawn on the CPU, so runs are reproducible
@@ -103,6 +102,25 @@ class MaskedAutoencoder(nn.Module):
             device=images.device,
         )
 
+    def _checked_mask(self, images: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        if images.ndim != 5:
+            raise ValueError(f"expected images (B, C, X, Y, Z), got shape {tuple(images.shape)}")
+        if mask is None:
+            mask = self.draw_mask(images)
+        return mask.to(device=images.device, dtype=torch.bool)
+
+
+class MaskedAutoencoder(BlockMaskedPretraining):
+    """Wraps a reconstruction network (C → C channels) with block masking and the masked MSE.
+
+    Args:
+        network: dense network mapping (B, C, X, Y, Z) to (B, C, X, Y, Z), e.g. the ResEnc U-Net;
+            its ``encoder`` attribute is what gets exported after pre-training.
+        block_size: mask block edge in voxels, one int or one per axis.
+        mask_ratio: fraction of blocks hidden per sample.
+        seed: seed of the mask generator (see :class:`BlockMaskedPretraining`).
+    """
+
     def forward(self, images: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Masks, reconstructs and scores a batch.
 
@@ -116,11 +134,7 @@ class MaskedAutoencoder(nn.Module):
         Shape:
             images: (B, C, X, Y, Z).
         """
-        if images.ndim != 5:
-            raise ValueError(f"expected images (B, C, X, Y, Z), got shape {tuple(images.shape)}")
-        if mask is None:
-            mask = self.draw_mask(images)
-        mask = mask.to(device=images.device, dtype=torch.bool)
+        mask = self._checked_mask(images, mask)
         visible = images.masked_fill(mask, 0.0)
         reconstruction = self.network(visible)
         if isinstance(reconstruction, (list, tuple)):

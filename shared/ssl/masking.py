@@ -1,7 +1,9 @@
 """Block masking for masked image modelling: the same number of masked blocks in every sample.
 
 The volume is tiled by blocks of ``block_size`` voxels per axis; a fixed fraction of the blocks is
-chosen without replacement, independently per sample, and the block mask is expanded to voxels.
+chosen without replacement, independently per sample (:func:`block_grid_mask`, one entry per block,
+what SparK's sparse encoder works from), and the block mask is expanded to voxels
+(:func:`expand_block_mask`; :func:`block_mask` does both, what MAE uses).
 Keeping the count fixed (rather than masking each block with probability ``mask_ratio``) gives every
 sample the same number of loss voxels, so a batch mean does not favour lightly masked samples.
 """
@@ -74,6 +76,56 @@ def block_grid_shape(
     return shape[0] // blocks[0], shape[1] // blocks[1], shape[2] // blocks[2]
 
 
+def block_grid_mask(
+    batch_size: int,
+    grid_shape: Sequence[int],
+    *,
+    mask_ratio: float = 0.75,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Draws the block-level mask: the same number of masked blocks in every sample.
+
+    Args:
+        batch_size: number of samples B.
+        grid_shape: blocks per axis (:func:`block_grid_shape`).
+        mask_ratio: fraction of blocks masked.
+        generator: CPU random generator, for reproducible masks.
+
+    Returns:
+        Boolean mask on the CPU, True where a block is masked (hidden from the network).
+
+    Shape:
+        output: (B, 1, GX, GY, GZ).
+    """
+    grid = tuple(int(g) for g in grid_shape)
+    num_blocks = grid[0] * grid[1] * grid[2]
+    count = masked_block_count(num_blocks, mask_ratio)
+    flat = torch.zeros(batch_size, num_blocks, dtype=torch.bool)
+    for sample in range(batch_size):
+        chosen = torch.randperm(num_blocks, generator=generator)[:count]
+        flat[sample, chosen] = True
+    return flat.view(batch_size, 1, *grid)
+
+
+def expand_block_mask(grid_mask: torch.Tensor, block_size: int | Sequence[int]) -> torch.Tensor:
+    """Expands a block-level mask to voxels: every block becomes ``block_size`` voxels per axis.
+
+    Args:
+        grid_mask: one entry per block.
+        block_size: block edge in voxels, one int or one per axis.
+
+    Returns:
+        The voxel-level mask, same dtype and device.
+
+    Shape:
+        grid_mask: (B, C, GX, GY, GZ); output: (B, C, GX * bx, GY * by, GZ * bz).
+    """
+    mask = grid_mask
+    for axis, size in enumerate(as_triple(block_size, "block_size")):
+        mask = mask.repeat_interleave(size, dim=axis + 2)
+    return mask
+
+
 def block_mask(
     batch_size: int,
     spatial_shape: Sequence[int],
@@ -100,14 +152,5 @@ def block_mask(
         output: (B, 1, X, Y, Z).
     """
     grid = block_grid_shape(spatial_shape, block_size)
-    blocks = as_triple(block_size, "block_size")
-    num_blocks = grid[0] * grid[1] * grid[2]
-    count = masked_block_count(num_blocks, mask_ratio)
-    flat = torch.zeros(batch_size, num_blocks, dtype=torch.bool)
-    for sample in range(batch_size):
-        chosen = torch.randperm(num_blocks, generator=generator)[:count]
-        flat[sample, chosen] = True
-    mask = flat.view(batch_size, 1, *grid)
-    for axis, size in enumerate(blocks):
-        mask = mask.repeat_interleave(size, dim=axis + 2)
+    mask = expand_block_mask(block_grid_mask(batch_size, grid, mask_ratio=mask_ratio, generator=generator), block_size)
     return mask.to(device) if device is not None else mask

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from shared.ssl.masking import block_grid_shape, block_mask, masked_block_count
+from shared.ssl.masking import block_grid_mask, block_grid_shape, block_mask, expand_block_mask, masked_block_count
 
 
 def test_exact_count_per_sample_and_ratio():
@@ -51,3 +51,12 @@ def test_ratio_checks():
     with pytest.raises(ValueError, match="masks no block"):
         masked_block_count(8, 0.01)
     assert masked_block_count(64, 0.75) == 48
+
+
+def test_block_mask_is_the_expanded_grid_mask():
+    grid = block_grid_mask(3, (2, 3, 1), mask_ratio=0.5, generator=torch.Generator().manual_seed(4))
+    assert grid.shape == (3, 1, 2, 3, 1) and grid.flatten(1).sum(1).tolist() == [3, 3, 3]
+    voxels = expand_block_mask(grid, (4, 2, 8))
+    assert torch.equal(voxels[:, :, ::4, ::2, ::8], grid) and voxels.shape == (3, 1, 8, 6, 8)
+    same = block_mask(3, (8, 6, 8), block_size=(4, 2, 8), mask_ratio=0.5, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(same, voxels)
