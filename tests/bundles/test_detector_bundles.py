@@ -75,7 +75,8 @@ def trained(tmp_path_factory) -> Path:
     _bundle("run", "--config_file", _configs(PLAIN, "train.json", "quick.json"), *common, *TRAIN,
             cwd=root / "elsewhere")
     _bundle("run", "--config_file", _configs(PLAIN, "inference.json", "quick.json"), *common,
-            "--prediction_dir", str(root / "predictions"), "--write_box_maps", "True", cwd=root / "elsewhere")
+            "--model_dir", str(root / "out"), "--prediction_dir", str(root / "predictions"), "--write_box_maps", "True",
+            cwd=root / "elsewhere")
     return root
 
 
@@ -174,7 +175,7 @@ def _datalist(data: Path, folder: Path, **splits) -> Path:
 
 @pytest.mark.parametrize("case", ["channels", "not_3d", "architecture", "empty_split"])
 def test_bad_inference_input_fails_clearly_and_writes_nothing(trained, tmp_path, case):
-    arguments = ["--output_dir", str(trained / "out"), *_tiny("plain"), "--prediction_dir", str(tmp_path / "pred")]
+    arguments = ["--model_dir", str(trained / "out"), *_tiny("plain"), "--prediction_dir", str(tmp_path / "pred")]
     rng = np.random.default_rng(0)
     if case == "channels":
         channel = _write_scan(tmp_path / "channel.nii.gz", rng.normal(size=(40, 40, 24)))
