@@ -1,0 +1,247 @@
+"""Models Genesis pre-training: MONAI transforms that corrupt the input, a module that scores the restoration.
+
+Models Genesis (Zhou et al., MedIA 2021; the paper's appendix C after nnssl) trains the U-Net to undo
+corruptions. A bundle lists, per sample and in this order: :class:`RandGenesisFlipd` on the image
+(p 0.4: an augmentation, so before the target is copied), ``monai.transforms.CopyItemsd`` of the image
+to ``"target"``, then on the image only :class:`RandLocalShuffled` (p 0.5), :class:`RandBezierIntensityd`
+(p 0.9) and :class:`RandInOutPaintd` (p 0.9). :class:`ModelsGenesis` wraps the network and returns the
+MSE over all voxels against the clean target.
+
+The transforms are MONAI map transforms: ``keys``, ``prob``, ``allow_missing_keys``,
+``set_random_state``; every key of one call gets the same corruption. They take (C, X, Y, Z) tensors,
+arrays or MetaTensors and return the input's type; spatial metadata is not updated by the flip (the
+pre-training never reads it). The maths is in :mod:`shared.ssl.corruptions`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.transforms import MapTransform, RandomizableTransform
+from monai.utils import convert_to_dst_type, convert_to_tensor
+from torch import nn
+
+from shared.ssl import corruptions
+
+SEED_LIMIT = 2**31 - 1
+
+
+class _GenesisTransform(RandomizableTransform, MapTransform):
+    """The shared part: draw once per call, apply the same corruption to every key present."""
+
+    def __init__(self, keys: KeysCollection, prob: float, allow_missing_keys: bool):
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        RandomizableTransform.__init__(self, prob)
+        self.seed = 0
+
+    def randomize(self, data: Any = None) -> None:
+        super().randomize(None)
+        if self._do_transform:
+            self.seed = int(self.R.randint(SEED_LIMIT))  # the bulk random numbers (torch) follow from it
+
+    def generator(self) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed)
+
+    def corrupt(self, volume: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        result = dict(data)
+        first = next(self.key_iterator(result), None)
+        if first is None:
+            return result
+        volume = convert_to_tensor(result[first], track_meta=False)
+        if volume.ndim != 4:
+            raise ValueError(f"{type(self).__name__}: key {first!r} must be channel-first (C, X, Y, Z), "
+                             f"got shape {tuple(volume.shape)}")
+        self.randomize_for(volume)
+        if not self._do_transform:
+            return result
+        for key in self.key_iterator(result):
+            corrupted = self.corrupt(convert_to_tensor(result[key], track_meta=False))
+            result[key] = convert_to_dst_type(corrupted, result[key])[0]
+        return result
+
+    def randomize_for(self, volume: torch.Tensor) -> None:
+        """Draws this call's parameters; subclasses that need the volume's shape extend it."""
+        self.randomize()
+
+
+class RandGenesisFlipd(_GenesisTransform):
+    """Models Genesis' flip: while a coin with ``prob`` says so (at most ``max_flips`` times), flip a random axis.
+
+    So the volume is flipped at least once with probability ``prob``; flipping one axis twice undoes it.
+
+    Args:
+        keys: keys to flip (the same flips for all).
+        prob: probability of the first flip and of each further one (0.4 in the paper).
+        max_flips: most flips per call (3).
+        allow_missing_keys: skip absent keys.
+    """
+
+    def __init__(self, keys: KeysCollection, prob: float = 0.4, max_flips: int = 3, allow_missing_keys: bool = False):
+        super().__init__(keys, prob, allow_missing_keys)
+        self.max_flips = int(max_flips)
+        self.axes: list[int] = []
+
+    def randomize_for(self, volume: torch.Tensor) -> None:
+        self.axes = []
+        while len(self.axes) < self.max_flips and self.R.random_sample() < self.prob:
+            self.axes.append(int(self.R.randint(volume.ndim - 1)))
+        self._do_transform = bool(self.axes)
+
+    def corrupt(self, volume: torch.Tensor) -> torch.Tensor:
+        odd = [axis + 1 for axis in range(volume.ndim - 1) if self.axes.count(axis) % 2]
+        return torch.flip(volume, odd) if odd else volume.clone()
+
+
+class RandLocalShuffled(_GenesisTransform):
+    """Local voxel shuffling: the voxels inside many small random windows are permuted.
+
+    Args:
+        keys: keys to shuffle (the same windows and permutations for all).
+        prob: probability of shuffling (0.5).
+        num_windows: windows per volume (10,000).
+        max_fraction: largest window edge as a fraction of each axis (1/10).
+        allow_missing_keys: skip absent keys.
+    """
+
+    def __init__(self, keys: KeysCollection, prob: float = 0.5, num_windows: int = 10000, max_fraction: float = 0.1,
+                 allow_missing_keys: bool = False):
+        super().__init__(keys, prob, allow_missing_keys)
+        self.num_windows, self.max_fraction = int(num_windows), float(max_fraction)
+        self.windows: tuple[np.ndarray, np.ndarray] | None = None
+
+    def randomize_for(self, volume: torch.Tensor) -> None:
+        self.randomize()
+        if self._do_transform:
+            self.windows = corruptions.draw_shuffle_windows(volume.shape[1:], self.num_windows, self.R,
+                                                            max_fraction=self.max_fraction)
+
+    def corrupt(self, volume: torch.Tensor) -> torch.Tensor:
+        return corruptions.shuffle_windows(volume, *self.windows, generator=self.generator())
+
+
+class RandBezierIntensityd(_GenesisTransform):
+    """Non-linear intensity transform: a random monotone cubic Bézier curve on the rescaled intensities.
+
+    Args:
+        keys: keys to transform (the same curve for all).
+        prob: probability of transforming (0.9).
+        invert_prob: probability, once transforming, of the decreasing curve (0.5).
+        allow_missing_keys: skip absent keys.
+    """
+
+    def __init__(self, keys: KeysCollection, prob: float = 0.9, invert_prob: float = 0.5,
+                 allow_missing_keys: bool = False):
+        super().__init__(keys, prob, allow_missing_keys)
+        self.invert_prob = float(invert_prob)
+        self.controls = np.array([[0.0, 0.0], [1 / 3, 1 / 3], [2 / 3, 2 / 3], [1.0, 1.0]])
+        self.invert = False
+
+    def randomize_for(self, volume: torch.Tensor) -> None:
+        self.randomize()
+        if self._do_transform:
+            self.controls = corruptions.draw_bezier_controls(self.R)
+            self.invert = bool(self.R.random_sample() < self.invert_prob)
+
+    def corrupt(self, volume: torch.Tensor) -> torch.Tensor:
+        return corruptions.bezier_intensity(volume, self.controls, invert=self.invert)
+
+
+class RandInOutPaintd(_GenesisTransform):
+    """In-painting (noise inside a few boxes) or out-painting (noise outside a few boxes).
+
+    Args:
+        keys: keys to paint (the same boxes and noise for all).
+        prob: probability of painting at all (0.9).
+        inpaint_prob: probability, once painting, of in-painting rather than out-painting (0.2).
+        max_boxes: most boxes (5).
+        allow_missing_keys: skip absent keys.
+    """
+
+    def __init__(self, keys: KeysCollection, prob: float = 0.9, inpaint_prob: float = 0.2, max_boxes: int = 5,
+                 allow_missing_keys: bool = False):
+        super().__init__(keys, prob, allow_missing_keys)
+        self.inpaint_prob, self.max_boxes = float(inpaint_prob), int(max_boxes)
+        self.inpainting = False
+        self.boxes = np.zeros((0, 6), dtype=np.int64)
+
+    def randomize_for(self, volume: torch.Tensor) -> None:
+        self.randomize()
+        if self._do_transform:
+            self.inpainting = bool(self.R.random_sample() < self.inpaint_prob)
+            draw = corruptions.draw_inpainting_boxes if self.inpainting else corruptions.draw_outpainting_boxes
+            self.boxes = draw(volume.shape[1:], self.R, max_boxes=self.max_boxes)
+
+    def corrupt(self, volume: torch.Tensor) -> torch.Tensor:
+        paint = corruptions.inpaint if self.inpainting else corruptions.outpaint
+        return paint(volume, self.boxes, generator=self.generator())
+
+
+def genesis_corruptions(keys: KeysCollection = "image", target_key: str = "target") -> list:
+    """The Models Genesis pipeline with the paper's probabilities, as a list of MONAI transforms.
+
+    For Python users and tests; a bundle lists the same transforms in its JSON.
+
+    Args:
+        keys: the image key(s).
+        target_key: where the clean (flipped) copy goes; a single image key is required.
+
+    Returns:
+        ``[RandGenesisFlipd, CopyItemsd, RandLocalShuffled, RandBezierIntensityd, RandInOutPaintd]``.
+    """
+    from monai.transforms import CopyItemsd
+
+    return [
+        RandGenesisFlipd(keys, prob=0.4),
+        CopyItemsd(keys, names=target_key),
+        RandLocalShuffled(keys, prob=0.5),
+        RandBezierIntensityd(keys, prob=0.9),
+        RandInOutPaintd(keys, prob=0.9),
+    ]
+
+
+class ModelsGenesis(nn.Module):
+    """Wraps a restoration network (C → C channels): MSE over all voxels against the clean target.
+
+    Args:
+        network: dense network mapping (B, C, X, Y, Z) to (B, C, X, Y, Z), e.g. the ResEnc U-Net;
+            its ``encoder`` is what gets exported after pre-training.
+    """
+
+    def __init__(self, network: nn.Module):
+        super().__init__()
+        self.network = network
+
+    @property
+    def encoder(self) -> nn.Module:
+        """The wrapped network's encoder (what ``export_encoder`` saves)."""
+        return self.network.encoder
+
+    def forward(self, images: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Restores a corrupted batch and scores it.
+
+        Args:
+            images: the corrupted input.
+            target: the clean volume (flipped like the input, not corrupted).
+
+        Returns:
+            ``{"loss": scalar, "reconstruction": (B, C, X, Y, Z)}``.
+
+        Shape:
+            images, target: (B, C, X, Y, Z).
+        """
+        if images.ndim != 5 or images.shape != target.shape:
+            raise ValueError(f"expected images and target (B, C, X, Y, Z) of one shape, got {tuple(images.shape)} "
+                             f"and {tuple(target.shape)}")
+        reconstruction = self.network(images)
+        if isinstance(reconstruction, (list, tuple)):
+            # deep-supervision networks return the full-resolution output first
+            reconstruction = reconstruction[0]
+        loss = nn.functional.mse_loss(reconstruction, target)
+        return {"loss": loss, "reconstruction": reconstruction}
