@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from shared.ops.deformable_sampling import DEFAULT_CHUNK_ELEMENTS, DeformableAttentionGatherFunction
+from shared.ops.deformable_sampling import DEFAULT_CHUNK_ELEMENTS, ChunkedDeformableAttentionFunction
 
 IMPLEMENTATIONS = ("reference", "fast", "auto")
 
@@ -42,6 +42,10 @@ def _check_shapes(
     if level_start_index.shape != (levels,):
         raise ValueError(f"level_start_index must be ({levels},), got shape {tuple(level_start_index.shape)}")
     batch, num_values, heads, _ = value.shape
+    starts = torch.cat([spatial_shapes.new_zeros(1), spatial_shapes.prod(1).cumsum(0)[:-1]])
+    if not torch.equal(level_start_index.cpu(), starts.cpu()):
+        raise ValueError(f"level_start_index must be {starts.tolist()} (the levels one after the other in the "
+                         f"order of spatial_shapes), got {level_start_index.tolist()}")
     if int(spatial_shapes.prod(1).sum()) != num_values:
         raise ValueError(f"spatial_shapes {spatial_shapes.tolist()} cover {int(spatial_shapes.prod(1).sum())} "
                          f"positions but value has S={num_values}")
@@ -117,7 +121,7 @@ def multi_scale_deformable_attention(
         return reference_deformable_attention(
             value, spatial_shapes, level_start_index, sampling_locations, attention_weights
         )
-    return DeformableAttentionGatherFunction.apply(
+    return ChunkedDeformableAttentionFunction.apply(
         value.contiguous(), spatial_shapes, level_start_index, sampling_locations.contiguous(),
         attention_weights.contiguous(), chunk_elements,
     )

@@ -1,88 +1,58 @@
-"""The fast path of 3-D multi-scale deformable attention: one gather over all levels, chunked over queries.
+"""The fast path of 3-D multi-scale deformable attention: chunked over queries, nothing kept for backward.
 
-Trilinear sampling is linear in the values: every output row (one query, one head) is a weighted sum of
-``L·K·8`` value rows, the eight voxel corners around each sampling point, weighted by the trilinear
-weight times the attention weight. This module computes those corner indices and weights for all levels
-at once, gathers the value rows with one indexing and reduces them with one batched matrix product.
-Queries are processed in chunks so that the gathered corners never exceed a fixed number of elements,
-and the backward pass recomputes the corners chunk by chunk instead of keeping anything from the forward
-pass but its inputs: memory stays bounded whatever the number of queries.
+The reference keeps, for autograd, a ``(B·M, C/M, Q, K)`` sampled tensor per level, their stack and its
+product with the attention weights: about ``3·B·Q·M·L·K·C/M`` numbers, over a gigabyte at the encoder's
+37,440 queries. This path samples with the same fused ATen kernels (``grid_sampler_3d`` and its backward)
+but query chunk by query chunk, adds each level's weighted samples straight into the output, and keeps
+only its inputs for the backward pass, which samples again chunk by chunk: memory stays bounded by
+``chunk_elements`` whatever the number of queries, and the forward pass skips the stack and its copy.
+
+A gather formulation (the eight corner indices and weights of every point into the flattened value,
+reduced by a sparse CSR product, sampled matmul and ``index_add_`` in the backward pass) measured 2x
+slower forward and 2x slower backward on CPU than these fused kernels: computing the corner tensors costs
+more than the sampling itself. See ``docs/deformable_attention.md``.
 
 Conventions are those of :func:`shared.ops.deformable_attention.multi_scale_deformable_attention`
-(``align_corners=False``, zero padding, locations ``(x, y, z)`` along the ``(X, Y, Z)`` axes).
+(``align_corners=False``, zero padding, locations ``(x, y, z)`` along the ``(X, Y, Z)`` axes, the levels
+stored one after the other in ``value`` in the order of ``spatial_shapes``).
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-#: Gathered corner elements (rows · L·K·8 · C/M) per chunk: 2**24 float32 values are 64 MiB.
+#: Sampled numbers (B·M · C/M · chunk queries · L·K) per chunk: 2**24 float32 values are 64 MiB.
 DEFAULT_CHUNK_ELEMENTS = 2**24
 
-# The eight corners of a voxel cell as 0/1 offsets along (x, y, z), x slowest.
-_CORNERS = torch.tensor([[dx, dy, dz] for dx in (0, 1) for dy in (0, 1) for dz in (0, 1)], dtype=torch.int64)
 
-
-def corner_indices_and_weights(
-    spatial_shapes: Tensor, level_start_index: Tensor, sampling_locations: Tensor, num_values: int
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Flat value-row indices and trilinear weights of the eight corners around every sampling point.
-
-    Args:
-        spatial_shapes: ``(L, 3)`` int64 sizes ``(X, Y, Z)`` per level.
-        level_start_index: ``(L,)`` offset of each level in the flattened values.
-        sampling_locations: ``(B, Q, M, L, K, 3)`` locations in ``[0, 1]`` (outside is allowed).
-        num_values: ``S``, the number of value positions per batch element.
-
-    Returns:
-        ``(index, weight, fraction, inside)``: ``index`` ``(B, Q, M, L, K, 8)`` int64 rows of the value
-        viewed as ``(B·S·M, C/M)`` (corners outside the volume point at row 0 and have weight 0), ``weight``
-        the trilinear weights of the same shape (zero outside), ``fraction`` ``(B, Q, M, L, K, 3)`` the
-        position inside the cell and ``inside`` ``(B, Q, M, L, K, 8)`` whether the corner is in the volume,
-        which the backward pass needs for the derivative.
-    """
+def _query_chunks(value: Tensor, sampling_locations: Tensor, chunk_elements: int) -> list[tuple[int, int]]:
+    """``[start, stop)`` query ranges whose sampled tensors hold at most ``chunk_elements`` numbers."""
     batch, queries, heads, levels, points, _ = sampling_locations.shape
-    device = sampling_locations.device
-    sizes = spatial_shapes.to(device)
-    # align_corners=False: location 0 is the outer face of the first voxel, voxel centres at (i + 0.5) / size.
-    position = sampling_locations * sizes.view(levels, 1, 3).to(sampling_locations.dtype) - 0.5
-    lower = position.floor()
-    fraction = position - lower
-    corner = lower.long().unsqueeze(-2) + _CORNERS.to(device)  # (B, Q, M, L, K, 8, 3)
-    level_sizes = sizes.view(levels, 1, 1, 3)
-    inside = ((corner >= 0) & (corner < level_sizes)).all(-1)
-    corner = corner.clamp_min(0).minimum(level_sizes - 1)
-    corner_fraction = torch.where(_CORNERS.to(device).bool(), fraction.unsqueeze(-2), 1 - fraction.unsqueeze(-2))
-    weight = corner_fraction.prod(-1) * inside
-    stride_y, stride_x = sizes[:, 2], sizes[:, 1] * sizes[:, 2]
-    within_level = corner[..., 0] * stride_x.view(levels, 1, 1) + corner[..., 1] * stride_y.view(levels, 1, 1)
-    position_index = within_level + corner[..., 2] + level_start_index.to(device).view(levels, 1, 1)
-    position_index = position_index.masked_fill(~inside, 0)
-    batch_index = torch.arange(batch, device=device).view(batch, 1, 1, 1, 1, 1)
-    head_index = torch.arange(heads, device=device).view(1, 1, heads, 1, 1, 1)
-    index = (batch_index * num_values + position_index) * heads + head_index
-    return index, weight, fraction, inside
-
-
-def _corner_weight_derivative(fraction: Tensor, inside: Tensor) -> Tensor:
-    """``d weight / d fraction``: ``(B, Q, M, L, K, 8, 3)``, zero for corners outside the volume."""
-    corners = _CORNERS.to(fraction.device).bool()
-    factors = torch.where(corners, fraction.unsqueeze(-2), 1 - fraction.unsqueeze(-2))  # (..., 8, 3)
-    signs = corners.to(fraction.dtype) * 2 - 1
-    product_others = torch.stack(
-        [factors[..., 1] * factors[..., 2], factors[..., 0] * factors[..., 2], factors[..., 0] * factors[..., 1]], -1
-    )
-    return signs * product_others * inside.unsqueeze(-1)
-
-
-def _query_chunks(queries: int, heads: int, levels_points: int, channels: int, batch: int, chunk_elements: int):
-    per_query = max(1, batch * heads * levels_points * 8 * channels)
-    step = max(1, chunk_elements // per_query)
+    step = max(1, chunk_elements // max(1, batch * heads * value.shape[3] * levels * points))
     return [(start, min(start + step, queries)) for start in range(0, queries, step)]
 
 
-def gather_forward(
+def _level_volumes(value: Tensor, spatial_shapes: Tensor, level_start_index: Tensor) -> list[Tensor]:
+    """Each level of ``value`` ``(B, S, M, C/M)`` as a ``(B·M, C/M, X, Y, Z)`` volume for ``grid_sample``."""
+    batch, _, heads, channels = value.shape
+    volumes = []
+    for level, (size_x, size_y, size_z) in enumerate(spatial_shapes.tolist()):
+        start = int(level_start_index[level])
+        level_value = value[:, start:start + size_x * size_y * size_z].permute(0, 2, 3, 1)
+        volumes.append(level_value.reshape(batch * heads, channels, size_x, size_y, size_z))
+    return volumes
+
+
+def _level_grid(sampling_locations: Tensor, level: int) -> Tensor:
+    """``(B, Q, M, L, K, 3)`` locations to ``grid_sample``'s ``(B·M, Q, K, 1, 3)`` grid, reversed to (z, y, x)."""
+    batch, queries, heads, _, points, _ = sampling_locations.shape
+    grid = 2 * sampling_locations[:, :, :, level].flip(-1) - 1
+    return grid.transpose(1, 2).reshape(batch * heads, queries, points, 1, 3)
+
+
+def chunked_forward(
     value: Tensor,
     spatial_shapes: Tensor,
     level_start_index: Tensor,
@@ -90,23 +60,24 @@ def gather_forward(
     attention_weights: Tensor,
     chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
 ) -> Tensor:
-    """The forward computation without autograd; see :class:`DeformableAttentionGatherFunction`."""
-    batch, num_values, heads, channels = value.shape
-    queries, levels, points = sampling_locations.shape[1], sampling_locations.shape[3], sampling_locations.shape[4]
-    rows = value.reshape(batch * num_values * heads, channels)
-    output = value.new_empty(batch, queries, heads, channels)
-    for start, stop in _query_chunks(queries, heads, levels * points, channels, batch, chunk_elements):
-        index, weight, _, _ = corner_indices_and_weights(
-            spatial_shapes, level_start_index, sampling_locations[:, start:stop], num_values
-        )
-        weight = weight * attention_weights[:, start:stop, ..., None]
-        count = batch * (stop - start) * heads
-        gathered = rows[index.view(count, -1)]  # (rows, L·K·8, C/M)
-        output[:, start:stop] = torch.bmm(weight.view(count, 1, -1), gathered).view(batch, stop - start, heads, channels)
-    return output.view(batch, queries, heads * channels)
+    """Forward through ATen's fused trilinear sampling, chunk by chunk, accumulating the levels in place."""
+    batch, _, heads, channels = value.shape
+    queries, points = sampling_locations.shape[1], sampling_locations.shape[4]
+    volumes = _level_volumes(value, spatial_shapes, level_start_index)
+    output = value.new_zeros(batch, heads, channels, queries)
+    for start, stop in _query_chunks(value, sampling_locations, chunk_elements):
+        count = stop - start
+        locations = sampling_locations[:, start:stop]
+        for level, volume in enumerate(volumes):
+            sampled = F.grid_sample(volume, _level_grid(locations, level), mode="bilinear", padding_mode="zeros",
+                                    align_corners=False)  # (B·M, C/M, Qc, K, 1)
+            attention = attention_weights[:, start:stop, :, level].transpose(1, 2)
+            weighted = (sampled.view(batch, heads, channels, count, points) * attention.unsqueeze(2)).sum(-1)
+            output[..., start:stop] += weighted
+    return output.permute(0, 3, 1, 2).reshape(batch, queries, heads * channels).contiguous()
 
 
-def gather_backward(
+def chunked_backward(
     grad_output: Tensor,
     value: Tensor,
     spatial_shapes: Tensor,
@@ -116,48 +87,52 @@ def gather_backward(
     needs: tuple[bool, bool, bool],
     chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-    """Gradients with respect to value, sampling locations and attention weights (``None`` where not needed)."""
-    batch, num_values, heads, channels = value.shape
-    queries, levels, points = sampling_locations.shape[1], sampling_locations.shape[3], sampling_locations.shape[4]
-    rows = value.reshape(batch * num_values * heads, channels)
-    grad_rows = torch.zeros_like(rows) if needs[0] else None
+    """Gradients with respect to value, sampling locations and attention weights (``None`` where ``needs``
+    says not needed), through ATen's fused trilinear sampling backward, level by level and chunk by chunk."""
+    batch, _, heads, channels = value.shape
+    queries, points = sampling_locations.shape[1], sampling_locations.shape[4]
+    volumes = _level_volumes(value, spatial_shapes, level_start_index)
+    grad_volumes = [torch.zeros_like(volume) for volume in volumes] if needs[0] else None
     grad_locations = torch.zeros_like(sampling_locations) if needs[1] else None
     grad_attention = torch.zeros_like(attention_weights) if needs[2] else None
-    grad_output = grad_output.reshape(batch, queries, heads, channels)
-    sizes = spatial_shapes.to(value.device, value.dtype).view(levels, 1, 3)
-    for start, stop in _query_chunks(queries, heads, levels * points, channels, batch, chunk_elements):
-        index, weight, fraction, inside = corner_indices_and_weights(
-            spatial_shapes, level_start_index, sampling_locations[:, start:stop], num_values
-        )
-        count = batch * (stop - start) * heads
-        attention = attention_weights[:, start:stop]
-        grad_chunk = grad_output[:, start:stop].reshape(count, channels)
-        if grad_rows is not None:
-            combined = (weight * attention[..., None]).view(count, -1, 1)
-            grad_rows.index_add_(0, index.view(-1), (combined * grad_chunk.unsqueeze(1)).view(-1, channels))
-        if grad_locations is None and grad_attention is None:
-            continue
-        gathered = rows[index.view(count, -1)]
-        # d output / d (corner weight): the gathered row dotted with the output's gradient.
-        grad_corner = torch.bmm(gathered, grad_chunk.unsqueeze(-1)).view(weight.shape)
-        if grad_attention is not None:
-            grad_attention[:, start:stop] = (grad_corner * weight).sum(-1)
-        if grad_locations is not None:
-            derivative = _corner_weight_derivative(fraction, inside)
-            grad_fraction = (grad_corner.unsqueeze(-1) * derivative).sum(-2) * attention[..., None]
-            grad_locations[:, start:stop] = grad_fraction * sizes
-    grad_value = None if grad_rows is None else grad_rows.view_as(value)
+    grad_heads = grad_output.reshape(batch, queries, heads, channels).permute(0, 2, 3, 1)  # (B, M, C/M, Q)
+    for start, stop in _query_chunks(value, sampling_locations, chunk_elements):
+        count = stop - start
+        grad_chunk = grad_heads[..., start:stop].reshape(batch * heads, channels, count, 1, 1)
+        locations = sampling_locations[:, start:stop]
+        for level, volume in enumerate(volumes):
+            grid = _level_grid(locations, level)
+            if grad_attention is not None:
+                sampled = F.grid_sample(volume, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+                grad_level = (sampled * grad_chunk).sum(1).view(batch, heads, count, points)
+                grad_attention[:, start:stop, :, level] = grad_level.transpose(1, 2)
+            if grad_volumes is None and grad_locations is None:
+                continue
+            attention = attention_weights[:, start:stop, :, level].transpose(1, 2)
+            grad_sampled = grad_chunk * attention.reshape(batch * heads, 1, count, points, 1)
+            grad_volume, grad_grid = torch.ops.aten.grid_sampler_3d_backward(
+                grad_sampled, volume, grid, 0, 0, False, [grad_volumes is not None, grad_locations is not None]
+            )
+            if grad_volumes is not None:
+                grad_volumes[level] += grad_volume
+            if grad_locations is not None:
+                grad_grid = grad_grid.view(batch, heads, count, points, 3).transpose(1, 2).flip(-1)
+                grad_locations[:, start:stop, :, level] = 2 * grad_grid
+    grad_value = None
+    if grad_volumes is not None:
+        grad_value = torch.cat([grad.view(batch, heads, channels, -1) for grad in grad_volumes], -1)
+        grad_value = grad_value.permute(0, 3, 1, 2).contiguous()
     return grad_value, grad_locations, grad_attention
 
 
-class DeformableAttentionGatherFunction(torch.autograd.Function):
-    """Differentiable gather path: saves only its inputs and recomputes the corners in the backward pass."""
+class ChunkedDeformableAttentionFunction(torch.autograd.Function):
+    """The differentiable fast path: saves only its inputs and samples again, chunk by chunk, for backward."""
 
     @staticmethod
     def forward(ctx, value, spatial_shapes, level_start_index, sampling_locations, attention_weights, chunk_elements):
         ctx.save_for_backward(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
         ctx.chunk_elements = chunk_elements
-        return gather_forward(
+        return chunked_forward(
             value, spatial_shapes, level_start_index, sampling_locations, attention_weights, chunk_elements
         )
 
@@ -166,8 +141,8 @@ class DeformableAttentionGatherFunction(torch.autograd.Function):
     def backward(ctx, grad_output):
         value, spatial_shapes, level_start_index, sampling_locations, attention_weights = ctx.saved_tensors
         needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[3], ctx.needs_input_grad[4])
-        grad_value, grad_locations, grad_attention = gather_backward(
-            grad_output.contiguous(), value, spatial_shapes, level_start_index, sampling_locations,
-            attention_weights, needs, ctx.chunk_elements,
+        grad_value, grad_locations, grad_attention = chunked_backward(
+            grad_output, value, spatial_shapes, level_start_index, sampling_locations, attention_weights, needs,
+            ctx.chunk_elements,
         )
         return grad_value, None, None, grad_locations, grad_attention, None

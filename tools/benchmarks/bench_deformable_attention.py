@@ -1,0 +1,127 @@
+"""Time and peak memory of 3-D multi-scale deformable attention: the fast path against the reference.
+
+Two shapes: ``realistic`` is the encoder of Deformable DETR on a 128³ patch (levels 32³, 16³, 8³, 4³ at
+strides 4-32, ``Q = ΣXYZ = 37,440`` queries, 8 heads, 4 points, hidden 128, batch 1); ``small`` the same
+from a 32³ patch at batch 2. Queries sit at the voxel centres of their level and sample a few voxels
+around them, as after the offset initialisation. ``--queries`` keeps a random subset of the realistic
+queries (the values keep their full size)::
+
+    python -m tools.benchmarks.bench_deformable_attention [--queries 8192] [--repeats 2] [--threads 2] [--device cpu]
+
+Each row runs in a fresh subprocess. Time is the fastest of ``repeats`` runs (the least disturbed by other
+jobs). Peak memory on CPU is the subprocess's peak resident set (``getrusage`` ``ru_maxrss``) during the
+first run above its resident set just before it; on CUDA it is ``torch.cuda.max_memory_allocated`` above
+the allocation before. Prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import resource
+import time
+
+import fire
+import torch
+
+SHAPES = {"small": ([8, 4, 2, 1], 2), "realistic": ([32, 16, 8, 4], 1)}
+HEADS, POINTS, HIDDEN = 8, 4, 128
+
+
+def make_inputs(levels: list[int], batch: int, queries: int | None, device: str, seed: int = 0):
+    """Value, spatial shapes, level starts, sampling locations and attention weights for cubic levels."""
+    generator = torch.Generator().manual_seed(seed)
+    spatial_shapes = torch.tensor([[size] * 3 for size in levels])
+    level_start_index = torch.cat([torch.zeros(1, dtype=torch.long), spatial_shapes.prod(1).cumsum(0)[:-1]])
+    centres = []
+    for size in levels:  # every voxel of every level is a query, at its normalised centre
+        axis = (torch.arange(size) + 0.5) / size
+        centres.append(torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3))
+    centres = torch.cat(centres)
+    if queries is not None and queries < len(centres):
+        centres = centres[torch.randperm(len(centres), generator=generator)[:queries]]
+    num_values, num_queries, num_levels = int(spatial_shapes.prod(1).sum()), len(centres), len(levels)
+    value = torch.randn(batch, num_values, HEADS, HIDDEN // HEADS, generator=generator)
+    offsets = torch.randn(batch, num_queries, HEADS, num_levels, POINTS, 3, generator=generator).mul_(2)
+    offsets /= spatial_shapes.view(1, 1, 1, num_levels, 1, 3)
+    locations = offsets.add_(centres.view(1, num_queries, 1, 1, 1, 3))
+    weights = torch.randn(batch, num_queries, HEADS, num_levels * POINTS, generator=generator).softmax(-1)
+    weights = weights.view(batch, num_queries, HEADS, num_levels, POINTS)
+    return [tensor.to(device) for tensor in (value, spatial_shapes, level_start_index, locations, weights)]
+
+
+def _resident_kib() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * resource.getpagesize() // 1024
+
+
+def _measure(shape: str, implementation: str, backward: bool, queries: int | None, repeats: int, threads: int,
+             device: str, results) -> None:
+    from shared.ops.deformable_attention import multi_scale_deformable_attention
+
+    torch.set_num_threads(threads)
+    levels, batch = SHAPES[shape]
+    value, spatial_shapes, level_start_index, locations, weights = make_inputs(levels, batch, queries, device)
+    for tensor in (value, locations, weights):
+        tensor.requires_grad_(backward)
+
+    def run():
+        output = multi_scale_deformable_attention(value, spatial_shapes, level_start_index, locations, weights,
+                                                  implementation=implementation)
+        if backward:
+            output.backward(torch.ones_like(output))
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    if device == "cuda":
+        run()  # load the kernels before measuring
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+    else:
+        before = _resident_kib() * 1024
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+        if device == "cuda":
+            peak = torch.cuda.max_memory_allocated() - before
+        elif len(times) == 1:
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+        value.grad = locations.grad = weights.grad = None
+    results.put((min(times), peak, locations.shape[1]))
+
+
+def measure(shape: str, implementation: str, backward: bool, queries: int | None = None, repeats: int = 2,
+            threads: int = 2, device: str = "cpu") -> tuple[float, int, int]:
+    """``(seconds, peak bytes, queries)`` of one configuration, measured in a fresh subprocess."""
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    process = context.Process(target=_measure, args=(shape, implementation, backward, queries, repeats, threads,
+                                                     device, results))
+    process.start()
+    outcome = results.get()
+    process.join()
+    return outcome
+
+
+def benchmark(queries: int | None = 8192, repeats: int = 2, threads: int = 2, device: str | None = None,
+              shapes: tuple[str, ...] = ("small", "realistic")) -> None:
+    """Print a table: per shape, pass and implementation the time and peak memory."""
+    devices = [device] if device else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    print(f"threads {threads}, repeats {repeats} (fastest shown), heads {HEADS}, points {POINTS}, hidden {HIDDEN}")
+    print("| device | shape | Q | pass | implementation | time (s) | peak memory (MiB) |")
+    print("|---|---|---|---|---|---|---|")
+    for device_name in devices:
+        for shape in shapes:
+            subset = queries if shape == "realistic" else None
+            for backward in (False, True):
+                for implementation in ("reference", "fast"):
+                    seconds, peak, count = measure(shape, implementation, backward, subset, repeats, threads,
+                                                   device_name)
+                    pass_name = "forward+backward" if backward else "forward"
+                    print(f"| {device_name} | {shape} | {count} | {pass_name} | {implementation} | {seconds:.3f} "
+                          f"| {peak / 2**20:.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+    fire.Fire(benchmark)
