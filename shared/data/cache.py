@@ -1,21 +1,23 @@
 """The preprocessed cache: the one reader and writer of its files.
 
-A cache folder holds ``plans.json`` (see :mod:`shared.data.plan`) and per case (file names prefixed
-``case_``, so no case id, ``plans`` or one starting with a dot included, can collide with the cache's
-own files or with the hidden temporary files of atomic writes):
+A cache root (a bundle's ``cache_dir``) holds the data set's plan, ``plans.json`` (see
+:mod:`shared.data.plan`), and one folder per preprocessing chain, named by its key
+(:func:`shared.data.cache_key.cache_key`: a hash of the resolved chain and the package version). Such a
+folder holds ``preprocessing.json`` (the key and the chain it covers, for people to read) and per case
+(file names prefixed ``case_``, so no case id, ``preprocessing`` or one starting with a dot included,
+can collide with the folder's own files or with the hidden temporary files of atomic writes):
 
 - ``case_<case>.json``: ``{"case", "split", "image": original path(s), "mask": original path or null,
   "boxes": [[x1, y1, z1, x2, y2, z2], ...] index-space voxel boxes on the preprocessed grid, "labels",
   "instances": mask id per box row or null, "shape": [X, Y, Z], "affine": preprocessed RAS 4x4,
-  "original_affine", "original_shape", "plan_hash"}``, plus ``"entry_sha256"`` (digest of the datalist
+  "original_affine", "original_shape", "cache_key"}``, plus ``"entry_sha256"`` (digest of the datalist
   entry the case was made from, so edited annotations are redone);
 - ``case_<case>_image.npy``: (C, X, Y, Z) float32 normalised, C-contiguous;
 - ``case_<case>_mask.npy``: (X, Y, Z) int16 instance map, only for cases with a mask.
 
 The arrays are written before the json, each atomically, so a case whose json exists is complete.
 Writers hold :func:`cache_lock` (one preprocessing run at a time per cache); readers refuse a case
-whose ``plan_hash`` is not the hash of the cache's plan (a case left by, or half-way through, a run
-with other settings).
+whose ``cache_key`` is not its folder's (a case copied from another folder).
 """
 
 from __future__ import annotations
@@ -30,13 +32,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, NamedTuple
 
-import ignite.distributed as idist
 import numpy as np
+import torch
 
 from shared.io.atomic import atomic_path, write_json
 from shared.io.errors import InputError
 
 PLAN_FILE = "plans.json"
+DESCRIPTION_FILE = "preprocessing.json"
 CASE_PREFIX = "case_"
 
 
@@ -69,7 +72,7 @@ class CachedCase:
         affine: (4, 4) preprocessed RAS affine (``boxes_voxel_to_world(boxes, affine)`` gives world boxes).
         original_affine: (4, 4) affine of the scan as read.
         original_shape: (X, Y, Z) of the scan as read.
-        plan_hash: hash of the plan the case was made with.
+        cache_key: key of the preprocessing chain the case was made with.
         record: the whole ``<case>.json``.
         source: the ``<case>.json`` path, for error messages.
     """
@@ -84,7 +87,7 @@ class CachedCase:
     affine: np.ndarray
     original_affine: np.ndarray
     original_shape: tuple[int, int, int]
-    plan_hash: str
+    cache_key: str
     record: dict[str, Any] = field(repr=False)
     source: Path | None = None
 
@@ -109,13 +112,13 @@ def read_case(cache_dir: str | os.PathLike, case: str, *, mmap: bool = True) -> 
 
     Raises:
         InputError: naming the case's json, when it is missing or unreadable, was made with another plan
-            than the cache's ``plans.json`` (when the cache has one), boxes are not (N, 6), labels or
+            than its folder's ``preprocessing.json`` says (when the folder has one), boxes are not (N, 6), labels or
             instance ids do not match the boxes, or an array is unreadable or of the wrong shape.
     """
     files = case_files(cache_dir, case)
     source = files.record
     record = _read_record(source)
-    _check_plan_hash(cache_dir, source, record)
+    _check_cache_key(cache_dir, source, record)
     boxes, labels, instances = _annotations(source, record)
     shape = tuple(int(size) for size in record["shape"]) if "shape" in record else None
     image = _load_array(source, files.image, shape, leading=1, mmap=mmap)
@@ -124,16 +127,27 @@ def read_case(cache_dir: str | os.PathLike, case: str, *, mmap: bool = True) -> 
         case=record["case"], split=record["split"], image=image, mask=mask, boxes=boxes, labels=labels,
         instances=instances, affine=np.asarray(record["affine"], dtype=np.float64),
         original_affine=np.asarray(record["original_affine"], dtype=np.float64),
-        original_shape=tuple(record["original_shape"]), plan_hash=record["plan_hash"], record=record,
+        original_shape=tuple(record["original_shape"]), cache_key=record.get("cache_key", ""), record=record,
         source=source)
 
 
-def _check_plan_hash(cache_dir: str | os.PathLike, source: Path, record: dict[str, Any]) -> None:
-    plan = read_plan(cache_dir)
-    if plan is not None and record.get("plan_hash") != plan.get("hash"):
-        raise InputError(source, f"made with plan {str(record.get('plan_hash'))[:12]} but the cache's {PLAN_FILE} "
-                                 f"is plan {str(plan.get('hash'))[:12]} (another preprocessing run changed the "
-                                 "cache); preprocess again with the settings you train with")
+def read_description(cache_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """A keyed cache folder's ``preprocessing.json`` (its key and chain), or None when it has none."""
+    path = Path(cache_dir) / DESCRIPTION_FILE
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise InputError(path, f"unreadable ({error}); delete the folder and preprocess again") from error
+
+
+def _check_cache_key(cache_dir: str | os.PathLike, source: Path, record: dict[str, Any]) -> None:
+    description = read_description(cache_dir)
+    if description is not None and record.get("cache_key") != description.get("key"):
+        raise InputError(source, f"made with preprocessing {str(record.get('cache_key'))[:16]} but this folder "
+                                 f"holds preprocessing {str(description.get('key'))[:16]} ({DESCRIPTION_FILE}); "
+                                 "preprocess again with the settings you train with")
 
 
 def _annotations(source: Path, record: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -190,9 +204,9 @@ def entry_digest(entry: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(entry, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def case_is_current(cache_dir: str | os.PathLike, case: str, plan_hash: str, *, split: str,
+def case_is_current(cache_dir: str | os.PathLike, case: str, key: str, *, split: str,
                     entry: dict[str, Any]) -> bool:
-    """Whether a cached case was made with this plan from this very datalist entry (then it is skipped)."""
+    """Whether a cached case was made by the chain ``key`` from this very datalist entry (then it is skipped)."""
     files = case_files(cache_dir, case)
     if not files.record.exists() or not files.image.exists():
         return False
@@ -202,7 +216,7 @@ def case_is_current(cache_dir: str | os.PathLike, case: str, plan_hash: str, *, 
         return False
     if entry.get("mask") and not files.mask.exists():
         return False
-    return (record.get("plan_hash") == plan_hash and record.get("split") == split
+    return (record.get("cache_key") == key and record.get("split") == split
             and record.get("entry_sha256") == entry_digest(entry))
 
 
@@ -246,14 +260,14 @@ def cache_lock(cache_dir: str | os.PathLike) -> Iterator[Path]:
 
 @contextmanager
 def rank_zero_first():
-    """Under ``torchrun``, rank 0 runs the block (e.g. filling the cache) before the other ranks enter it.
-
-    The others then find the work done instead of writing the same files at the same time; outside a
-    distributed run this does nothing.
+    """Under ``torchrun``, rank 0 runs the block (e.g. filling the cache) while the other ranks wait at a
+    ``torch.distributed.barrier``; they then run it and find the work done instead of writing the same
+    files at the same time. Without an initialised process group this does nothing.
     """
-    distributed = idist.get_world_size() > 1
-    if distributed and idist.get_rank() > 0:
-        idist.barrier()
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    distributed = distributed and torch.distributed.get_world_size() > 1
+    if distributed and torch.distributed.get_rank() > 0:
+        torch.distributed.barrier()
     yield
-    if distributed and idist.get_rank() == 0:
-        idist.barrier()
+    if distributed and torch.distributed.get_rank() == 0:
+        torch.distributed.barrier()

@@ -1,68 +1,98 @@
 """Preprocessing a datalist into the cache (:mod:`shared.data.cache`), and a new scan for inference.
 
-Order of work: validate every entry (nothing is written before the whole datalist passed), make or
-reuse the plan (fingerprinting the training split), then per case: read, resample to the target
-spacing, normalise, write. A case whose json carries the current plan hash and the digest of the same
-datalist entry is skipped; a changed plan, or an edited entry, redoes it. The per-scan steps are :func:`preprocess_volume`, the same code
-for training cases and for a new scan at inference.
+What a case becomes is the bundle's ``preprocessing`` transform chain (load, resample to the plan's
+spacing, normalise with the plan's statistics, boxes world → voxel: :mod:`shared.data.transforms_io`,
+:mod:`shared.data.transforms_geometry`, :mod:`shared.data.transforms_intensity`, plus any MONAI
+transform a config adds). The chain's key (:func:`shared.data.cache_key.cache_key`) names the folder the
+cases are written to, so an edited chain writes a new folder and never reads a stale one.
+
+Order of work: validate every entry (nothing is written before the whole datalist passed), then per
+case: run the chain, write. A case whose json carries the folder's key and the digest of the same
+datalist entry is skipped; an edited entry redoes it. Under ``torchrun`` rank 0 preprocesses while the
+other ranks wait at a barrier.
 """
 
 from __future__ import annotations
 
 import os
-import warnings
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from shared.boxes.convention import boxes_world_to_voxel
-from shared.checkpoints.safe_load import sha256_file
-from shared.data.cache import PLAN_FILE, cache_lock, case_is_current, entry_digest, read_plan, write_case
-from shared.data.fingerprint import fingerprint_cases
-from shared.data.normalize import normalize_image
-from shared.data.plan import make_plan, spacing_request_matches
-from shared.data.resample import (boxes_after_resampling, needs_resampling, resample_image, resample_instance_map,
-                                  resampled_affine, resampled_shape, spacing_of, zoom_factors)
+from shared.data.cache import (DESCRIPTION_FILE, cache_lock, case_is_current, entry_digest, rank_zero_first,
+                               write_case)
+from shared.data.cache_key import cache_description
+from shared.data.resample import resampled_shape, spacing_of, zoom_factors
+from shared.data.transforms_geometry import ResampleToSpacingd
+from shared.data.transforms_intensity import NormalizeChannelsd
 from shared.data.validate import CheckedCase, channel_paths, validate_datalist
 from shared.io.atomic import write_json
 from shared.io.datalist import entry_boxes
 from shared.io.errors import InputError
-from shared.io.images import Volume, load_label_map, load_volume
+from shared.io.images import Volume
+
+Transform = Callable[[dict[str, Any]], dict[str, Any]]
 
 
-def preprocess(datalist_path: str | os.PathLike, cache_dir: str | os.PathLike, *,
-               splits: Sequence[str] = ("training", "validation"), spacing: str | Sequence[float] = "fixed",
-               num_workers: int = 0, overwrite: bool = False, progress: bool = True) -> list[str]:
-    """Validate a datalist, make (or reuse) the plan and write every case of ``splits`` to the cache.
+@dataclass
+class PreprocessedCases:
+    """Where a preprocessing run put its cases.
+
+    Attributes:
+        cache_dir: the keyed folder holding the cases (``cache_root/<key>``).
+        key: the chain's key.
+        cases: case ids per split, in datalist order.
+    """
+
+    cache_dir: str
+    key: str
+    cases: dict[str, list[str]]
+
+
+def preprocess(datalist_path: str | os.PathLike, cache_root: str | os.PathLike, transform: Transform, *,
+               splits: Sequence[str] = ("training", "validation"), num_workers: int = 0, overwrite: bool = False,
+               progress: bool = True) -> PreprocessedCases:
+    """Validate a datalist and write every case of ``splits``, run through ``transform``, to the cache.
 
     Args:
         datalist_path: datalist JSON (:mod:`shared.io.datalist`).
-        cache_dir: output folder, created if needed.
-        splits: splits to preprocess; "training" must be non-empty (it defines the plan).
-        spacing: "fixed" (1 mm isotropic), "median" (training median) or three mm values.
+        cache_root: the cache root; the cases go to ``cache_root/<key of transform>``.
+        transform: the preprocessing chain: a datalist entry ``{"image": path(s), "mask": path or None,
+            "boxes": (N, 6) world cccwhd mm, "labels", "instances", "case", "split"}`` → ``{"image":
+            (C, X, Y, Z), "affine": (4, 4), "boxes": (N, 6) xyzxyz voxel, "labels", "mask" or None, ...}``.
+        splits: splits to preprocess.
         num_workers: processes for the per-case work; 0 works in this process.
-        overwrite: redo the plan and every case even if the cache is current.
+        overwrite: redo every case even if it is current.
         progress: show a tqdm progress bar.
 
-    Returns:
-        The case ids of ``splits``, in datalist order.
-
     Raises:
-        InputError: for any invalid entry (a scan whose resampled grid would be empty or too large
-            included), before anything is written.
+        InputError: for any invalid entry, before anything is written.
 
-    A second run into the same ``cache_dir`` waits until this one is done (:func:`shared.data.cache.cache_lock`).
+    A second run into the same folder waits until this one is done (:func:`shared.data.cache.cache_lock`).
     """
-    datalist, cases = validate_datalist(datalist_path, tuple(dict.fromkeys(("training", *splits))))
-    with cache_lock(cache_dir):
-        plan = _plan_for(datalist_path, cache_dir, datalist, cases, spacing=spacing, overwrite=overwrite)
-        wanted = [case for case in cases if case.split in splits]
-        write_cases(wanted, plan, cache_dir, overwrite=overwrite, num_workers=num_workers, progress=progress)
-    return [case.case for case in wanted]
+    _, cases = validate_datalist(datalist_path, tuple(splits))
+    cached = preprocess_cases(cases, cache_root, transform, num_workers=num_workers, overwrite=overwrite,
+                              progress=progress)
+    cached.cases = {split: [case.case for case in cases if case.split == split] for split in splits}
+    return cached
+
+
+def preprocess_cases(cases: Sequence[CheckedCase], cache_root: str | os.PathLike, transform: Transform, *,
+                     num_workers: int = 0, overwrite: bool = False, progress: bool = True) -> PreprocessedCases:
+    """:func:`preprocess` for already validated cases (all ids in ``cases["all"]``)."""
+    description = cache_description(transform)
+    folder = Path(cache_root) / description["key"]
+    with rank_zero_first():
+        with cache_lock(folder):
+            write_json(folder / DESCRIPTION_FILE, description)
+            write_cases(cases, transform, description["key"], folder, overwrite=overwrite, num_workers=num_workers,
+                        progress=progress)
+    return PreprocessedCases(os.fspath(folder), description["key"], {"all": [case.case for case in cases]})
 
 
 def check_resampled_sizes(cases: Sequence[CheckedCase], target_spacing: Sequence[float]) -> None:
@@ -76,12 +106,12 @@ def check_resampled_sizes(cases: Sequence[CheckedCase], target_spacing: Sequence
                                                            "and the target spacing") from None
 
 
-def write_cases(cases: Sequence[CheckedCase], plan: dict[str, Any], cache_dir: str | os.PathLike, *,
+def write_cases(cases: Sequence[CheckedCase], transform: Transform, key: str, cache_dir: str | os.PathLike, *,
                 overwrite: bool = False, num_workers: int = 0, progress: bool = True) -> None:
-    """Preprocess the cases whose cache entry is missing or stale (another plan or datalist entry)."""
+    """Run the chain on the cases whose cache entry is missing or stale (another datalist entry) and write them."""
     todo = [case for case in cases if overwrite or not case_is_current(
-        cache_dir, case.case, plan["hash"], split=case.split, entry=case.entry)]
-    jobs = [(case, plan, os.fspath(cache_dir)) for case in todo]
+        cache_dir, case.case, key, split=case.split, entry=case.entry)]
+    jobs = [(case, transform, key, os.fspath(cache_dir)) for case in todo]
     bar = dict(total=len(jobs), desc="preprocessing", unit="case", disable=not progress)
     if num_workers > 0 and len(jobs) > 1:
         # workers share few cores: one thread each avoids oversubscription (never set in this process,
@@ -94,78 +124,51 @@ def write_cases(cases: Sequence[CheckedCase], plan: dict[str, Any], cache_dir: s
 
 
 def preprocess_volume(volume: Volume, plan: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    """Resample a scan to the plan's spacing and normalise it: the per-scan steps, for any scan.
-
-    Args:
-        volume: a scan from :func:`shared.io.images.load_volume`.
-        plan: the cache's plan.
+    """Resample a loaded scan to the plan's spacing and normalise it with the plan's statistics (the
+    preprocessing chain's per-scan steps, for code that holds a plan rather than a chain).
 
     Returns:
         ``(array, affine)``: (C, X', Y', Z') float32 C-contiguous, and its (4, 4) RAS affine.
     """
-    factors = zoom_factors(spacing_of(volume.affine), plan["target_spacing"])
-    array, affine = volume.array, volume.affine
-    _warn_if_constant(volume)
-    if needs_resampling(spacing_of(volume.affine), plan["target_spacing"]):
-        try:
-            resampled_shape(array.shape[1:], factors)  # checked before the (possibly huge) allocation
-        except ValueError as error:
-            raise InputError(volume.sources[0], f"{error}; check the voxel spacing in its header") from None
-        array, affine = resample_image(array, factors), resampled_affine(affine, factors)
-    # a resampled array is ours to overwrite; the caller's volume is not
-    return normalize_image(array, plan["channels"], in_place=array is not volume.array), affine
+    data = {"image": volume.array, "affine": volume.affine, "sources": volume.sources}
+    data = ResampleToSpacingd(plan["target_spacing"])(data)
+    data = NormalizeChannelsd("image", plan["channels"])(data)
+    return np.ascontiguousarray(data["image"]), data["affine"]
 
 
-def _warn_if_constant(volume: Volume) -> None:
-    """A scan of one value normalises to all zeros: usually an export or windowing error, so say so."""
-    for index, channel in enumerate(volume.array):
-        source = volume.sources[min(index, len(volume.sources) - 1)] if volume.sources else "a scan"
-        if channel.size and channel.min() == channel.max():
-            warnings.warn(f"{source}: every voxel is {float(channel.flat[0]):g}; the preprocessed image will be "
-                          "constant (check the export)", stacklevel=3)
-
-
-def preprocess_case(case: CheckedCase, plan: dict[str, Any]) -> tuple[dict[str, Any], np.ndarray, np.ndarray | None]:
-    """One validated case → ``(record, image (C, X, Y, Z), mask (X, Y, Z) int16 or None)`` for the cache."""
-    volume = load_volume(channel_paths(case.entry))
-    original_shape, original_affine = volume.array.shape[1:], volume.affine
-    resampling = needs_resampling(spacing_of(original_affine), plan["target_spacing"])
-    factors = zoom_factors(spacing_of(original_affine), plan["target_spacing"]) if resampling else np.ones(3)
-    image, affine = preprocess_volume(volume, plan)
-    del volume
+def case_input(case: CheckedCase) -> dict[str, Any]:
+    """What the preprocessing chain receives for a validated datalist entry (see :func:`preprocess`)."""
     world, labels = entry_boxes(case.entry)
-    boxes = boxes_world_to_voxel(world, original_affine)
-    mask = None
-    if case.entry.get("mask"):
-        mask = load_label_map(case.entry["mask"])
-        mask = resample_instance_map(mask, factors) if resampling else mask.astype(np.int16)
-    if resampling or mask is not None:
-        boxes = boxes_after_resampling(boxes, factors, mask=mask, instances=case.instances)
+    return {"image": channel_paths(case.entry), "mask": case.entry.get("mask") or None, "boxes": world,
+            "labels": labels, "instances": case.instances, "case": case.case, "split": case.split}
+
+
+def preprocess_case(case: CheckedCase, transform: Transform, key: str
+                    ) -> tuple[dict[str, Any], np.ndarray, np.ndarray | None]:
+    """One validated case → ``(record, image (C, X, Y, Z), mask (X, Y, Z) int16 or None)`` for the cache."""
+    data = transform(case_input(case))
+    image = _numpy(data["image"]).astype(np.float32, copy=False)
+    mask = data.get("mask")
+    mask = None if mask is None else _numpy(mask).astype(np.int16, copy=False)
+    boxes = np.asarray(_numpy(data.get("boxes", np.zeros((0, 6)))), dtype=np.float64).reshape(-1, 6)
     record = {"case": case.case, "split": case.split, "image": case.entry["image"],
-              "mask": case.entry.get("mask") or None, "boxes": np.asarray(boxes, dtype=np.float64).round(4),
-              "labels": labels, "instances": case.instances, "shape": list(image.shape[1:]), "affine": affine,
-              "original_affine": original_affine, "original_shape": list(original_shape),
-              "plan_hash": plan["hash"], "entry_sha256": entry_digest(case.entry)}
+              "mask": case.entry.get("mask") or None, "boxes": boxes.round(4),
+              "labels": _numpy(data.get("labels", np.zeros(0))).astype(np.int64).tolist(),
+              "instances": case.instances, "shape": list(image.shape[1:]), "affine": _numpy(data["affine"]),
+              "original_affine": _numpy(data.get("original_affine", data["affine"])),
+              "original_shape": list(data.get("original_shape", image.shape[1:])),
+              "cache_key": key, "entry_sha256": entry_digest(case.entry)}
     return record, image, mask
 
 
-def _process_case(job: tuple[CheckedCase, dict[str, Any], str]) -> str:
-    case, plan, cache_dir = job
-    record, image, mask = preprocess_case(case, plan)
+def _numpy(value: Any) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+def _process_case(job: tuple[CheckedCase, Transform, str, str]) -> str:
+    case, transform, key, cache_dir = job
+    record, image, mask = preprocess_case(case, transform, key)
     write_case(cache_dir, record, image, mask)
     return case.case
-
-
-def _plan_for(datalist_path, cache_dir, datalist, cases, *, spacing, overwrite) -> dict[str, Any]:
-    """Reuse the cache's plan when it was made from this very datalist file with this spacing request."""
-    existing = None if overwrite else read_plan(cache_dir)
-    if (existing is not None and existing.get("datalist_sha256") == sha256_file(datalist_path)
-            and spacing_request_matches(existing, spacing)):
-        check_resampled_sizes(cases, existing["target_spacing"])
-        return existing
-    training = [case for case in cases if case.split == "training"]
-    fingerprint = fingerprint_cases(training, datalist, source=os.fspath(datalist_path))
-    plan = make_plan(fingerprint, datalist, datalist_path, spacing=spacing)
-    check_resampled_sizes(cases, plan["target_spacing"])
-    write_json(Path(cache_dir) / PLAN_FILE, plan)
-    return plan

@@ -5,9 +5,13 @@ Self-supervised pre-training has no labels, so the detector's plan (CT clipped a
 labelled foreground's statistics, :mod:`shared.data.fingerprint`) cannot be made; SPEC section 4 asks
 for z-scored inputs, so every channel is normalised with the scan's own mean and standard deviation
 (``"per_image": true`` in the plan's channel specs, read by :func:`shared.data.normalize.normalize_image`).
-Entries are stripped of boxes and masks: pre-training sees images only. The cache has the layout of
-:mod:`shared.data.cache` (cases without boxes), so :class:`shared.data.dataset.DetectionPatchDataset`
-draws patches from it.
+Entries are stripped of boxes and masks: pre-training sees images only.
+
+The pattern is the detectors': :func:`plan_pretraining` decides the spacing and the channel specs and
+writes them to ``plans.json``; the bundle's ``preprocessing`` transform chain reads them as arguments;
+:func:`prepare_pretraining_data` runs the chain into the cache folder named by the chain's key
+(:mod:`shared.data.cache_key`), from which :class:`shared.data.dataset.DetectionPatchDataset` draws
+patches through ``train#preprocessing``.
 """
 
 from __future__ import annotations
@@ -20,10 +24,11 @@ from typing import Any, Sequence
 import numpy as np
 
 from shared.checkpoints.safe_load import sha256_file
-from shared.data.cache import PLAN_FILE, cache_lock, rank_zero_first, read_plan
+from shared.data.cache import PLAN_FILE, cache_lock, rank_zero_first
+from shared.data.cache_key import package_version
 from shared.data.fingerprint import channel_modalities
-from shared.data.plan import PLAN_VERSION, parse_spacing, plan_hash
-from shared.data.preprocess import check_resampled_sizes, write_cases
+from shared.data.plan import parse_spacing
+from shared.data.preprocess import Transform, check_resampled_sizes, preprocess_cases
 from shared.data.resample import spacing_of
 from shared.data.validate import CheckedCase, channel_paths, check_entry
 from shared.io.atomic import write_json
@@ -42,16 +47,18 @@ class PretrainingData:
     """The preprocessed pre-training data.
 
     Attributes:
-        plan: the cache's plan (target spacing, per-image z-score channels).
+        plan: the plan (target spacing, per-image z-score channels).
         cases: case ids in the cache.
         datalist: the datalist they came from.
         splits: the datalist splits used.
+        cache_dir: the keyed cache folder holding the cases.
     """
 
     plan: dict[str, Any]
     cases: list[str]
     datalist: str
     splits: list[str]
+    cache_dir: str = ""
 
     @property
     def modality(self) -> list[str]:
@@ -89,41 +96,55 @@ def write_folder_datalist(folder: str | os.PathLike, datalist_path: str | os.Pat
     return write_datalist(datalist_path, {"modality": modality, "unlabelled": [{"image": scan} for scan in scans]})
 
 
-def prepare_pretraining_data(datalist: str | os.PathLike, cache_dir: str | os.PathLike, *,
-                             splits: Sequence[str] = ("unlabelled",), include_labelled: bool = False,
-                             spacing: str | Sequence[float] = "fixed", num_workers: int = 0,
-                             overwrite: bool = False, progress: bool = True) -> PretrainingData:
-    """Validate the images of ``splits``, plan, and write every scan z-scored to the cache (once).
+def plan_pretraining(datalist: str | os.PathLike, plan_dir: str | os.PathLike, *,
+                     splits: Sequence[str] = ("unlabelled",), include_labelled: bool = False,
+                     spacing: str | Sequence[float] = "fixed") -> dict[str, Any]:
+    """Validate the images of ``splits`` and write their plan to ``plan_dir/plans.json`` (rank 0 under torchrun).
 
     Args:
         datalist: datalist JSON (:mod:`shared.io.datalist`); may hold only an ``unlabelled`` list.
-        cache_dir: output folder, created if needed.
+        plan_dir: where ``plans.json`` goes (the bundle's ``cache_dir``).
         splits: splits whose images are used.
         include_labelled: also use the images (not the labels) of the training and validation splits.
         spacing: "fixed" (1 mm), "median" (median of the scans used) or three mm values.
-        num_workers: processes for the per-case work; 0 works in this process.
-        overwrite: redo every case even if the cache is current.
-        progress: show a tqdm progress bar.
 
     Returns:
-        The plan and the case ids.
+        The plan (:func:`pretraining_plan`) plus ``"splits"``: the splits used.
 
     Raises:
         InputError: naming the file, for an invalid entry or when the splits hold no scan.
     """
-    splits = list(dict.fromkeys([*splits, *(LABELLED_SPLITS if include_labelled else ())]))
+    splits = _splits(splits, include_labelled)
     content = read_datalist(datalist)
     cases = _checked_images(content, splits)
     if not cases:
         raise InputError(datalist, f"the splits {splits} hold no scan to pre-train on")
-    plan = pretraining_plan(cases, content, datalist, spacing=spacing)
+    plan = {**pretraining_plan(cases, content, datalist, spacing=spacing), "splits": splits}
     check_resampled_sizes(cases, plan["target_spacing"])
-    with rank_zero_first(), cache_lock(cache_dir):
-        existing = read_plan(cache_dir)
-        if overwrite or existing is None or existing.get("hash") != plan["hash"]:
-            write_json(Path(cache_dir) / PLAN_FILE, plan)
-        write_cases(cases, plan, cache_dir, overwrite=overwrite, num_workers=num_workers, progress=progress)
-    return PretrainingData(plan, [case.case for case in cases], os.fspath(datalist), splits)
+    with rank_zero_first(), cache_lock(plan_dir):
+        write_json(Path(plan_dir) / PLAN_FILE, plan)
+    return plan
+
+
+def prepare_pretraining_data(datalist: str | os.PathLike, cache_dir: str | os.PathLike, *,
+                             preprocessing: Transform, plan: dict[str, Any], num_workers: int = 0,
+                             overwrite: bool = False, progress: bool = True) -> PretrainingData:
+    """Run the ``preprocessing`` chain over the images of the plan's splits into the keyed cache (once).
+
+    Args:
+        datalist: datalist JSON, as given to :func:`plan_pretraining`.
+        cache_dir: the cache root; the cases go to ``cache_dir/<key of preprocessing>``.
+        preprocessing: the bundle's ``preprocessing`` chain (see :func:`shared.data.preprocess.preprocess`).
+        plan: :func:`plan_pretraining`'s plan, which the chain was built from.
+        num_workers: processes for the per-case work; 0 works in this process.
+        overwrite: redo every case even if the cache is current.
+        progress: show a tqdm progress bar.
+    """
+    splits = list(plan["splits"])
+    cases = _checked_images(read_datalist(datalist), splits)
+    cached = preprocess_cases(cases, cache_dir, preprocessing, num_workers=num_workers, overwrite=overwrite,
+                              progress=progress)
+    return PretrainingData(plan, [case.case for case in cases], os.fspath(datalist), splits, cached.cache_dir)
 
 
 def pretraining_plan(cases: Sequence[CheckedCase], datalist: dict[str, Any], datalist_path: str | os.PathLike, *,
@@ -135,11 +156,13 @@ def pretraining_plan(cases: Sequence[CheckedCase], datalist: dict[str, Any], dat
     modalities = channel_modalities(datalist, len(channel_paths(cases[0].entry)), source=os.fspath(datalist_path))
     channels = [{"modality": modality, "clip": None, "mean": None, "std": None, "per_image": True}
                 for modality in modalities]
-    plan = {"target_spacing": [float(v) for v in target], "spacing_mode": mode, "channels": channels,
+    return {"target_spacing": [float(v) for v in target], "spacing_mode": mode, "channels": channels,
             "classes": [], "num_classes": 0, "datalist": str(Path(datalist_path).resolve()),
-            "version": PLAN_VERSION, "datalist_sha256": sha256_file(datalist_path)}
-    plan["hash"] = plan_hash(plan)
-    return plan
+            "datalist_sha256": sha256_file(datalist_path), "package_version": package_version()}
+
+
+def _splits(splits: Sequence[str], include_labelled: bool) -> list[str]:
+    return list(dict.fromkeys([*splits, *(LABELLED_SPLITS if include_labelled else ())]))
 
 
 def _checked_images(datalist: dict[str, Any], splits: Sequence[str]) -> list[CheckedCase]:

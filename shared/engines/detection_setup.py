@@ -1,6 +1,9 @@
 """What a detector bundle's training needs before the first step, in one call from its config:
-check and preprocess the data, fit the anchors, check the network fits the data, and record all of it
-in ``model_plan.json`` so inference rebuilds exactly the same model and preprocessing.
+check the network fits the data, run the bundle's ``preprocessing`` chain over the training and
+validation splits into the keyed cache, let the detector plan from the training boxes (Retina U-Net:
+anchor sizes), and record all of it in ``model_plan.json`` so inference rebuilds exactly the same model
+and preprocessing. The data set's plan (spacing, intensity statistics) is made before, by
+:func:`shared.data.plan.plan_dataset`, and reaches the chain as transform arguments.
 
 With ``spacing: "median"`` (the paper's "default" arm) the data's spacing is usually anisotropic, and
 :func:`plan_encoder` gives the encoder per-axis strides and kernel sizes planned from it
@@ -14,15 +17,15 @@ import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 import torch
 
-from shared.data.cache import list_cases, rank_zero_first, read_case, read_plan
-from shared.data.plan import parse_spacing
-from shared.data.preprocess import preprocess
+from shared.data.cache import read_case
+from shared.data.plan import parse_spacing, plan_dataset
+from shared.data.preprocess import Transform, preprocess
 from shared.detectors.anchor_fitting import fit_anchor_sizes
 from shared.encoders import build_encoder
 from shared.encoders.planning import plan_strides_and_kernels
@@ -38,22 +41,28 @@ class DetectionData:
     """The preprocessed data and the model settings derived from it.
 
     Attributes:
-        plan: the cache's preprocessing plan (spacing, intensity statistics, classes).
+        plan: the data set's plan (spacing, intensity statistics, classes).
+        cache_dir: the keyed cache folder holding the preprocessed cases.
+        cache_key: the preprocessing chain's key (the folder's name).
         train_cases, validation_cases: case ids in the cache.
         class_names: one name per class.
-        anchor_sizes: per-axis anchor sizes at the first detection level, fitted to the training boxes.
         patch_size: training and inference tile size.
         detection_strides: the network's detection strides (ints, or one per axis).
+        detector: what the detector planned from the training data (``model_plan.json``'s ``"detector"``).
+        anchor_sizes: ``detector["anchor_sizes"]`` when the detector planned anchors, else None.
         encoder: the encoder spec the network was built from (``None`` when not given).
     """
 
     plan: dict[str, Any]
+    cache_dir: str
+    cache_key: str
     train_cases: list[str]
     validation_cases: list[str]
     class_names: list[str]
-    anchor_sizes: list[list[float]]
     patch_size: list[int]
     detection_strides: list[int | list[int]]
+    detector: dict[str, Any]
+    anchor_sizes: list[list[float]] | None = None
     encoder: dict[str, Any] | None = None
 
 
@@ -69,8 +78,8 @@ def plan_encoder(
     """The encoder spec for the training spacing: planned per-axis strides and kernels for "median".
 
     With ``spacing`` "fixed" or explicit mm values the spec comes back unchanged (the presets'
-    isotropic strides). With "median" the data are preprocessed (once: the cache is reused by
-    :func:`prepare_detection_data`) to learn the median spacing, and the spec gets ``strides`` and
+    isotropic strides). With "median" the data set is planned (:func:`shared.data.plan.plan_dataset`,
+    once: ``cache_dir/plans.json`` is reused) to learn the median spacing, and the spec gets ``strides`` and
     ``kernel_sizes`` planned nnU-Net-style for it and ``patch_size``; ``strides`` or
     ``kernel_sizes`` written in the spec itself are kept (an explicit choice wins over the plan).
 
@@ -79,9 +88,8 @@ def plan_encoder(
     """
     if parse_spacing(spacing)[0] != "median":
         return encoder
-    with rank_zero_first():
-        preprocess(datalist, cache_dir, splits=("training", "validation"), spacing=spacing, num_workers=num_workers)
-    return planned_encoder(encoder, read_plan(cache_dir)["target_spacing"], patch_size, source=datalist)
+    plan = plan_dataset(datalist, cache_dir, spacing=spacing)
+    return planned_encoder(encoder, plan["target_spacing"], patch_size, source=datalist)
 
 
 def planned_encoder(encoder: dict[str, Any], spacing: Sequence[float], patch_size: Sequence[int], *,
@@ -110,27 +118,89 @@ def prepare_detection_data(
     cache_dir: str | os.PathLike,
     output_dir: str | os.PathLike,
     *,
-    spacing: str | Sequence[float] = "fixed",
+    preprocessing: Transform,
+    plan: dict[str, Any],
     in_channels: int,
     num_classes: int,
     patch_size: Sequence[int],
     detection_strides: Sequence[int | Sequence[int]],
     network_stride: int | Sequence[int] | None = None,
     encoder: dict[str, Any] | None = None,
+    plan_detector: Callable[[np.ndarray, Sequence[Any]], dict[str, Any]] | None = None,
+    network: dict[str, Any] | None = None,
     num_workers: int = 0,
 ) -> DetectionData:
-    """Preprocess the training and validation splits (once; cached), fit anchors, write the model plan.
+    """Preprocess the training and validation splits with ``preprocessing`` (once; cached under its
+    key), let the detector plan, write the model plan.
 
     ``detection_strides`` are the network's levels (``network.detection_strides``: per axis on an
-    anisotropic encoder, so that the anchors are fitted per axis); ``encoder`` (the spec the network
+    anisotropic encoder, so that anchors are fitted per axis); ``encoder`` (the spec the network
     was built from, e.g. :func:`plan_encoder`'s) is recorded in the model plan for inference.
+
+    Args:
+        preprocessing: the bundle's ``preprocessing`` chain (see :func:`shared.data.preprocess.preprocess`).
+        plan: the data set's plan the chain was built from (:func:`shared.data.plan.plan_dataset`).
+        plan_detector: the detector's planning from the training data, ``(boxes (N, 6) xyzxyz voxel,
+            detection_strides) -> dict`` recorded as the model plan's ``"detector"`` (Retina U-Net:
+            :func:`plan_anchors`); None for a detector that plans nothing (then data without boxes is fine).
+        network: the network spec (:func:`shared.bundles.network.network_spec`), recorded as ``"network"``.
 
     Raises:
         InputError: naming the datalist, when its channel or class count differs from the network's,
-            a split is empty, or the patch size is not a multiple, on each axis, of the network's total
-            stride (the encoder's coarsest stride ``network_stride`` when given, which may exceed the
-            coarsest detection stride; else the coarsest detection stride).
+            the validation split is empty, or the patch size is not a multiple, on each axis, of the
+            network's total stride (the encoder's coarsest stride ``network_stride`` when given, which may
+            exceed the coarsest detection stride; else the coarsest detection stride).
     """
+    _check_patch_size(datalist, patch_size, detection_strides, network_stride)
+    if len(plan["channels"]) != in_channels:
+        raise InputError(datalist, f"the scans have {len(plan['channels'])} channel(s) but the network expects "
+                                   f"{in_channels}: set in_channels={len(plan['channels'])}")
+    if plan["num_classes"] != num_classes:
+        raise InputError(datalist, f"the data set has {plan['num_classes']} classes {plan['classes']} but the "
+                                   f"network predicts {num_classes}: set num_classes={plan['num_classes']}")
+    cached = preprocess(datalist, cache_dir, preprocessing, splits=("training", "validation"), num_workers=num_workers)
+    train_cases, validation_cases = cached.cases["training"], cached.cases["validation"]
+    if not validation_cases:
+        raise InputError(datalist, "the 'validation' split is empty: validation picks the best model")
+    dims = len(patch_size)
+    detector = {}
+    if plan_detector is not None:
+        try:
+            detector = dict(plan_detector(_training_boxes(cached.cache_dir, train_cases), detection_strides))
+        except ValueError as error:  # the detector cannot plan from these data: name the datalist
+            raise InputError(datalist, str(error)) from error
+    data = DetectionData(
+        plan=plan, cache_dir=cached.cache_dir, cache_key=cached.key, train_cases=train_cases,
+        validation_cases=validation_cases, class_names=list(plan["classes"]),
+        patch_size=[int(size) for size in patch_size],
+        detection_strides=[_json_stride(compact(per_axis(s, dims, "detection_strides"))) for s in detection_strides],
+        detector=detector, anchor_sizes=detector.get("anchor_sizes"), encoder=encoder,
+    )
+    # no "encoder" key unless one was given: plans of bundles that do not pass it stay as they were
+    left_out = ("cache_dir", "train_cases", "validation_cases", *(("encoder",) if encoder is None else ()),
+                *(("anchor_sizes",) if data.anchor_sizes is None else ()))
+    record = {key: value for key, value in asdict(data).items() if key not in left_out}
+    if network is not None:  # the whole network spec (shared.bundles.network): inference rebuilds it from here
+        record["network"] = network
+    write_json(Path(output_dir) / MODEL_PLAN, record)
+    return data
+
+
+def plan_anchors(training_boxes: np.ndarray, detection_strides: Sequence[Any]) -> dict[str, Any]:
+    """Retina U-Net's planning: anchor sizes fitted to the training boxes (``{"anchor_sizes": ...}``).
+
+    The hook through which a detector plans from the data; it belongs with the detector
+    (``shared.detectors``) and is here until the detector's own planning function replaces it.
+
+    Raises:
+        ValueError: when the training split has no box (anchors cannot be fitted).
+    """
+    if not len(training_boxes):
+        raise ValueError("the training split has no boxes: this detector fits its anchors to them")
+    return {"anchor_sizes": fit_anchor_sizes(training_boxes, detection_strides)}
+
+
+def _check_patch_size(datalist, patch_size, detection_strides, network_stride) -> None:
     dims = len(patch_size)
     if network_stride is not None:
         totals = [per_axis(network_stride, dims, "network_stride")]
@@ -141,30 +211,6 @@ def prepare_detection_data(
         named = coarsest[0] if len(set(coarsest)) == 1 else list(coarsest)
         raise InputError(datalist, f"patch_size {list(patch_size)} is not divisible by the network's total "
                                    f"stride {named}: choose multiples of {named} on each axis")
-    with rank_zero_first():
-        preprocess(datalist, cache_dir, splits=("training", "validation"), spacing=spacing, num_workers=num_workers)
-    plan = read_plan(cache_dir)
-    if len(plan["channels"]) != in_channels:
-        raise InputError(datalist, f"the scans have {len(plan['channels'])} channel(s) but the network expects "
-                                   f"{in_channels}: set in_channels={len(plan['channels'])}")
-    if plan["num_classes"] != num_classes:
-        raise InputError(datalist, f"the data set has {plan['num_classes']} classes {plan['classes']} but the "
-                                   f"network predicts {num_classes}: set num_classes={plan['num_classes']}")
-    train_cases, validation_cases = list_cases(cache_dir, "training"), list_cases(cache_dir, "validation")
-    if not validation_cases:
-        raise InputError(datalist, "the 'validation' split is empty: validation picks the best model")
-    data = DetectionData(
-        plan=plan, train_cases=train_cases, validation_cases=validation_cases, class_names=list(plan["classes"]),
-        anchor_sizes=fit_anchor_sizes(_training_boxes(cache_dir, train_cases), detection_strides),
-        patch_size=[int(size) for size in patch_size],
-        detection_strides=[_json_stride(compact(per_axis(s, dims, "detection_strides"))) for s in detection_strides],
-        encoder=encoder,
-    )
-    # no "encoder" key unless one was given: plans of bundles that do not pass it stay as they were
-    left_out = ("train_cases", "validation_cases", *(("encoder",) if encoder is None else ()))
-    write_json(Path(output_dir) / MODEL_PLAN,
-               {key: value for key, value in asdict(data).items() if key not in left_out})
-    return data
 
 
 def trained_encoder(model_dir: str | os.PathLike, default: dict[str, Any]) -> dict[str, Any]:
@@ -193,7 +239,4 @@ def read_model_plan(path: str | os.PathLike) -> dict[str, Any]:
 
 def _training_boxes(cache_dir: str | os.PathLike, cases: Sequence[str]) -> np.ndarray:
     boxes = [read_case(cache_dir, case).boxes for case in cases]
-    boxes = np.concatenate(boxes) if boxes else np.zeros((0, 6))
-    if not len(boxes):
-        raise InputError(cache_dir, "the training split has no boxes: anchors cannot be fitted")
-    return boxes
+    return np.concatenate(boxes) if boxes else np.zeros((0, 6), dtype=np.float32)
