@@ -1,7 +1,13 @@
-"""Custom operators: 3-D multi-scale deformable attention (a reference and a fast path, and the layer)."""
+"""Custom operators: 3-D multi-scale deformable attention.
+
+Three layers as in Deformable-DETR's ``models/ops``: the sampling kernels (``deformable_sampling``), the
+differentiable op with its pure-PyTorch reference (``deformable_attention``) and the ``nn.Module`` that
+owns the projections and their initialisation (``deformable_attention_layer``).
+"""
 
 from __future__ import annotations
 
 from shared.ops.deformable_attention import multi_scale_deformable_attention, reference_deformable_attention
+from shared.ops.deformable_attention_layer import MultiScaleDeformableAttention3D
 
-__all__ = ["multi_scale_deformable_attention", "reference_deformable_attention"]
+__all__ = ["MultiScaleDeformableAttention3D", "multi_scale_deformable_attention", "reference_deformable_attention"]
