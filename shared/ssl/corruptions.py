@@ -277,7 +277,8 @@ def _uniform_in_range(volume: torch.Tensor, generator: torch.Generator | None) -
     return low + noise * (high - low)
 
 
-def inpaint(volume: torch.Tensor, boxes: np.ndarray | torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def inpaint(volume: torch.Tensor, boxes: np.ndarray | torch.Tensor,
+            generator: torch.Generator | None = None) -> torch.Tensor:
     """Fills the boxes with uniform noise over each channel's intensity range; the rest is untouched.
 
     Args:
@@ -299,7 +300,8 @@ def inpaint(volume: torch.Tensor, boxes: np.ndarray | torch.Tensor, generator: t
     return painted
 
 
-def outpaint(volume: torch.Tensor, boxes: np.ndarray | torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def outpaint(volume: torch.Tensor, boxes: np.ndarray | torch.Tensor,
+             generator: torch.Generator | None = None) -> torch.Tensor:
     """Replaces everything outside the boxes by uniform noise over each channel's intensity range.
 
     Args:

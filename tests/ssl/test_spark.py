@@ -91,7 +91,8 @@ def test_loss_falls_when_training():
     model = _model(seed=1)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     coordinates = torch.linspace(-1, 1, 32)
-    smooth = (coordinates[:, None, None] + coordinates[None, :, None] ** 2 + coordinates[None, None, :]).expand(2, 1, 32, 32, 32)
+    smooth = coordinates[:, None, None] + coordinates[None, :, None] ** 2 + coordinates[None, None, :]
+    smooth = smooth.expand(2, 1, 32, 32, 32)
     losses = []
     for _ in range(15):
         loss = model(smooth)["loss"]

@@ -26,7 +26,8 @@ def _encoder(**overrides) -> nn.Module:
 
 
 def _hidden(seed: int = 0, shape=(16, 16, 32), block_size=4, batch=2) -> torch.Tensor:
-    return block_mask(batch, shape, block_size=block_size, mask_ratio=0.5, generator=torch.Generator().manual_seed(seed))
+    generator = torch.Generator().manual_seed(seed)
+    return block_mask(batch, shape, block_size=block_size, mask_ratio=0.5, generator=generator)
 
 
 def test_perturbing_hidden_voxels_changes_no_output():
