@@ -97,6 +97,31 @@ def test_training_resumes_from_its_checkpoint(trained):
     load_weights(_network(), trained / "out" / "model.pt")
 
 
+def test_inference_json_alone_rebuilds_the_trained_network_from_its_plan(trained, tmp_path):
+    # trained with quick.json and tiny overrides; the plain inference config, told only where the model
+    # is, builds the same network from model_plan.json and finds the same boxes as with the overrides
+    plan = json.loads((trained / "out" / "model_plan.json").read_text())
+    assert plan["network"]["target"] == "shared.networks.retina_unet.RetinaUNetNetwork"
+    assert plan["network"]["arguments"]["encoder"] == {"name": "plain", "preset": "tiny"}
+    assert plan["network"]["arguments"]["decoder_channels"] == 16
+    # inference settings are not the network: the same in both runs (inference.json's own mirroring and
+    # batch, every candidate kept so that an untrained model has boxes to compare)
+    same_settings = ["--inference#mirror", "True", "--inference#batch_size", "4", "--inference#score_threshold", "0.0",
+                     "--tile_score_threshold", "0.0"]
+    _bundle("run", "--config_file", _configs(PLAIN, "inference.json", "quick.json"), "--dataset_dir",
+            str(trained / "data"), "--model_dir", str(trained / "out"), *_tiny("plain"), *same_settings,
+            "--prediction_dir", str(tmp_path / "with_overrides"), cwd=tmp_path)
+    _bundle("run", "--config_file", str(PLAIN / "inference.json"), "--dataset_dir", str(trained / "data"),
+            "--model_dir", str(trained / "out"), "--prediction_dir", str(tmp_path / "alone"), *same_settings[4:],
+            cwd=tmp_path)
+    reference = json.loads((tmp_path / "with_overrides" / "predictions.json").read_text())
+    alone = json.loads((tmp_path / "alone" / "predictions.json").read_text())
+    assert len(alone) == len(reference) == 1 and len(reference[0]["box"]) > 0
+    np.testing.assert_allclose(alone[0]["box"], reference[0]["box"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(alone[0]["label_scores"], reference[0]["label_scores"], rtol=1e-5, atol=1e-6)
+    assert alone[0]["label"] == reference[0]["label"]
+
+
 def test_inference_writes_per_scan_and_combined_outputs_and_box_maps(trained):
     predictions = trained / "predictions"
     combined = json.loads((predictions / "predictions.json").read_text())
