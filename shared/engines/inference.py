@@ -6,6 +6,12 @@ Per scan it writes ``<case>.json`` (the bundle output format: ``{"image", "box" 
 scan's own grid, value = class + 1, for viewers). Over all scans it writes ``predictions.json`` (the
 list that ``tools.evaluate`` reads) and ``candidates.csv`` (LUNA16 style). Every file is written
 atomically, and a scan that fails to read stops the run before ``predictions.json`` is replaced.
+
+Two ways in, one writer: :class:`ScanEvaluator` is the bundles' ``evaluator`` (MONAI's workflow
+property: a ``monai.engines`` evaluator over the ``dataset`` of preprocessed scans, with the ``inferer``
+and the ``postprocessing`` to world millimetres), whose handlers :class:`PredictionWriter` and
+:class:`EvaluationReport` write the files; :class:`ScanPredictor` with :func:`predict_scans` does the
+same in plain Python for tools and benchmarks.
 """
 
 from __future__ import annotations
@@ -18,6 +24,9 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+from ignite.engine import Engine, Events
+from monai.engines import SupervisedEvaluator
+from monai.engines.utils import IterationEvents
 from torch import nn
 from tqdm import tqdm
 
@@ -101,18 +110,29 @@ def predict_scans(
     Nothing is written until every scan is predicted, so a scan that fails (unreadable, not 3-D, the
     wrong channel count) leaves no outputs of the scans before it.
     """
-    out_dir = Path(out_dir)
     predictions = [predictor.predict_scan(image)
                    for image in tqdm(images, desc="inference", unit="scan", disable=not progress)]
-    for image, entry in zip(images, predictions):
-        name = case_id(image)
+    write_predictions(predictions, out_dir, write_box_maps=write_box_maps)
+    return predictions
+
+
+def write_predictions(predictions: Sequence[dict[str, Any]], out_dir: str | os.PathLike, *,
+                      write_box_maps: bool = False) -> None:
+    """Per scan ``<case>.json`` (and ``<case>_boxes.nii.gz``), then ``predictions.json`` and ``candidates.csv``.
+
+    Args:
+        predictions: entries of the bundle output format, ``{"image", "box" (world cccwhd), "label",
+            "label_scores"}``, one per scan.
+    """
+    out_dir = Path(out_dir)
+    for entry in predictions:
+        name = case_id(entry["image"])
         write_json(out_dir / f"{name}.json", entry)
         if write_box_maps:
-            write_box_map(out_dir / f"{name}_boxes.nii.gz", entry, image)
-    write_json(out_dir / "predictions.json", predictions)
+            write_box_map(out_dir / f"{name}_boxes.nii.gz", entry, entry["image"])
+    write_json(out_dir / "predictions.json", list(predictions))
     export_luna16_candidates(out_dir / "predictions.json", out_dir / "candidates.csv")
     logger.info("wrote %d predictions to %s", len(predictions), out_dir)
-    return predictions
 
 
 def split_images(datalist: str | os.PathLike, split: str) -> list[str | list[str]]:
@@ -152,3 +172,113 @@ def predict_and_evaluate(predictor: ScanPredictor, datalist: str | os.PathLike, 
     predict_scans(predictor, split_images(datalist, split), out_dir / "predictions", **kwargs)
     return evaluate_detections(out_dir / "predictions" / "predictions.json", datalist, out_dir, split=split,
                                bootstrap=bootstrap)
+
+
+def single_case(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """``collate_fn`` of the inference loader: whole scans differ in size, so a batch is one case as is."""
+    if len(batch) != 1:
+        raise ValueError(f"inference loads one whole scan per batch, got {len(batch)}: set batch_size=1")
+    return batch[0]
+
+
+class ScanEvaluator(SupervisedEvaluator):
+    """The bundles' inference ``evaluator``: each preprocessed scan through the sliding-window inferer.
+
+    A thin :class:`monai.engines.SupervisedEvaluator` (its arguments: ``device``, ``val_data_loader``,
+    ``network``, ``inferer``, ``postprocessing``, ``val_handlers``, ``key_val_metric``…) whose
+    iteration takes one case (the ``dataset``'s dict: ``image`` (C, X, Y, Z) preprocessed, its
+    ``affine`` and the keys the transforms added), runs ``inferer(image (1, C, X, Y, Z), network)``
+    and outputs the case's keys without the image plus the inferer's ``boxes`` (N, 6) xyzxyz voxel,
+    ``scores`` (N,) and ``labels`` (N,). ``postprocessing`` (boxes to world millimetres) then runs on
+    that dict, and the handlers (:class:`PredictionWriter`) write it. ``network`` may be a list of
+    detectors (a fold ensemble): the inferer gets the list.
+    """
+
+    def __init__(self, device: torch.device | str, val_data_loader: Any, network: nn.Module | Sequence[nn.Module],
+                 **kwargs: Any):
+        networks = network if isinstance(network, nn.Module) else nn.ModuleList(list(network))
+        super().__init__(device=torch.device(device), val_data_loader=val_data_loader, network=networks,
+                         decollate=False, **kwargs)
+        self.network.to(self.state.device)
+
+    def _iteration(self, engine: ScanEvaluator, batchdata: dict[str, Any]) -> dict[str, Any]:
+        if batchdata is None:
+            raise ValueError("Must provide batch data for current iteration.")
+        image = torch.as_tensor(np.ascontiguousarray(batchdata["image"]) if isinstance(batchdata["image"], np.ndarray)
+                                else batchdata["image"])
+        image = image.to(engine.state.device, dtype=torch.float32)[None]
+        network = list(engine.network) if isinstance(engine.network, nn.ModuleList) else engine.network
+        engine.network.eval()
+        with torch.no_grad():
+            found = engine.inferer(image, network)
+        engine.state.output = {**{key: value for key, value in batchdata.items() if key != "image"}, **found}
+        engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+        return engine.state.output
+
+
+class PredictionWriter:
+    """Handler: the evaluator's per-scan outputs as the bundle's files (see :func:`write_predictions`).
+
+    Collects one entry per iteration (the output after ``postprocessing``: ``boxes_key`` world
+    ``cccwhd`` mm, ``labels_key``, ``scores_key``, and the scan's files under ``sources_key``) and writes
+    every file when the run completes, so a scan that fails leaves no outputs of the scans before it.
+
+    Args:
+        output_dir: where the files go.
+        write_box_maps: also write ``<case>_boxes.nii.gz`` label maps.
+    """
+
+    def __init__(self, output_dir: str | os.PathLike, *, write_box_maps: bool = False, boxes_key: str = "boxes",
+                 labels_key: str = "labels", scores_key: str = "scores", sources_key: str = "sources"):
+        self.output_dir, self.write_box_maps = Path(output_dir), write_box_maps
+        self.keys = (boxes_key, labels_key, scores_key, sources_key)
+        self.predictions: list[dict[str, Any]] = []
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self._reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
+        engine.add_event_handler(Events.COMPLETED, self._write)
+
+    def _reset(self, engine: Engine) -> None:
+        self.predictions = []
+
+    def _collect(self, engine: Engine) -> None:
+        boxes_key, labels_key, scores_key, sources_key = self.keys
+        output = engine.state.output
+        sources = list(output[sources_key]) if not isinstance(output[sources_key], str) else [output[sources_key]]
+        self.predictions.append({
+            "image": sources[0] if len(sources) == 1 else sources,
+            "box": _array(output[boxes_key], np.float64).reshape(-1, 6).tolist(),
+            "label": _array(output[labels_key], np.int64).tolist(),
+            "label_scores": _array(output[scores_key], np.float64).tolist(),
+        })
+
+    def _write(self, engine: Engine) -> None:
+        write_predictions(self.predictions, self.output_dir, write_box_maps=self.write_box_maps)
+
+
+class EvaluationReport:
+    """Handler: when the run completes, score ``predictions.json`` against the datalist split (metrics.json,
+    report.md, plots in ``output_dir``; :func:`shared.metrics.evaluation.evaluate_detections`)."""
+
+    def __init__(self, predictions: str | os.PathLike, datalist: str | os.PathLike, split: str,
+                 output_dir: str | os.PathLike, *, bootstrap: int = 1000):
+        self.predictions, self.datalist, self.split = Path(predictions), datalist, split
+        self.output_dir, self.bootstrap = Path(output_dir), bootstrap
+        self.metrics: dict[str, float] = {}
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.COMPLETED, self._evaluate)
+
+    def _evaluate(self, engine: Engine) -> None:
+        from shared.metrics.evaluation import evaluate_detections
+
+        self.metrics = evaluate_detections(self.predictions, self.datalist, self.output_dir, split=self.split,
+                                           bootstrap=self.bootstrap)
+
+
+def _array(value: Any, dtype: type) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    return np.asarray(value, dtype=dtype)

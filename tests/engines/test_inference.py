@@ -1,10 +1,15 @@
+import json
+from pathlib import Path
+
 import nibabel as nib
 import numpy as np
+import pytest
+import torch
 
 from shared.data.cache import CASE_PREFIX, case_files
 from shared.data.validate import case_id
 from shared.boxes.convention import boxes_voxel_to_world
-from shared.engines.inference import predict_scans, write_box_map
+from shared.engines.inference import PredictionWriter, ScanEvaluator, predict_scans, single_case, write_box_map
 from shared.io.images import save_nifti
 from tests._cases import spaced_affine
 
@@ -51,3 +56,63 @@ def test_box_map_paints_class_plus_one_on_the_scans_grid(tmp_path):
     expected = np.zeros((8, 9, 10), np.uint8)
     expected[1:4, 1:4, 1:4], expected[5:7, 5:8, 5:9] = 1, 3
     np.testing.assert_array_equal(painted, expected)
+
+
+class _FixedBoxesInferer:
+    """One box per scan, in voxels of the preprocessed grid, scored by the case's index; records its networks."""
+
+    def __init__(self, fail_on: int | None = None):
+        self.calls, self.fail_on, self.networks = 0, fail_on, []
+
+    def __call__(self, image, network):
+        assert image.shape[:2] == (1, 1) and image.dtype == torch.float32
+        self.networks.append(network)
+        self.calls += 1
+        if self.calls == self.fail_on:
+            raise RuntimeError("broken scan")
+        boxes = torch.tensor([[1.0, 2.0, 3.0, 5.0, 6.0, 7.0]])
+        return {"boxes": boxes, "scores": torch.tensor([0.5 + 0.1 * self.calls]), "labels": torch.tensor([1])}
+
+
+def _cases(folder: Path) -> list[dict]:
+    cases = []
+    for index, spacing in enumerate((1.0, 2.5)):
+        affine = np.diag([spacing, spacing, 2 * spacing, 1.0])
+        path = str(folder / f"case{index}.nii.gz")
+        save_nifti(path, np.zeros((8, 8, 8), np.float32), affine)
+        cases.append({"image": np.zeros((1, 8, 8, 8), np.float32), "affine": affine, "sources": [path]})
+    return cases
+
+
+def _evaluator(cases, inferer, handlers, networks=None):
+    from monai.transforms import Compose
+    from shared.data.transforms_geometry import BoxesVoxelToWorldd
+
+    loader = torch.utils.data.DataLoader(cases, batch_size=1, collate_fn=single_case)
+    networks = networks if networks is not None else torch.nn.Conv3d(1, 1, 1)
+    return ScanEvaluator("cpu", loader, networks, inferer=inferer, postprocessing=Compose([BoxesVoxelToWorldd("boxes")]),
+                         val_handlers=handlers)
+
+
+def test_scan_evaluator_writes_world_boxes_of_every_scan(tmp_path):
+    cases = _cases(tmp_path)
+    inferer = _FixedBoxesInferer()
+    ensemble = [torch.nn.Conv3d(1, 1, 1), torch.nn.Conv3d(1, 1, 1)]
+    _evaluator(cases, inferer, [PredictionWriter(tmp_path / "out", write_box_maps=True)], ensemble).run()
+    written = json.loads((tmp_path / "out" / "predictions.json").read_text())
+    assert [entry["image"] for entry in written] == [case["sources"][0] for case in cases]
+    for index, (entry, case) in enumerate(zip(written, cases)):
+        expected = boxes_voxel_to_world(np.array([[1.0, 2.0, 3.0, 5.0, 6.0, 7.0]]), case["affine"])
+        np.testing.assert_allclose(entry["box"], expected)
+        assert entry["label"] == [1] and entry["label_scores"] == pytest.approx([0.6 + 0.1 * index])
+        assert json.loads((tmp_path / "out" / f"case{index}.json").read_text()) == entry
+        assert (tmp_path / "out" / f"case{index}_boxes.nii.gz").is_file()
+    assert (tmp_path / "out" / "candidates.csv").read_text().count("\n") == 3  # header + one box per scan
+    # the ensemble reaches the inferer as a list of its detectors
+    assert all(isinstance(networks, list) and len(networks) == 2 for networks in inferer.networks)
+
+
+def test_scan_evaluator_writes_nothing_when_a_scan_fails(tmp_path):
+    with pytest.raises(RuntimeError, match="broken scan"):
+        _evaluator(_cases(tmp_path), _FixedBoxesInferer(fail_on=2), [PredictionWriter(tmp_path / "out")]).run()
+    assert not (tmp_path / "out").exists()
