@@ -45,11 +45,16 @@ def _level_volumes(value: Tensor, spatial_shapes: Tensor, level_start_index: Ten
     return volumes
 
 
-def _level_grid(sampling_locations: Tensor, level: int) -> Tensor:
-    """``(B, Q, M, L, K, 3)`` locations to ``grid_sample``'s ``(B·M, Q, K, 1, 3)`` grid, reversed to (z, y, x)."""
-    batch, queries, heads, _, points, _ = sampling_locations.shape
-    grid = 2 * sampling_locations[:, :, :, level].flip(-1) - 1
-    return grid.transpose(1, 2).reshape(batch * heads, queries, points, 1, 3)
+def _level_grids(sampling_locations: Tensor) -> Tensor:
+    """``(B, Q, M, L, K, 3)`` locations to ``grid_sample`` grids ``(L, B·M, Q, K, 1, 3)``, reversed to (z, y, x)."""
+    batch, queries, heads, levels, points, _ = sampling_locations.shape
+    grids = (2 * sampling_locations.flip(-1) - 1).permute(3, 0, 2, 1, 4, 5)
+    return grids.reshape(levels, batch * heads, queries, points, 1, 3)
+
+
+def _level_attention(attention_weights: Tensor) -> Tensor:
+    """``(B, Q, M, L, K)`` weights to ``(L, B, M, 1, Q, K)``, broadcasting over the channels of a head."""
+    return attention_weights.permute(3, 0, 2, 1, 4).unsqueeze(3).contiguous()
 
 
 def chunked_forward(
@@ -67,13 +72,12 @@ def chunked_forward(
     output = value.new_zeros(batch, heads, channels, queries)
     for start, stop in _query_chunks(value, sampling_locations, chunk_elements):
         count = stop - start
-        locations = sampling_locations[:, start:stop]
+        grids = _level_grids(sampling_locations[:, start:stop])
+        attention = _level_attention(attention_weights[:, start:stop])
         for level, volume in enumerate(volumes):
-            sampled = F.grid_sample(volume, _level_grid(locations, level), mode="bilinear", padding_mode="zeros",
+            sampled = F.grid_sample(volume, grids[level], mode="bilinear", padding_mode="zeros",
                                     align_corners=False)  # (B·M, C/M, Qc, K, 1)
-            attention = attention_weights[:, start:stop, :, level].transpose(1, 2)
-            weighted = (sampled.view(batch, heads, channels, count, points) * attention.unsqueeze(2)).sum(-1)
-            output[..., start:stop] += weighted
+            output[..., start:stop] += (sampled.view(batch, heads, channels, count, points) * attention[level]).sum(-1)
     return output.permute(0, 3, 1, 2).reshape(batch, queries, heads * channels).contiguous()
 
 
@@ -99,17 +103,17 @@ def chunked_backward(
     for start, stop in _query_chunks(value, sampling_locations, chunk_elements):
         count = stop - start
         grad_chunk = grad_heads[..., start:stop].reshape(batch * heads, channels, count, 1, 1)
-        locations = sampling_locations[:, start:stop]
+        grids = _level_grids(sampling_locations[:, start:stop])
+        attention = _level_attention(attention_weights[:, start:stop])
         for level, volume in enumerate(volumes):
-            grid = _level_grid(locations, level)
+            grid = grids[level]
             if grad_attention is not None:
                 sampled = F.grid_sample(volume, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
                 grad_level = (sampled * grad_chunk).sum(1).view(batch, heads, count, points)
                 grad_attention[:, start:stop, :, level] = grad_level.transpose(1, 2)
             if grad_volumes is None and grad_locations is None:
                 continue
-            attention = attention_weights[:, start:stop, :, level].transpose(1, 2)
-            grad_sampled = grad_chunk * attention.reshape(batch * heads, 1, count, points, 1)
+            grad_sampled = grad_chunk * attention[level].view(batch * heads, 1, count, points, 1)
             grad_volume, grad_grid = torch.ops.aten.grid_sampler_3d_backward(
                 grad_sampled, volume, grid, 0, 0, False, [grad_volumes is not None, grad_locations is not None]
             )

@@ -6,17 +6,20 @@ from a 32³ patch at batch 2. Queries sit at the voxel centres of their level an
 around them, as after the offset initialisation. ``--queries`` keeps a random subset of the realistic
 queries (the values keep their full size)::
 
-    python -m tools.benchmarks.bench_deformable_attention [--queries 8192] [--repeats 2] [--threads 2] [--device cpu]
+    python -m tools.benchmarks.bench_deformable_attention [--queries 8192] [--repeats 2] [--threads 1] [--device cpu]
 
-Each row runs in a fresh subprocess. Time is the fastest of ``repeats`` runs (the least disturbed by other
-jobs). Peak memory on CPU is the subprocess's peak resident set (``getrusage`` ``ru_maxrss``) during the
-first run above its resident set just before it; on CUDA it is ``torch.cuda.max_memory_allocated`` above
-the allocation before. Prints a markdown table.
+Each row runs in a fresh subprocess that first warms up on a tiny input. Wall and CPU time (``process_time``,
+all threads of the subprocess) are each the least of ``repeats`` runs, the least disturbed by other jobs;
+on a shared machine CPU time is the steadier of the two. Peak memory on CPU is the subprocess's peak resident
+set (``getrusage`` ``ru_maxrss``) during the first run above its resident set just before it, with glibc's
+``MALLOC_MMAP_THRESHOLD_`` fixed at 64 KiB so that freed tensors leave the resident set at once; on CUDA
+it is ``torch.cuda.max_memory_allocated`` above the allocation before. Prints a markdown table.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import os
 import resource
 import time
 
@@ -59,12 +62,8 @@ def _measure(shape: str, implementation: str, backward: bool, queries: int | Non
     from shared.ops.deformable_attention import multi_scale_deformable_attention
 
     torch.set_num_threads(threads)
-    levels, batch = SHAPES[shape]
-    value, spatial_shapes, level_start_index, locations, weights = make_inputs(levels, batch, queries, device)
-    for tensor in (value, locations, weights):
-        tensor.requires_grad_(backward)
 
-    def run():
+    def run(value, spatial_shapes, level_start_index, locations, weights):
         output = multi_scale_deformable_attention(value, spatial_shapes, level_start_index, locations, weights,
                                                   implementation=implementation)
         if backward:
@@ -72,28 +71,36 @@ def _measure(shape: str, implementation: str, backward: bool, queries: int | Non
         if device == "cuda":
             torch.cuda.synchronize()
 
+    levels, batch = SHAPES[shape]
+    inputs = make_inputs(levels, batch, queries, device)
+    tiny = make_inputs([2, 1], 1, None, device)  # loads libraries and kernels without touching the peak
+    for tensor in (inputs[0], inputs[3], inputs[4], tiny[0], tiny[3], tiny[4]):
+        tensor.requires_grad_(backward)
+    run(*tiny)
+    value, locations, weights = inputs[0], inputs[3], inputs[4]
     if device == "cuda":
-        run()  # load the kernels before measuring
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
     else:
         before = _resident_kib() * 1024
-    times = []
+    times, cpu_times = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
-        run()
+        start, start_cpu = time.perf_counter(), time.process_time()
+        run(*inputs)
         times.append(time.perf_counter() - start)
+        cpu_times.append(time.process_time() - start_cpu)
         if device == "cuda":
             peak = torch.cuda.max_memory_allocated() - before
         elif len(times) == 1:
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
         value.grad = locations.grad = weights.grad = None
-    results.put((min(times), peak, locations.shape[1]))
+    results.put((min(times), min(cpu_times), peak, locations.shape[1]))
 
 
 def measure(shape: str, implementation: str, backward: bool, queries: int | None = None, repeats: int = 2,
-            threads: int = 2, device: str = "cpu") -> tuple[float, int, int]:
-    """``(seconds, peak bytes, queries)`` of one configuration, measured in a fresh subprocess."""
+            threads: int = 1, device: str = "cpu") -> tuple[float, float, int, int]:
+    """``(wall seconds, CPU seconds, peak bytes, queries)`` of one configuration, in a fresh subprocess."""
+    os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"  # read by the child's glibc at start
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
     process = context.Process(target=_measure, args=(shape, implementation, backward, queries, repeats, threads,
@@ -104,23 +111,23 @@ def measure(shape: str, implementation: str, backward: bool, queries: int | None
     return outcome
 
 
-def benchmark(queries: int | None = 8192, repeats: int = 2, threads: int = 2, device: str | None = None,
+def benchmark(queries: int | None = None, repeats: int = 2, threads: int = 1, device: str | None = None,
               shapes: tuple[str, ...] = ("small", "realistic")) -> None:
     """Print a table: per shape, pass and implementation the time and peak memory."""
     devices = [device] if device else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     print(f"threads {threads}, repeats {repeats} (fastest shown), heads {HEADS}, points {POINTS}, hidden {HIDDEN}")
-    print("| device | shape | Q | pass | implementation | time (s) | peak memory (MiB) |")
-    print("|---|---|---|---|---|---|---|")
+    print("| device | shape | Q | pass | implementation | wall (s) | CPU (s) | peak memory (MiB) |")
+    print("|---|---|---|---|---|---|---|---|")
     for device_name in devices:
         for shape in shapes:
             subset = queries if shape == "realistic" else None
             for backward in (False, True):
                 for implementation in ("reference", "fast"):
-                    seconds, peak, count = measure(shape, implementation, backward, subset, repeats, threads,
-                                                   device_name)
+                    seconds, cpu_seconds, peak, count = measure(shape, implementation, backward, subset, repeats,
+                                                                threads, device_name)
                     pass_name = "forward+backward" if backward else "forward"
                     print(f"| {device_name} | {shape} | {count} | {pass_name} | {implementation} | {seconds:.3f} "
-                          f"| {peak / 2**20:.0f} |", flush=True)
+                          f"| {cpu_seconds:.3f} | {peak / 2**20:.0f} |", flush=True)
 
 
 if __name__ == "__main__":
