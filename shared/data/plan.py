@@ -78,12 +78,14 @@ def plan_dataset(datalist: str | os.PathLike, plan_dir: str | os.PathLike, *,
         content, cases = validate_datalist(datalist, tuple(dict.fromkeys(("training", *splits))))
         with cache_lock(plan_dir):
             plan = read_plan(plan_dir)
-            if not plan_is_current(plan, datalist, spacing):
+            if plan_is_current(plan, datalist, spacing):
+                check_resampled_sizes(cases, plan["target_spacing"])
+            else:
                 training = [case for case in cases if case.split == "training"]
                 fingerprint = fingerprint_cases(training, content, source=os.fspath(datalist))
                 plan = make_plan(fingerprint, content, datalist, spacing=spacing)
+                check_resampled_sizes(cases, plan["target_spacing"])  # before anything is written
                 write_json(Path(plan_dir) / PLAN_FILE, plan)
-        check_resampled_sizes(cases, plan["target_spacing"])
     return plan
 
 

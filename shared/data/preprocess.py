@@ -25,7 +25,7 @@ import torch
 from tqdm import tqdm
 
 from shared.data.cache import (DESCRIPTION_FILE, cache_lock, case_is_current, entry_digest, rank_zero_first,
-                               write_case)
+                               read_description, write_case)
 from shared.data.cache_key import cache_description
 from shared.data.resample import resampled_shape, spacing_of, zoom_factors
 from shared.data.transforms_geometry import ResampleToSpacingd
@@ -82,6 +82,19 @@ def preprocess(datalist_path: str | os.PathLike, cache_root: str | os.PathLike, 
     return cached
 
 
+def preprocess_datalist(datalist_path: str | os.PathLike, cache_root: str | os.PathLike, *,
+                        spacing: str | Sequence[float] = "fixed", splits: Sequence[str] = ("training", "validation"),
+                        num_workers: int = 0, overwrite: bool = False, progress: bool = True) -> PreprocessedCases:
+    """Plan a datalist (:func:`shared.data.plan.plan_dataset`) and preprocess it with the detector bundles'
+    default chain (:func:`shared.data.transforms_chains.preprocessing_chain`): for code without a bundle config."""
+    from shared.data.plan import plan_dataset
+    from shared.data.transforms_chains import preprocessing_chain
+
+    plan = plan_dataset(datalist_path, cache_root, spacing=spacing, splits=splits)
+    return preprocess(datalist_path, cache_root, preprocessing_chain(plan), splits=splits, num_workers=num_workers,
+                      overwrite=overwrite, progress=progress)
+
+
 def preprocess_cases(cases: Sequence[CheckedCase], cache_root: str | os.PathLike, transform: Transform, *,
                      num_workers: int = 0, overwrite: bool = False, progress: bool = True) -> PreprocessedCases:
     """:func:`preprocess` for already validated cases (all ids in ``cases["all"]``)."""
@@ -89,7 +102,8 @@ def preprocess_cases(cases: Sequence[CheckedCase], cache_root: str | os.PathLike
     folder = Path(cache_root) / description["key"]
     with rank_zero_first():
         with cache_lock(folder):
-            write_json(folder / DESCRIPTION_FILE, description)
+            if read_description(folder) != description:
+                write_json(folder / DESCRIPTION_FILE, description)
             write_cases(cases, transform, description["key"], folder, overwrite=overwrite, num_workers=num_workers,
                         progress=progress)
     return PreprocessedCases(os.fspath(folder), description["key"], {"all": [case.case for case in cases]})

@@ -24,7 +24,7 @@ def write_case(cache: Path, case: str, image: np.ndarray, *, mask=None, boxes=No
         "mask": None if mask is None else f"/raw/{case}.nii.gz",
         "boxes": boxes.tolist(), "labels": list(labels), "instances": instances,
         "shape": list(image.shape[1:]), "affine": np.eye(4).tolist(), "original_affine": np.eye(4).tolist(),
-        "original_shape": list(image.shape[1:]), "plan_hash": "test", "entry_sha256": "test",
+        "original_shape": list(image.shape[1:]), "cache_key": "test", "entry_sha256": "test",
     }
     cache_write_case(cache, record, image, mask)
 

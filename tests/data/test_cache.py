@@ -12,7 +12,7 @@ ENTRY = {"image": "a.nii.gz", "mask": "m.nii.gz", "box": [[1, 2, 3, 4, 5, 6]], "
 def _record(case, split="training", mask="m.nii.gz"):
     return {"entry_sha256": entry_digest(ENTRY), "case": case, "split": split, "image": "a.nii.gz", "mask": mask, "boxes": [[1, 2, 3, 4, 5, 6]],
             "labels": [1], "instances": [3] if mask else None, "shape": [4, 5, 6], "affine": np.eye(4),
-            "original_affine": np.eye(4), "original_shape": [4, 5, 6], "plan_hash": "abc"}
+            "original_affine": np.eye(4), "original_shape": [4, 5, 6], "cache_key": "abc"}
 
 
 def test_write_read_round_trip(tmp_path, rng):
@@ -63,11 +63,11 @@ def test_case_names_cannot_collide_with_the_cache_files(tmp_path):
     assert read_case(tmp_path, "plans").case == "plans" and read_case(tmp_path, ".hidden").case == ".hidden"
 
 
-def test_a_case_of_another_plan_is_refused(tmp_path):
+def test_a_case_of_another_chain_is_refused(tmp_path):
     write_case(tmp_path, _record("a"), np.zeros((1, 4, 5, 6), np.float32), np.zeros((4, 5, 6), np.int16))
-    write_json(tmp_path / "plans.json", {"hash": "abc"})
-    assert read_case(tmp_path, "a").plan_hash == "abc"
-    write_json(tmp_path / "plans.json", {"hash": "other"})  # another run re-planned the cache meanwhile
-    with pytest.raises(InputError, match="plan.*preprocess") as caught:
+    write_json(tmp_path / "preprocessing.json", {"key": "abc"})
+    assert read_case(tmp_path, "a").cache_key == "abc"
+    write_json(tmp_path / "preprocessing.json", {"key": "other"})  # a case copied into another chain's folder
+    with pytest.raises(InputError, match="made with preprocessing abc.*preprocess again") as caught:
         read_case(tmp_path, "a")
     assert caught.value.source.endswith(".json") and "a" in caught.value.source

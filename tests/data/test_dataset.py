@@ -7,24 +7,39 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from shared.data.dataset import (
-    DetectionPatchDataset,
-    ValidationCaseDataset,
-    collate_detection,
-    draw_training_sample,
-)
+from monai.transforms import Compose, RandGaussianNoised, RandGaussianSmoothd
+
+from shared.data.dataset import DetectionPatchDataset, ValidationCaseDataset, collate_detection
+from shared.data.transforms_chains import intensity_augmentation, training_chain
+from shared.data.transforms_sampling import RandDetectionPatchd, sample_detection_patch
+from shared.data.transforms_spatial import RandMirrorPatchd, RandRotatePatchd, RandZoomPatchd
 from shared.data.cache import case_files, read_case
 from shared.boxes.rasterize import rasterize_boxes
 from shared.io.errors import InputError
 
 CASES = ["masked", "boxes_only", "small", "empty"]
-HEAVY = {"rotation_probability": 1.0, "scaling_probability": 1.0, "rotate_boxes_only_cases": False}
+HEAVY = "heavy"  # every geometric transform on every sample
 
 
-def _dataset(cache, cases=CASES, **overrides):
-    settings = dict(iterations_per_epoch=6, batch_size=4, augmentation={}, seed=3)
+def _chain(patch_size, batch_size, foreground_fraction, augmentation):
+    if augmentation != HEAVY:
+        return training_chain(patch_size, batch_size=batch_size, foreground_fraction=foreground_fraction,
+                              augment=augmentation is not None)
+    patch = RandDetectionPatchd(patch_size, batch_size=batch_size, foreground_fraction=foreground_fraction)
+    return Compose([RandMirrorPatchd(0.5), RandZoomPatchd(1.0), RandRotatePatchd(1.0), patch, *intensity_augmentation()])
+
+
+def _dataset(cache, cases=CASES, *, augmentation="default", foreground_fraction=0.5, batch_size=4, **overrides):
+    settings = dict(iterations_per_epoch=6, batch_size=batch_size, seed=3)
     settings.update(overrides)
-    return DetectionPatchDataset(cache, cases, (8, 8, 8), **settings)
+    chain = _chain((8, 8, 8), batch_size, foreground_fraction, augmentation)
+    return DetectionPatchDataset(cache, cases, chain, **settings)
+
+
+def draw_training_sample(record, patch_size, rng, *, foreground):
+    data = {"image": record.image, "mask": record.mask, "boxes": record.boxes, "labels": record.labels,
+            "instances": record.instances, "source": record.source}
+    return sample_detection_patch(data, patch_size, rng, foreground=foreground)
 
 
 def _check_targets(sample):
@@ -203,12 +218,13 @@ def test_bad_cache_input_names_the_file(tiny_cache):
     with pytest.raises(InputError, match=r"stray.json.*\[9\]"):
         draw_training_sample(read_case(tiny_cache, "stray"), (20, 18, 16), np.random.default_rng(0),
                              foreground=False)
+    chain = training_chain(8, batch_size=1)
     with pytest.raises(InputError, match="no cases"):
-        DetectionPatchDataset(tiny_cache, [], 8, iterations_per_epoch=1, batch_size=1)
+        DetectionPatchDataset(tiny_cache, [], chain, iterations_per_epoch=1, batch_size=1)
     with pytest.raises(ValueError, match="list of case ids"):
-        DetectionPatchDataset(tiny_cache, "empty", 8, iterations_per_epoch=1, batch_size=1)
-    with pytest.raises(ValueError, match="unknown augmentation"):
-        _dataset(tiny_cache, ["empty"], augmentation={"mirror": 1})
+        DetectionPatchDataset(tiny_cache, "empty", chain, iterations_per_epoch=1, batch_size=1)
+    with pytest.raises(ValueError, match="foreground_fraction"):
+        RandDetectionPatchd(8, batch_size=1, foreground_fraction=1.5)
 
 
 @pytest.mark.slow
@@ -219,8 +235,9 @@ def test_realistic_patch_with_full_augmentation(tiny_cache, case_writer):
         low = rng.integers(10, 80, size=3)
         instance_map[tuple(slice(a, a + rng.integers(3, 15)) for a in low)] = instance
     case_writer(tiny_cache, "large", rng.normal(size=(1, 128, 120, 100)), mask=instance_map, labels=[0, 1, 0, 1, 0])
-    dataset = DetectionPatchDataset(tiny_cache, ["large"], 96, iterations_per_epoch=4, batch_size=2,
-                                    augmentation={**HEAVY, "noise_probability": 1.0, "blur_probability": 1.0})
+    chain = Compose([*_chain(96, 2, 0.5, HEAVY).transforms, RandGaussianNoised("image", prob=1.0),
+                     RandGaussianSmoothd("image", prob=1.0)])
+    dataset = DetectionPatchDataset(tiny_cache, ["large"], chain, iterations_per_epoch=4, batch_size=2)
     for index in range(len(dataset)):
         sample = dataset[index]
         assert sample["image"].shape == (1, 96, 96, 96)

@@ -1,6 +1,7 @@
 import pytest
 
-from shared.data.plan import class_names, make_plan, parse_spacing, plan_hash, spacing_request_matches
+from shared.data.plan import class_names, make_plan, parse_spacing, plan_dataset, spacing_request_matches
+from tests._cases import write_dataset
 from shared.io.errors import InputError
 
 FINGERPRINT = {"median_spacing": [0.7, 0.7, 1.25], "channels": [{"modality": "CT", "clip": [-1, 1], "mean": 0, "std": 1}]}
@@ -16,7 +17,7 @@ def test_parse_spacing():
             parse_spacing(bad)
 
 
-def test_plan_and_hash(tmp_path):
+def test_plan_records_the_request_and_the_package_version(tmp_path):
     path = tmp_path / "d.json"
     path.write_text("{}")
     datalist = {"training": [{"label": [0, 3]}]}
@@ -24,8 +25,15 @@ def test_plan_and_hash(tmp_path):
     median = make_plan(FINGERPRINT, datalist, path, spacing="median")
     fixed = make_plan(FINGERPRINT, datalist, path, spacing="fixed")
     assert median["target_spacing"] == [0.7, 0.7, 1.25] and median["num_classes"] == 4
-    assert median["hash"] == plan_hash(median) and median["hash"] != fixed["hash"]
-    moved = dict(median, datalist="/elsewhere/d.json")
-    assert plan_hash(moved) == median["hash"]  # the path is not a setting
+    assert "version" not in median and "hash" not in median and median["package_version"]
     assert spacing_request_matches(median, "median") and not spacing_request_matches(median, "fixed")
     assert spacing_request_matches(fixed, "1,1,1") is False  # fixed and custom are different requests
+
+
+def test_plan_dataset_reuses_a_current_plan_and_redoes_a_changed_request(tmp_path, rng):
+    path = write_dataset(tmp_path / "raw", rng=rng, training=2, validation=1)
+    plan = plan_dataset(path, tmp_path / "plan")
+    written = (tmp_path / "plan" / "plans.json").stat().st_mtime_ns
+    assert plan_dataset(path, tmp_path / "plan") == plan
+    assert (tmp_path / "plan" / "plans.json").stat().st_mtime_ns == written
+    assert plan_dataset(path, tmp_path / "plan", spacing=[2, 2, 2])["target_spacing"] == [2.0, 2.0, 2.0]

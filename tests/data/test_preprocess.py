@@ -1,6 +1,7 @@
 import json
 import os
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,8 +9,8 @@ import torch
 
 from tests._cases import spaced_affine, write_dataset, write_scan
 from shared.boxes.convention import boxes_voxel_to_world
-from shared.data.cache import cache_lock, list_cases, read_case, read_plan
-from shared.data.preprocess import preprocess, preprocess_volume
+from shared.data.cache import DESCRIPTION_FILE, cache_lock, list_cases, read_case, read_plan
+from shared.data.preprocess import preprocess_datalist, preprocess_volume
 from shared.data.resample import resample_image, zoom_factors
 from shared.io.datalist import read_datalist, write_datalist
 from shared.io.errors import InputError
@@ -20,15 +21,23 @@ def _mtimes(cache):
     return {path.name: path.stat().st_mtime_ns for path in cache.iterdir()}
 
 
+def _run(path, cache, **settings):
+    """Preprocess with the default chain; returns the keyed folder holding the cases."""
+    return Path(preprocess_datalist(path, cache, progress=False, **settings).cache_dir)
+
+
 def test_cache_contract_and_world_boxes(tmp_path, rng):
     path = write_dataset(tmp_path / "raw", rng=rng, training=2, validation=1, affine=spaced_affine(flip_x=True))
     cache = tmp_path / "cache"
-    assert preprocess(path, cache, progress=False) == ["case0", "case1", "case2"]
-    plan = read_plan(cache)
-    assert plan["target_spacing"] == [1, 1, 1] and plan["spacing_mode"] == "fixed" and plan["version"] == 1
+    result = preprocess_datalist(path, cache, progress=False)
+    assert result.cases == {"training": ["case0", "case1"], "validation": ["case2"]}
+    plan, folder = read_plan(cache), Path(result.cache_dir)
+    assert plan["target_spacing"] == [1, 1, 1] and plan["spacing_mode"] == "fixed"
     assert plan["classes"] == ["benign", "malignant"] and plan["num_classes"] == 2
-    assert sorted(os.listdir(cache)) == sorted(["plans.json"] + [f"case_case{i}{s}" for i in range(3)
-                                                                 for s in (".json", "_image.npy", "_mask.npy")])
+    assert sorted(os.listdir(cache)) == sorted(["plans.json", result.key]) and folder.name == result.key
+    assert sorted(os.listdir(folder)) == sorted([DESCRIPTION_FILE] + [f"case_case{i}{s}" for i in range(3)
+                                                                      for s in (".json", "_image.npy", "_mask.npy")])
+    cache = folder
     datalist = read_datalist(path)
     for entry, case_id in zip(datalist["training"] + datalist["validation"], list_cases(cache)):
         case = read_case(cache, case_id)
@@ -52,25 +61,24 @@ def test_cache_contract_and_world_boxes(tmp_path, rng):
 
 def test_skip_then_redo_on_plan_change(tmp_path, rng):
     path = write_dataset(tmp_path / "raw", rng=rng, training=2, validation=0)
-    cache = tmp_path / "cache"
-    preprocess(path, cache, progress=False)
+    root = tmp_path / "cache"
+    cache = _run(path, root)
     before = _mtimes(cache)
-    preprocess(path, cache, progress=False)
-    assert _mtimes(cache) == before  # same plan: nothing rewritten, not even plans.json
-    preprocess(path, cache, spacing="median", progress=False)
-    after = _mtimes(cache)
-    assert all(after[name] != before[name] for name in before)
-    assert read_plan(cache)["spacing_mode"] == "median"
-    assert read_case(cache, "case0").plan_hash == read_plan(cache)["hash"]
-    assert read_case(cache, "case0").shape == (20, 18, 12)  # all cases share one spacing: median keeps the grid
-    preprocess(path, cache, spacing="median", overwrite=True, progress=False)
+    assert _run(path, root) == cache and _mtimes(cache) == before  # same chain: nothing rewritten
+    median = _run(path, root, spacing="median")  # another spacing: other chain arguments, another folder
+    assert median != cache and _mtimes(cache) == before
+    assert read_plan(root)["spacing_mode"] == "median"
+    assert read_case(median, "case0").cache_key == median.name
+    assert read_case(median, "case0").shape == (20, 18, 12)  # all cases share one spacing: median keeps the grid
+    cache, after = median, _mtimes(median)
+    _run(path, root, spacing="median", overwrite=True)
     redone = _mtimes(cache)
     assert redone["case_case0_image.npy"] != after["case_case0_image.npy"]
     # editing one entry's labels leaves the foreground, hence the plan, alone: only that case is redone
     data = json.loads(path.read_text())
     data["training"][1]["label"] = [1 - label for label in data["training"][1]["label"]]
     path.write_text(json.dumps(data))
-    preprocess(path, cache, spacing="median", progress=False)
+    _run(path, root, spacing="median")
     now = _mtimes(cache)
     assert now["case_case0_image.npy"] == redone["case_case0_image.npy"] and now["case_case1.json"] != redone["case_case1.json"]
     assert read_case(cache, "case1").labels.tolist() == data["training"][1]["label"]
@@ -81,8 +89,7 @@ def test_boxes_only_and_empty_images(tmp_path, rng):
     data = json.loads(path.read_text())
     data["validation"][0].update(box=[], label=[])
     path.write_text(json.dumps(data))
-    cache = tmp_path / "cache"
-    preprocess(path, cache, spacing=[1.4, 1.6, 2.5], progress=False)
+    cache = _run(path, tmp_path / "cache", spacing=[1.4, 1.6, 2.5])
     assert not list(cache.glob("*_mask.npy"))
     case = read_case(cache, "case0")
     assert case.mask is None and case.instances is None and case.shape == (10, 9, 6)
@@ -97,8 +104,7 @@ def test_preprocess_volume_is_the_cached_path(tmp_path, rng):
     data["modality"] = ["CT", "MRI"]
     path.write_text(json.dumps(data))
     cache = tmp_path / "cache"
-    preprocess(path, cache, progress=False, num_workers=0)
-    cached = read_case(cache, "case0")
+    cached = read_case(_run(path, cache, num_workers=0), "case0")
     volume = load_volume(read_datalist(path)["training"][0]["image"])
     original = volume.array.copy()
     array, affine = preprocess_volume(volume, read_plan(cache))
@@ -110,10 +116,10 @@ def test_preprocess_volume_is_the_cached_path(tmp_path, rng):
 
 def test_workers_give_the_same_cache(tmp_path, rng):
     path = write_dataset(tmp_path / "raw", rng=rng, training=2, validation=0)
-    preprocess(path, tmp_path / "serial", progress=False)
-    preprocess(path, tmp_path / "parallel", progress=False, num_workers=2)
+    serial, parallel = _run(path, tmp_path / "serial"), _run(path, tmp_path / "parallel", num_workers=2)
+    assert serial.name == parallel.name  # the key does not depend on where the cache lies
     for case in ("case0", "case1"):
-        np.testing.assert_array_equal(read_case(tmp_path / "serial", case).image, read_case(tmp_path / "parallel", case).image)
+        np.testing.assert_array_equal(read_case(serial, case).image, read_case(parallel, case).image)
 
 
 def test_preprocessing_in_this_process_keeps_its_thread_count(tmp_path, rng):
@@ -122,7 +128,7 @@ def test_preprocessing_in_this_process_keeps_its_thread_count(tmp_path, rng):
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        preprocess(path, tmp_path / "cache", progress=False)
+        _run(path, tmp_path / "cache")
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(threads)
@@ -135,9 +141,10 @@ def test_scans_named_like_cache_files_and_dot_names_are_trained_on(tmp_path, rng
     entries = [write_scan(folder, name, rng=rng, suffix="") for name in ("plans", ".dot", "x_image")]
     path = folder / "datalist.json"
     write_datalist(path, {"training": entries[:2], "validation": entries[2:]})
-    cache = tmp_path / "cache"
-    assert preprocess(path, cache, progress=False) == ["plans", ".dot", "x_image"]
-    assert len(read_plan(cache)["channels"]) == 1
+    result = preprocess_datalist(path, tmp_path / "cache", progress=False)
+    assert result.cases == {"training": ["plans", ".dot"], "validation": ["x_image"]}
+    assert len(read_plan(tmp_path / "cache")["channels"]) == 1
+    cache = Path(result.cache_dir)
     assert list_cases(cache, "training") == [".dot", "plans"] and list_cases(cache, "validation") == ["x_image"]
     assert read_case(cache, "plans").case == "plans" and read_case(cache, ".dot").image.shape[0] == 1
 
@@ -145,7 +152,7 @@ def test_scans_named_like_cache_files_and_dot_names_are_trained_on(tmp_path, rng
 def test_a_second_run_waits_for_the_cache_lock(tmp_path, rng):
     path = write_dataset(tmp_path / "raw", rng=rng, training=1, validation=0)
     cache = tmp_path / "cache"
-    run = threading.Thread(target=preprocess, args=(path, cache), kwargs=dict(spacing="median", progress=False))
+    run = threading.Thread(target=preprocess_datalist, args=(path, cache), kwargs=dict(spacing="median", progress=False))
     with cache_lock(cache):  # another run holds the cache
         run.start()
         run.join(timeout=3.0)
@@ -154,14 +161,14 @@ def test_a_second_run_waits_for_the_cache_lock(tmp_path, rng):
     assert not run.is_alive() and read_plan(cache)["spacing_mode"] == "median"
 
 
-def test_a_case_left_by_another_plan_is_refused_on_read(tmp_path, rng):
+def test_a_case_copied_from_another_chain_is_refused_on_read(tmp_path, rng):
     path = write_dataset(tmp_path / "raw", rng=rng, training=2, validation=1)
-    cache = tmp_path / "cache"
-    preprocess(path, cache, progress=False)
-    preprocess(path, cache, spacing=[1.4, 1.6, 2.5], splits=("training",), progress=False)
-    assert read_case(cache, "case0").plan_hash == read_plan(cache)["hash"]
-    with pytest.raises(InputError, match="made with plan .* preprocess again"):
-        read_case(cache, "case2")  # still of the 1 mm plan
+    fixed = _run(path, tmp_path / "cache")
+    other = _run(path, tmp_path / "cache", spacing=[1.4, 1.6, 2.5], splits=("training",))
+    for suffix in (".json", "_image.npy", "_mask.npy"):
+        (other / f"case_case2{suffix}").write_bytes((fixed / f"case_case2{suffix}").read_bytes())
+    with pytest.raises(InputError, match="made with preprocessing .* preprocess again"):
+        read_case(other, "case2")
 
 
 def test_constant_scan_warns_naming_the_file(tmp_path, rng):
@@ -172,5 +179,5 @@ def test_constant_scan_warns_naming_the_file(tmp_path, rng):
     data["training"].append({"image": scan.name, "box": [], "label": []})
     path.write_text(json.dumps(data))
     with pytest.warns(UserWarning, match=r"flat.nii.gz: every voxel is 7\b") as caught:
-        preprocess(path, tmp_path / "cache", progress=False)
+        _run(path, tmp_path / "cache")
     assert len([w for w in caught if "every voxel" in str(w.message)]) == 1

@@ -11,7 +11,8 @@ import pytest
 from shared.data.cache import case_files, read_case, read_plan
 from shared.data.dataset import DetectionPatchDataset
 from shared.data.normalize import normalize_image
-from shared.data.pretraining import prepare_pretraining_data, write_folder_datalist
+from shared.data.pretraining import plan_pretraining, prepare_pretraining_data, write_folder_datalist
+from shared.data.transforms_chains import pretraining_chain, training_chain
 from shared.io.datalist import read_datalist, write_datalist
 from shared.io.errors import InputError
 from shared.io.images import save_nifti
@@ -61,33 +62,37 @@ def _datalist(tmp_path, rng) -> Path:
         "unlabelled": [{"image": _scan(tmp_path / f"un{index}.nii.gz", rng)} for index in range(2)]})
 
 
+def _prepare(datalist, cache, **settings):
+    plan = plan_pretraining(datalist, cache, **settings)
+    return prepare_pretraining_data(datalist, cache, preprocessing=pretraining_chain(plan), plan=plan, progress=False)
+
+
 def test_unlabelled_cases_are_resampled_and_z_scored_per_image(tmp_path, rng):
-    data = prepare_pretraining_data(_datalist(tmp_path, rng), tmp_path / "cache", spacing=[1.0, 1.0, 1.0],
-                                    progress=False)
+    data = _prepare(_datalist(tmp_path, rng), tmp_path / "cache", spacing=[1.0, 1.0, 1.0])
     assert data.cases == ["un0", "un1"] and data.splits == ["unlabelled"]
     assert data.in_channels == 1 and data.modality == ["CT"]
     plan = read_plan(tmp_path / "cache")
-    assert plan["hash"] == data.plan["hash"] and plan["channels"][0]["per_image"] is True
+    assert plan == data.plan and plan["channels"][0]["per_image"] is True
     for case in data.cases:
-        cached = read_case(tmp_path / "cache", case)
+        cached = read_case(data.cache_dir, case)
         assert cached.shape == (24, 20, 16) and len(cached.boxes) == 0 and cached.mask is None
         assert abs(float(cached.image.mean())) < 1e-4 and float(cached.image.std()) == pytest.approx(1.0, abs=1e-3)
 
 
 def test_labelled_images_join_without_their_labels_and_reruns_skip(tmp_path, rng):
     datalist = _datalist(tmp_path, rng)
-    data = prepare_pretraining_data(datalist, tmp_path / "cache", include_labelled=True, progress=False)
+    data = _prepare(datalist, tmp_path / "cache", include_labelled=True)
     assert sorted(data.cases) == ["tr", "un0", "un1"]
-    assert len(read_case(tmp_path / "cache", "tr").boxes) == 0
-    stamp = case_files(tmp_path / "cache", "tr").image.stat().st_mtime_ns
-    prepare_pretraining_data(datalist, tmp_path / "cache", include_labelled=True, progress=False)
-    assert case_files(tmp_path / "cache", "tr").image.stat().st_mtime_ns == stamp
+    assert len(read_case(data.cache_dir, "tr").boxes) == 0
+    stamp = case_files(data.cache_dir, "tr").image.stat().st_mtime_ns
+    assert _prepare(datalist, tmp_path / "cache", include_labelled=True).cache_dir == data.cache_dir
+    assert case_files(data.cache_dir, "tr").image.stat().st_mtime_ns == stamp
 
 
 def test_patches_without_boxes_come_from_the_cache(tmp_path, rng):
-    data = prepare_pretraining_data(_datalist(tmp_path, rng), tmp_path / "cache", progress=False)
-    dataset = DetectionPatchDataset(tmp_path / "cache", data.cases, 8, iterations_per_epoch=2, batch_size=2,
-                                    foreground_fraction=0.0, augmentation={"rotate_boxes_only_cases": True})
+    data = _prepare(_datalist(tmp_path, rng), tmp_path / "cache")
+    chain = training_chain(8, batch_size=2, foreground_fraction=0.0)
+    dataset = DetectionPatchDataset(data.cache_dir, data.cases, chain, iterations_per_epoch=2, batch_size=2)
     sample = dataset[3]
     assert tuple(sample["image"].shape) == (1, 8, 8, 8) and len(sample["boxes"]) == 0
 
@@ -95,6 +100,6 @@ def test_patches_without_boxes_come_from_the_cache(tmp_path, rng):
 def test_empty_splits_are_an_input_error(tmp_path, rng):
     datalist = write_datalist(tmp_path / "datalist.json", {"training": [{"image": _scan(tmp_path / "a.nii.gz", rng)}]})
     with pytest.raises(InputError, match="no scan to pre-train on"):
-        prepare_pretraining_data(datalist, tmp_path / "cache", progress=False)
+        _prepare(datalist, tmp_path / "cache")
     assert not (tmp_path / "cache").exists()
     assert json.loads(Path(datalist).read_text())["training"]

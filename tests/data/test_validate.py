@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from tests._cases import spaced_affine, write_dataset
-from shared.data.preprocess import preprocess
+from shared.data.preprocess import preprocess_datalist
 from shared.data.validate import case_id, validate_datalist
 from shared.io.errors import InputError
 from shared.io.images import save_nifti
@@ -108,7 +108,7 @@ def test_bad_input_names_file_and_writes_nothing(tmp_path, rng, problem):
     change, culprit, message = BAD[problem]
     _edit(path, lambda data: change(data["training"][0], tmp_path / "raw"))
     with pytest.raises(InputError, match=message) as caught:
-        preprocess(path, tmp_path / "cache", progress=False)
+        preprocess_datalist(path, tmp_path / "cache", progress=False)
     assert caught.value.source.endswith(culprit)
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
 
@@ -117,7 +117,7 @@ def test_unreadable_datalist_and_empty_split(tmp_path):
     path = tmp_path / "d.json"
     path.write_text("[1, 2")
     with pytest.raises(InputError) as caught:
-        preprocess(path, tmp_path / "cache", progress=False)
+        preprocess_datalist(path, tmp_path / "cache", progress=False)
     assert caught.value.source == str(path)
     path.write_text('{"training": [], "validation": []}')
     with pytest.raises(InputError, match="'training' split is empty"):
@@ -154,7 +154,7 @@ def test_truncated_int16_scan_in_validation_is_refused_before_anything_is_writte
     _truncate(scan, 0.6)
     _edit(path, lambda data: data["validation"][0].update(image=scan.name))
     with pytest.raises(InputError, match="truncated") as caught:
-        preprocess(path, tmp_path / "cache", progress=False)
+        preprocess_datalist(path, tmp_path / "cache", progress=False)
     assert caught.value.source == str(scan)
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
 
@@ -179,7 +179,7 @@ def test_absurd_spacing_is_refused_before_anything_is_written(tmp_path, rng, spa
     save_nifti(scan, np.zeros((20, 18, 12), np.int16), spaced_affine(spacing=(spacing,) * 3))
     _edit(path, lambda data: data["validation"][0].update(image=scan.name, box=[], label=[], mask=None))
     with pytest.raises(InputError, match=problem) as caught:
-        preprocess(path, tmp_path / "cache", progress=False)
+        preprocess_datalist(path, tmp_path / "cache", progress=False)
     assert caught.value.source == str(scan)
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
 
@@ -229,11 +229,11 @@ def test_object_at_the_border_of_an_oblique_scan_is_accepted(tmp_path, with_mask
     path = tmp_path / "datalist.json"
     write_datalist(path, {"training": [entry], "validation": []})
     validate_datalist(path)
-    preprocess(path, tmp_path / "cache", progress=False)
+    folder = preprocess_datalist(path, tmp_path / "cache", progress=False).cache_dir
     if not with_mask:  # the training boxes are the hulls: they contain the objects (z resampled 1.25 → 1 mm)
         from shared.data.cache import read_case
 
-        cached = read_case(tmp_path / "cache", "case0").boxes
+        cached = read_case(folder, "case0").boxes
         scaled = boxes * np.array([1, 1, 1.25, 1, 1, 1.25])
         assert np.all(cached[:, :3] <= scaled[:, :3] + 1e-3) and np.all(cached[:, 3:] >= scaled[:, 3:] - 1e-3)
     entry["box"][1][0] = -entry["box"][1][0] + 40.0  # x in RAS, not LPS: the centre leaves the scan

@@ -3,7 +3,10 @@
 import pytest
 
 from shared.networks.retina_unet import RetinaUNetNetwork
-from shared.engines.detection_setup import plan_encoder, prepare_detection_data, read_model_plan, trained_encoder
+from shared.data.plan import plan_dataset
+from shared.data.transforms_chains import preprocessing_chain
+from shared.engines.detection_setup import (plan_anchors, plan_encoder, prepare_detection_data, read_model_plan,
+                                            trained_encoder)
 from shared.io.errors import InputError
 from tests._cases import spaced_affine, write_dataset
 
@@ -17,7 +20,7 @@ def test_patch_not_divisible_by_the_total_stride_is_refused_before_preprocessing
     patch = [24, 24, 24] if network_stride else [36, 36, 36]
     with pytest.raises(InputError, match=f"not divisible by the network's total stride {stride_named}"):
         prepare_detection_data(tmp_path / "missing.json", tmp_path / "cache", tmp_path / "out", in_channels=1,
-                               num_classes=1, patch_size=patch, detection_strides=[4, 8],
+                               preprocessing=None, plan={}, num_classes=1, patch_size=patch, detection_strides=[4, 8],
                                network_stride=network_stride)
     assert not (tmp_path / "cache").exists()
 
@@ -26,7 +29,7 @@ def test_the_patch_check_is_per_axis_on_an_anisotropic_network(tmp_path):
     # total stride (8, 8, 4): a 16-voxel z fits, a 32 × 32 × 12 patch does not (12 % 8 would, too, under a max)
     with pytest.raises(InputError, match=r"total stride \[8, 8, 4\]: choose multiples of \[8, 8, 4\]"):
         prepare_detection_data(tmp_path / "missing.json", tmp_path / "cache", tmp_path / "out", in_channels=1,
-                               num_classes=1, patch_size=[32, 32, 6], detection_strides=[[4, 4, 2], [8, 8, 4]],
+                               preprocessing=None, plan={}, num_classes=1, patch_size=[32, 32, 6], detection_strides=[[4, 4, 2], [8, 8, 4]],
                                network_stride=(8, 8, 4))
     assert not (tmp_path / "cache").exists()
 
@@ -49,7 +52,9 @@ def test_median_spacing_plans_per_axis_strides_recorded_for_inference(tmp_path, 
                        "kernel_sizes": [[3, 3, 1], 3, 3, 3]}
     network = RetinaUNetNetwork(1, 2, encoder=encoder, decoder_channels=16, detection_strides=[4, 8], num_anchors=27)
     assert network.detection_strides == ((4, 4, 2), (8, 8, 4))
-    data = prepare_detection_data(datalist, cache, out, spacing="median", in_channels=1, num_classes=2,
+    plan = plan_dataset(datalist, cache, spacing="median")
+    chain = dict(preprocessing=preprocessing_chain(plan), plan=plan, plan_detector=plan_anchors)
+    data = prepare_detection_data(datalist, cache, out, **chain, in_channels=1, num_classes=2,
                                   patch_size=[32, 32, 16], detection_strides=network.detection_strides,
                                   network_stride=network.encoder.feature_info[-1]["stride"], encoder=encoder)
     plan = read_model_plan(out)
@@ -60,7 +65,7 @@ def test_median_spacing_plans_per_axis_strides_recorded_for_inference(tmp_path, 
     assert {k: v.shape for k, v in rebuilt.state_dict().items()} == shapes
     assert trained_encoder(out, ISOTROPIC) == encoder  # inference rebuilds the planned encoder
     assert trained_encoder(tmp_path / "untrained", ISOTROPIC) == ISOTROPIC
-    prepare_detection_data(datalist, cache, tmp_path / "without", spacing="median", in_channels=1, num_classes=2,
+    prepare_detection_data(datalist, cache, tmp_path / "without", **chain, in_channels=1, num_classes=2,
                            patch_size=[32, 32, 16], detection_strides=[4, 8])
     assert "encoder" not in read_model_plan(tmp_path / "without")  # plans of bundles not passing one: unchanged
     assert trained_encoder(tmp_path / "without", ISOTROPIC) == ISOTROPIC
@@ -94,6 +99,7 @@ def test_the_detector_bundles_plan_the_encoder_for_median_spacing_and_inference_
     inference.read_config(str(configs / "inference.json"))
     for key in ("output_dir", "encoder", "decoder_channels", "detection_strides"):
         inference[key] = settings[key]
+    inference["model_dir"] = settings["output_dir"]  # the trained model, wherever inference.json looks by default
     rebuilt = inference.get_parsed_content("network_def")
     assert rebuilt.encoder.strides == network.encoder.strides
     shapes = {k: v.shape for k, v in network.state_dict().items()}

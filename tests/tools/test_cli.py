@@ -39,7 +39,7 @@ def test_preprocess_tool_as_a_user_runs_it(tmp_path):
 def test_tool_functions(tmp_path, rng):
     path = write_dataset(tmp_path / "raw", rng=rng, training=2, validation=1)
     preprocess_main(str(path), str(tmp_path / "cache"), spacing=(2, 2, 2), splits="training")
-    assert list_cases(tmp_path / "cache") == ["case0", "case1"]
+    assert list_cases(next((tmp_path / "cache").glob("*/preprocessing.json")).parent) == ["case0", "case1"]
     assert "wrote" in convert.datalist_to_nndetection(str(path), str(tmp_path / "Task"))
     summary = convert.nndetection_to_datalist(str(tmp_path / "Task"), str(tmp_path / "back.json"), validation_fraction=0.3)
     assert summary.endswith("2 training, 1 validation, 0 test")
