@@ -26,8 +26,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from shared.encoders import build_encoder
+from shared.encoders.base import Encoder
 from shared.ssl.ema import MomentumTeacher
 
+#: ResEnc-L, the paper's pre-training encoder
+DEFAULT_ENCODER_SPEC: dict[str, Any] = {"name": "resenc", "preset": "paper"}
 NORMS = ("layer", "batch", "none")
 EPSILON = 1e-6
 
@@ -52,16 +56,18 @@ class ProjectionHead(nn.Module):
         hidden_channels: width of the hidden layers.
         out_channels: width of the embedding.
         hidden_layers: number of hidden layers (VoCo: 2).
-        norm: ``"layer"`` normalises each crop's vector on its own (nnssl's ``InstanceNorm1d`` on
-            (N, C) does this), so a crop's embedding does not depend on the others in the batch;
-            ``"batch"`` uses statistics over the crops (VoCo's code); ``"none"``. No affine parameters.
+        norm: ``"batch"`` normalises each feature over the crops of the batch (VoCo's code), which
+            centres the embeddings so that unrelated crops start near cosine 0; ``"layer"`` normalises
+            each crop's vector on its own (what nnssl's ``InstanceNorm1d`` on (N, C) does): a crop's
+            embedding then does not depend on the batch, but all cosines start near 1 (docs/voco.md);
+            ``"none"``. No affine parameters, no running statistics.
 
     Shape:
         (N, in_channels) → (N, out_channels).
     """
 
     def __init__(self, in_channels: int, *, hidden_channels: int = 2048, out_channels: int = 2048,
-                 hidden_layers: int = 2, norm: str = "layer"):
+                 hidden_layers: int = 2, norm: str = "batch"):
         super().__init__()
         if norm not in NORMS:
             raise ValueError(f"norm: expected one of {NORMS}, got {norm!r}")
@@ -128,8 +134,10 @@ class VolumeContrast(nn.Module):
     """VoCo pre-training around an encoder: projector, momentum teacher and loss.
 
     Args:
-        encoder: a project encoder (``forward(x) -> list`` fine → coarse, ``feature_info``); it is the
-            student's and what ``export_encoder`` saves (``self.encoder``, keys as for MAE).
+        in_channels: input channels of the crops.
+        encoder_spec: a spec for :func:`shared.encoders.build_encoder` or a built encoder (ResEnc-L by
+            default); it is the student's and what ``export_encoder`` saves (``self.encoder``, keys
+            as for MAE).
         hidden_channels, out_channels, hidden_layers, norm: the projector (:class:`ProjectionHead`).
         teacher_momentum: momentum of the EMA teacher (encoder + projector); ``None`` trains without
             a teacher (the base features are the student's, detached), the ablation.
@@ -142,13 +150,14 @@ class VolumeContrast(nn.Module):
     ``MomentumUpdate(model.teacher)`` (:mod:`shared.ssl.ema`) among the trainer's handlers.
     """
 
-    def __init__(self, encoder: nn.Module, *, hidden_channels: int = 2048, out_channels: int = 2048,
-                 hidden_layers: int = 2, norm: str = "layer", teacher_momentum: float | None = 0.9,
-                 symmetric: bool = True, prediction_weight: float = 1.0, regularization_weight: float = 1.0):
+    def __init__(self, in_channels: int, *, encoder_spec: dict[str, Any] | Encoder | None = None,
+                 hidden_channels: int = 2048, out_channels: int = 2048, hidden_layers: int = 2, norm: str = "batch",
+                 teacher_momentum: float | None = 0.9, symmetric: bool = True, prediction_weight: float = 1.0,
+                 regularization_weight: float = 1.0):
         super().__init__()
-        self.encoder = encoder
-        in_channels = sum(int(level["channels"]) for level in encoder.feature_info)
-        self.projector = ProjectionHead(in_channels, hidden_channels=hidden_channels, out_channels=out_channels,
+        self.encoder = build_encoder(DEFAULT_ENCODER_SPEC if encoder_spec is None else encoder_spec, in_channels)
+        pooled_channels = sum(int(level["channels"]) for level in self.encoder.feature_info)
+        self.projector = ProjectionHead(pooled_channels, hidden_channels=hidden_channels, out_channels=out_channels,
                                         hidden_layers=hidden_layers, norm=norm)
         self.teacher: MomentumTeacher | None = None
         if teacher_momentum is not None:

@@ -30,7 +30,7 @@ def tiny_model(seed: int = 0, in_channels: int = 1, **options) -> VolumeContrast
     # zero-initialised residual branches would pass no gradient to their first conv at step 0
     encoder = ResidualEncoder(in_channels, features=(4, 8), strides=(1, 2), blocks_per_stage=1,
                               zero_init_residual=False)
-    return VolumeContrast(encoder, hidden_channels=16, out_channels=16, **options)
+    return VolumeContrast(in_channels, encoder_spec=encoder, hidden_channels=16, out_channels=16, **options)
 
 
 def crop_batches(count: int, seed: int = 0, volumes: torch.Tensor | None = None, batch: int = 2) -> list[dict]:
@@ -111,7 +111,7 @@ def test_the_teacher_embeds_the_base_crops():
     out = model(batch["base_crops"], batch["target_crops"], batch["overlaps"], return_similarity=True)
     crops = torch.cat([batch["base_crops"].flatten(0, 1), batch["target_crops"].flatten(0, 1)])
     student = model.embed(model.encoder, model.projector, crops)[8:].unflatten(0, (2, 3))
-    teacher = model.teacher_embed(crops)[:8].unflatten(0, (2, 4))
+    teacher = model.teacher_embed(crops[:8]).unflatten(0, (2, 4))  # not symmetric: the base crops only
     torch.testing.assert_close(out["similarity"], overlap_similarity(student, teacher))
     assert out["similarity"].shape == (2, 3, 4) and not out["similarity"].requires_grad
     own = overlap_similarity(student, model.embed(model.encoder, model.projector, crops)[:8].unflatten(0, (2, 4)))
@@ -179,8 +179,9 @@ def test_loss_falls_with_the_teacher_on_a_tiny_problem():
     torch.manual_seed(0)
     model = tiny_model(seed=0, in_channels=2)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    losses = train(model, optimizer, crop_batches(40, seed=0, volumes=ramp_volumes(4)))
-    assert sum(losses[-5:]) < 0.6 * sum(losses[:5])
+    losses = train(model, optimizer, crop_batches(60, seed=0, volumes=ramp_volumes(4)))
+    # seeds 0, 1, 2 reach 0.30, 0.21, 0.33 of the first steps' loss (docs/voco.md)
+    assert sum(losses[-5:]) < 0.5 * sum(losses[:5])
 
 
 def test_mismatched_shapes_raise():

@@ -55,7 +55,7 @@ def test_overlap_matrix_puts_labels_beside_predictions():
 def test_step_returns_scalar_losses_and_logs_both_pictures_on_schedule(tmp_path):
     torch.manual_seed(0)
     encoder = ResidualEncoder(1, features=(2, 4), strides=(1, 2), blocks_per_stage=1)
-    model = VolumeContrast(encoder, hidden_channels=8, out_channels=8)
+    model = VolumeContrast(1, encoder_spec=encoder, hidden_channels=8, out_channels=8)
     transform = VoCoCropsd("image", base_counts=(2, 2, 1), crop_size=4, num_targets=3, target_margin=(1, 1, 0))
     transform.set_random_state(0)
     batch = list_data_collate([transform({"image": torch.randn(1, 10, 10, 4)}) for _ in range(2)])
