@@ -1,7 +1,8 @@
 """Throughput of the training data pipeline: samples per second of one process (one DataLoader worker).
 
 Writes a synthetic cache of CT-sized cases (normalised noise, spheres as instances) into a temporary
-folder, then times :class:`shared.data.dataset.DetectionPatchDataset` with one thread::
+folder, then times :class:`shared.data.dataset.DetectionPatchDataset` with the bundles' training chain
+(:mod:`shared.data.transforms_chains`) and one thread::
 
     python -m tools.benchmarks.bench_sampling --patch_sizes "[96,128]" --samples 20
 """
@@ -18,12 +19,21 @@ import numpy as np
 import torch
 
 from shared.boxes.convention import boxes_from_instance_mask
-from shared.data.augment import AugmentationSettings
+from monai.transforms import Compose
+
 from shared.data.cache import case_files
 from shared.data.dataset import DetectionPatchDataset
+from shared.data.transforms_chains import training_chain
 
-#: Every augmentation on for every sample: the worst case.
-ALL_ON = {key: 1.0 for key in AugmentationSettings().to_spec() if key.endswith("probability") and key != "mirror_probability"}
+
+def _chain(size: int, name: str) -> Compose:
+    """"none": the patch only; "default": the bundles' chain; "all_on": every random transform at probability 1."""
+    chain = training_chain(size, batch_size=1, augment=name != "none")
+    if name == "all_on":
+        for transform in chain.transforms:
+            if hasattr(transform, "prob") and type(transform).__name__ != "RandMirrorPatchd":
+                transform.prob = 1.0
+    return chain
 
 
 def write_synthetic_cache(folder: Path, *, cases: int = 2, shape: tuple[int, int, int] = (256, 256, 200), seed: int = 0) -> list[str]:
@@ -46,7 +56,7 @@ def write_synthetic_cache(folder: Path, *, cases: int = 2, shape: tuple[int, int
         meta = {"case": name, "split": "training", "image": [f"{name}_0000.nii.gz"], "mask": f"{name}.nii.gz",
                 "boxes": boxes.tolist(), "labels": [0] * len(ids), "instances": ids.tolist(), "shape": list(shape),
                 "affine": np.eye(4).tolist(), "original_affine": np.eye(4).tolist(), "original_shape": list(shape),
-                "plan_hash": "benchmark"}
+                "cache_key": "benchmark"}
         files.record.write_text(json.dumps(meta))
         names.append(name)
     return names
@@ -58,9 +68,9 @@ def benchmark(patch_sizes: tuple[int, ...] = (96, 128), samples: int = 20, shape
     with tempfile.TemporaryDirectory() as folder:
         cases = write_synthetic_cache(Path(folder), shape=tuple(shape))
         for size in patch_sizes:
-            for name, augmentation in (("none", None), ("default", {}), ("all_on", ALL_ON)):
-                dataset = DetectionPatchDataset(folder, cases, size, iterations_per_epoch=samples, batch_size=1,
-                                                augmentation=augmentation)
+            for name in ("none", "default", "all_on"):
+                dataset = DetectionPatchDataset(folder, cases, _chain(size, name), iterations_per_epoch=samples,
+                                                batch_size=1)
                 dataset[0]  # page the files in
                 start, start_cpu = time.perf_counter(), time.process_time()
                 for index in range(samples):
