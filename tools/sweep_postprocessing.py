@@ -4,16 +4,17 @@
         --dataset_dir data/lung_ct [--config_overrides configs/quick.json] \\
         [--cluster_iou 0.3,0.5,0.7] [--score_threshold 0.05,0.1,0.2,0.3] [--min_size 0.01,2,4]
 
-Builds the bundle's network from its ``train.json`` (plus override files such as ``quick.json``), loads
-``model_dir/model.pt`` and ``model_dir/model_plan.json``, and runs the sliding window once per cached
-validation case, keeping every (tile, flip) stream's detections. Each grid point then only re-clusters
+Builds the bundle's detectors as its inference does (the ``detectors`` of ``train.json`` + ``inference.json``
+plus override files such as ``quick.json``: ``model_dir/model.pt`` and ``model_dir/model_plan.json``), and
+runs the sliding window once per cached validation case, keeping every (tile, flip) stream's detections. Each grid point then only re-clusters
 those streams (weighted box clustering, score and size filters), so the grid costs one network pass per
 case. The setting with the best ``AP_IoU_0.10_MaxDet_100`` (ties: the first in grid order) is written to
 ``model_dir/postprocessing.json``, which the bundles' ``inference.json`` reads through
 :func:`shared.engines.inference.tuned_settings`.
 
 The per-stream post-processing (score threshold, NMS IoU of each tile) stays the detector's own: the
-streams are cached after it, exactly as inference computes them.
+streams are cached after ``detector.predict``, exactly as inference computes them. Only the detector
+interface is used (:mod:`shared.detectors.interface`), so any detector a bundle declares can be swept.
 """
 
 from __future__ import annotations
@@ -92,31 +93,39 @@ def _parse_values(value: Any) -> tuple[float, ...]:
 
 
 def _bundle_parts(bundle: str, model_dir: str, dataset_dir: str | None, overrides: Sequence[str]):
-    """The network with the trained weights, the model plan, the cache and the bundle's inference settings."""
+    """The trained detectors, the model plan, the cache of the validation cases and the inference settings."""
     from monai.bundle import ConfigParser
 
-    from shared.checkpoints.weights import load_weights
     from shared.engines.detection_setup import read_model_plan
 
     configs = Path(bundle) / "configs"
-    files = [configs / "train.json"] + [Path(p) if Path(p).is_file() else configs / p for p in overrides]
+    files = [configs / "train.json", configs / "inference.json"]
+    files += [Path(p) if Path(p).is_file() else configs / p for p in overrides]
     for path in files:
         if not path.is_file():
             raise InputError(path, "config file not found")
     parser = ConfigParser()
     parser.read_config([str(path) for path in files])
-    parser["output_dir"] = str(model_dir)
+    parser["output_dir"] = parser["model_dir"] = str(model_dir)
     if dataset_dir is not None:
         parser["dataset_dir"] = str(dataset_dir)
     plan = read_model_plan(model_dir)
-    network = load_weights(parser.get_parsed_content("network_def"), Path(model_dir) / "model.pt")
+    detectors = parser.get_parsed_content("detectors")
     inference = dict(parser.get_parsed_content("inference"))
-    return network.eval(), plan, parser.get_parsed_content("cache_dir"), inference
+    # the cases sit under the key of the preprocessing chain that trained the model (model_plan.json)
+    cache_dir = Path(parser.get_parsed_content("cache_dir"))
+    if plan.get("cache_key"):
+        cache_dir = cache_dir / plan["cache_key"]
+    return [detector.eval() for detector in detectors], plan, cache_dir, inference
 
 
-def collect_streams(detector, cache_dir: str | os.PathLike, patch_size: Sequence[int], inference: dict[str, Any],
+def collect_streams(detectors, cache_dir: str | os.PathLike, patch_size: Sequence[int], inference: dict[str, Any],
                     *, device: torch.device) -> tuple[list[VolumeStreams], list[dict[str, torch.Tensor]]]:
-    """Network pass over every cached validation case: (streams, targets) per case."""
+    """Network pass of a detector (or a list: an ensemble) over every cached validation case.
+
+    Returns:
+        (streams, targets) per case: :class:`VolumeStreams` and ``{"boxes": (N, 6), "labels": (N,)}``.
+    """
     cases = list_cases(cache_dir, "validation")
     if not cases:
         raise InputError(cache_dir, "no validation cases in the cache: train the bundle first (it preprocesses the "
@@ -127,7 +136,7 @@ def collect_streams(detector, cache_dir: str | os.PathLike, patch_size: Sequence
     for index in range(len(dataset)):
         case = dataset[index]
         image = case["image"].to(device)
-        streams.append(predict_streams(detector, image, patch_size=patch_size, **stream_settings))
+        streams.append(predict_streams(detectors, image, patch_size=patch_size, **stream_settings))
         targets.append({"boxes": case["boxes"], "labels": case["labels"]})
     return streams, targets
 
@@ -145,7 +154,7 @@ def sweep(
     """Sweep the consolidation settings on the validation split and write ``model_dir/postprocessing.json``.
 
     Args:
-        bundle: the bundle folder (its ``configs/train.json`` builds the network).
+        bundle: the bundle folder (its ``configs/train.json`` and ``inference.json`` build the detectors).
         model_dir: the trained model: ``model.pt``, ``model_plan.json`` and the ``cache`` of training.
         dataset_dir: the data set the bundle trained on (default: the config's).
         config_overrides: extra config files merged over ``train.json`` (names in the bundle's
@@ -156,14 +165,12 @@ def sweep(
     Returns:
         The written file's content: ``{"settings", "metric", "value", "grid", "results"}``.
     """
-    from shared.detectors.retina_unet import RetinaUNetDetector
-
     check_writable_folder(model_dir, what="model_dir (postprocessing.json is written there)")
     overrides = config_overrides.split(",") if isinstance(config_overrides, str) else list(config_overrides)
-    network, plan, cache_dir, inference = _bundle_parts(bundle, model_dir, dataset_dir, [o for o in overrides if o])
+    detectors, plan, cache_dir, inference = _bundle_parts(bundle, model_dir, dataset_dir, [o for o in overrides if o])
     run_on = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    detector = RetinaUNetDetector(network, anchor_sizes=plan["anchor_sizes"]).to(run_on).eval()
-    streams, targets = collect_streams(detector, cache_dir, plan["patch_size"], inference, device=run_on)
+    detectors = [detector.to(run_on) for detector in detectors]
+    streams, targets = collect_streams(detectors, cache_dir, plan["patch_size"], inference, device=run_on)
     grid = {"cluster_iou": _parse_values(cluster_iou), "score_threshold": _parse_values(score_threshold),
             "min_size": _parse_values(min_size)}
     results = sweep_streams(streams, targets, plan["class_names"], grid,

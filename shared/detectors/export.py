@@ -1,4 +1,14 @@
-"""A trace-friendly view of a Retina U-Net network, and the way back to its dict outputs.
+"""Export of detectors to TorchScript by tracing, and the trace-friendly views of a Retina U-Net network.
+
+The documented, tested export path is tracing: :func:`trace_detector` traces a detector's
+``export_network()`` (tensors in, the tuple of tensors its ``output_spec`` declares out) and
+:func:`exported_detections` turns the traced module's outputs back into the detections of
+``detector.predict`` through ``detector.detections_from_outputs``, for any detector of the interface
+(:mod:`shared.detectors.interface`). Scripting (``torch.jit.script``) is not supported: the modules use
+postponed annotations (``from __future__ import annotations``) and Python containers the compiler
+rejects (``Unknown type annotation: 'int'``). A bundle exports its ``network_def`` with
+``ckpt_export ... --network_def#dense_output True --use_trace True``, the same tensor as
+:class:`DenseOutputNetwork`.
 
 ``torch.jit.trace`` accepts dict outputs only when every value is a tensor or every value a tuple of
 tensors (with ``strict=False``); the network's contract mixes lists of per-level tensors with the
@@ -14,11 +24,71 @@ A network built with ``dense_output=True`` returns one (B, K + 6, M) tensor inst
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
+import torch
 from torch import Tensor, nn
 
+from shared.detectors.anchors import flatten_head_outputs
 from shared.detectors.box_coder import BOX_DELTAS
 from shared.layers.strides import per_axis
+
+if TYPE_CHECKING:
+    from shared.detectors.interface import Detector
+
+
+def trace_detector(detector: Detector, example: Tensor) -> torch.jit.ScriptModule:
+    """TorchScript of ``detector.export_network()`` by tracing on ``example`` (B, C, X, Y, Z), in eval mode.
+
+    The trace holds at other spatial sizes the network accepts (the heads are convolutions; tested).
+    """
+    was_training = detector.training
+    network = detector.export_network().eval()
+    with torch.no_grad():
+        traced = torch.jit.trace(network, example)
+    detector.train(was_training)
+    return traced
+
+
+@torch.no_grad()
+def exported_detections(detector: Detector, exported: nn.Module, images: Tensor) -> list[dict[str, Tensor]]:
+    """Detections of ``images`` (B, C, X, Y, Z) by an exported network: what ``detector.predict`` gives.
+
+    Args:
+        detector: the detector the network was exported from (its post-processing and output spec).
+        exported: the traced (or loaded ``torch.jit.load``) export network.
+        images: (B, C, X, Y, Z).
+
+    Returns:
+        per image ``{"boxes": (N, 6) xyzxyz voxel, "scores": (N,), "labels": (N,) int64}``.
+    """
+    outputs = exported(images)
+    outputs = (outputs,) if isinstance(outputs, Tensor) else tuple(outputs)
+    return detector.detections_from_outputs(outputs, tuple(images.shape[2:]))
+
+
+class DenseOutputNetwork(nn.Module):
+    """A Retina U-Net network's heads as one tensor, in a 1-tuple: ``((B, K + 6, M),)``.
+
+    The same tensor as ``RetinaUNetNetwork(..., dense_output=True)`` (per anchor its K class logits then
+    its 6 box deltas, anchors ordered level → x → y → z → anchor), without rebuilding the network.
+
+    Args:
+        network: the Retina U-Net network (its parameters are this module's, under ``network.``).
+    """
+
+    def __init__(self, network: nn.Module):
+        super().__init__()
+        self.network = network
+        self.num_classes = int(network.num_classes)
+        self.train(network.training)
+
+    def forward(self, images: Tensor) -> tuple[Tensor]:
+        """(B, C, X, Y, Z) → ``((B, K + 6, M),)``."""
+        outputs = self.network(images)
+        cls = flatten_head_outputs(outputs["cls_logits"], self.num_classes)  # (B, M, K)
+        deltas = flatten_head_outputs(outputs["box_regression"], BOX_DELTAS)  # (B, M, 6)
+        return (torch.cat([cls, deltas], dim=2).transpose(1, 2),)
 
 
 class FlatOutputNetwork(nn.Module):

@@ -3,7 +3,8 @@
 The network (``RetinaUNetNetwork``) is the only module with parameters; this class adds anchors,
 matching, box coding, the three losses and post-processing around it, each a separate object, so a
 bundle's ``network_def`` can be the bare network (``verify_net_in_out``, TorchScript export) while
-training and inference wrap it here.
+training and inference wrap it here. It implements :class:`shared.detectors.interface.Detector`; its
+anchors come from :func:`shared.detectors.planning.plan_retina_unet`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from torch import Tensor, nn
 
 from shared.detectors.anchors import AnchorGenerator, flatten_head_outputs
 from shared.detectors.box_coder import BOX_DELTAS, BoxCoder
+from shared.detectors.export import DenseOutputNetwork, split_dense_output
+from shared.detectors.interface import Detector, ExportedOutput, OutputSpec
 from shared.detectors.matching import ATSSMatcher
 from shared.detectors.postprocess import DetectionPostprocessor
 from shared.losses.box_regression import DeltaL1Loss
@@ -25,7 +28,7 @@ from shared.losses.segmentation import SegmentationLoss
 DEFAULT_LOSS_WEIGHTS = {"classification": 1.0, "box_l1": 1.0, "box_giou": 1.0, "segmentation": 1.0}
 
 
-class RetinaUNetDetector(nn.Module):
+class RetinaUNetDetector(Detector):
     """Retina U-Net training losses and inference around a network with the project's head contract.
 
     Args:
@@ -125,6 +128,36 @@ class RetinaUNetDetector(nn.Module):
         """Detections per image: ``{"boxes": (M, 6) xyzxyz voxel, "scores": (M,), "labels": (M,)}``."""
         outputs = self.network(images)
         return self.postprocessor(outputs["cls_logits"], outputs["box_regression"], tuple(images.shape[2:]))
+
+    @property
+    def score_threshold(self) -> float:
+        """The per-image (per-tile) score threshold of :meth:`predict`."""
+        return self.postprocessor.score_threshold
+
+    @property
+    def min_size(self) -> float:
+        """The per-image (per-tile) smallest box side of :meth:`predict`."""
+        return self.postprocessor.min_size
+
+    @property
+    def output_spec(self) -> OutputSpec:
+        """One output ``"pred"`` (B, K + 6, M): per anchor its K class logits, then its 6 box deltas."""
+        classes = f"0-{self.num_classes - 1}" if self.num_classes > 1 else "0"
+        deltas = f"{self.num_classes}-{self.num_classes + BOX_DELTAS - 1}"
+        return OutputSpec((ExportedOutput("pred", self.num_classes + BOX_DELTAS, {
+            classes: "class logits per anchor", deltas: "box deltas per anchor"}),))
+
+    def export_network(self) -> nn.Module:
+        """The network with its heads flattened into one (B, K + 6, M) tensor (returned as a 1-tuple)."""
+        return DenseOutputNetwork(self.network)
+
+    @torch.no_grad()
+    def detections_from_outputs(self, outputs, image_shape) -> list[dict[str, Tensor]]:
+        """The exported (B, K + 6, M) tensor → the detections of :meth:`predict`."""
+        self.output_spec.check(outputs)
+        heads = split_dense_output(outputs[0], image_shape, self.network.detection_strides,
+                                   self.anchor_generator.num_anchors, self.num_classes)
+        return self.postprocessor(heads["cls_logits"], heads["box_regression"], tuple(image_shape))
 
     def compute_losses(self, outputs: Mapping, targets: Mapping, image_shape: Sequence[int]) -> dict[str, Tensor]:
         """Loss terms and their weighted sum ``"loss"`` from the network's raw outputs.

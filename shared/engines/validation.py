@@ -1,6 +1,9 @@
 """Validation during training: sliding-window detection on whole cached validation cases, scored with
 the project's detection metrics (key metric AP@IoU 0.1).
 
+The detector is used only through its interface (``predict``, :mod:`shared.detectors.interface`), by
+the same inferer as inference (:class:`shared.inference.inferer.SlidingWindowDetectionInferer`).
+
 IoU does not change under the axis-aligned scaling between the cached grid and world millimetres, so
 predictions and ground truth are compared in the cached voxel grid directly.
 """
@@ -15,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from shared.data.dataset import ValidationCaseDataset
-from shared.inference.sliding_window import predict_volume
+from shared.inference.inferer import SlidingWindowDetectionInferer
 from shared.metrics.ignite import DetectionMetrics
 
 
@@ -25,9 +28,12 @@ class DetectionValidator:
     Args:
         cache_dir: the preprocessed cache; cases: the validation case ids in it.
         class_names: one name per class (metric keys are prefixed with them).
-        patch_size: sliding-window tile size, as in training.
-        inference: keyword arguments of :func:`shared.inference.sliding_window.predict_volume`
-            (overlap, mirror, batch_size, score_threshold, ...).
+        patch_size: sliding-window tile size, as in training (when no ``inferer`` is given).
+        inference: the inferer's settings, keyword arguments of
+            :func:`shared.inference.sliding_window.predict_volume` (overlap, mirror, batch_size,
+            score_threshold, ...), when no ``inferer`` is given.
+        inferer: ``inferer(images (1, C, X, Y, Z), detector) -> {"boxes", "scores", "labels"}``; default a
+            :class:`SlidingWindowDetectionInferer` of ``patch_size`` and ``inference``.
         device: where to run.
     """
 
@@ -37,8 +43,9 @@ class DetectionValidator:
         cases: Sequence[str],
         *,
         class_names: Sequence[str],
-        patch_size: Sequence[int],
+        patch_size: Sequence[int] | None = None,
         inference: dict[str, Any] | None = None,
+        inferer: Any = None,
         device: str | torch.device = "cpu",
     ):
         if not len(cases):
@@ -46,15 +53,17 @@ class DetectionValidator:
         # in distributed runs each rank takes every world_size-th case; DetectionMetrics gathers them
         self.dataset = ValidationCaseDataset(cache_dir, list(cases)[idist.get_rank()::idist.get_world_size()])
         self.class_names = list(class_names)
-        self.patch_size = tuple(int(size) for size in patch_size)
-        self.inference = dict(inference or {})
+        if inferer is None:
+            if patch_size is None:
+                raise ValueError("DetectionValidator needs an inferer or the patch_size of one")
+            inferer = SlidingWindowDetectionInferer(patch_size, inference)
+        self.inferer = inferer
         self.device = torch.device(device)
 
     @torch.no_grad()
     def __call__(self, detector: nn.Module) -> dict[str, float]:
         metric = DetectionMetrics(self.class_names)
-        for found, target in predict_cases(detector, self.dataset, patch_size=self.patch_size,
-                                           inference=self.inference, device=self.device):
+        for found, target in predict_cases(detector, self.dataset, self.inferer, device=self.device):
             metric.update(([found], [target]))
         return metric.compute()
 
@@ -63,29 +72,26 @@ class DetectionValidator:
 def predict_cases(
     detector: nn.Module,
     dataset: Sequence[dict[str, Any]],
+    inferer: Any,
     *,
-    patch_size: Sequence[int],
-    inference: dict[str, Any] | None = None,
     device: str | torch.device = "cpu",
 ) -> Iterator[tuple[dict[str, Tensor], dict[str, Tensor]]]:
     """Sliding-window detections of each whole case, with its ground truth: the loop every scorer shares.
 
     Args:
-        detector: what :func:`shared.inference.sliding_window.predict_volume` takes.
+        detector: a detector of the interface (or a list of them), what ``inferer`` takes.
         dataset: cases ``{"image": (C, X, Y, Z), "boxes": (N, 6), "labels": (N,)}``, e.g. a
             :class:`shared.data.dataset.ValidationCaseDataset`.
-        patch_size: sliding-window tile size.
-        inference: the other keywords of ``predict_volume``.
-        device: where the detector runs.
+        inferer: e.g. :class:`shared.inference.inferer.SlidingWindowDetectionInferer`.
+        device: where the images go (the detector's device).
 
     Yields:
         ``(found, target)`` per case, on the CPU: ``found`` ``{"boxes": (M, 6) xyzxyz voxel, "scores": (M,),
         "labels": (M,)}``, ``target`` ``{"boxes": (N, 6), "labels": (N,)}``, both in the cached grid.
     """
-    patch_size = tuple(int(size) for size in patch_size)
     for index in range(len(dataset)):
         case = dataset[index]
         image = torch.as_tensor(case["image"], dtype=torch.float32, device=device)
-        result = predict_volume(detector, image, patch_size=patch_size, **(inference or {}))
+        result = inferer(image[None], detector)
         target = {"boxes": torch.as_tensor(case["boxes"]), "labels": torch.as_tensor(case["labels"])}
         yield {key: value.cpu() for key, value in result.items()}, target

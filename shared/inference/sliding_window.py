@@ -2,18 +2,21 @@
 
 Tiles of ``patch_size`` overlap by ``overlap`` (50 % by default) and span the volume (a volume smaller
 than the patch is padded at its end with zeros, the mean of z-scored data). Each tile is run by every
-model, optionally in all 8 mirrorings; each (tile, flip, model) stream is post-processed on its own
-(top-k, decoding, class-wise NMS), its boxes are un-flipped exactly, weighted by their position in the
-tile and shifted to volume coordinates; weighted box clustering then merges the streams.
+detector, optionally in all 8 mirrorings; each (tile, flip, detector) stream gives the detector's own
+per-patch boxes (``detector.predict``, :mod:`shared.detectors.interface`: for Retina U-Net top-k,
+decoding, class-wise NMS), which are un-flipped exactly, weighted by their position in the tile and
+shifted to volume coordinates; weighted box clustering then merges the streams. Nothing here depends
+on how a detector finds its boxes (anchors, queries, heat maps).
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import itertools
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +24,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from shared.detectors.postprocess import DetectionPostprocessor
 from shared.inference.consolidation import tile_position_weights, tiles_covering, weighted_box_clustering
 
 #: the 8 mirrorings of a 3-D tile, as tuples of flipped spatial axes (0 = X)
@@ -59,18 +61,14 @@ def unflip_boxes(boxes: Tensor, flip_axes: Sequence[int], tile_shape: Sequence[i
     return boxes
 
 
-def _resolve_models(models, postprocessor):
-    """(network, postprocessor) pairs from a detector, a list of detectors or networks."""
-    if isinstance(models, nn.Module):
-        models = [models]
-    pairs = []
-    for model in models:
-        network = getattr(model, "network", model)
-        post = postprocessor or getattr(model, "postprocessor", None)
-        if post is None:
-            raise ValueError("predict_volume needs a postprocessor when given bare networks")
-        pairs.append((network, post))
-    return pairs
+def _detectors(models: nn.Module | Sequence[nn.Module]) -> list[nn.Module]:
+    """A detector or a list of them (fold ensemble) as a list; each must have ``predict``."""
+    detectors = [models] if isinstance(models, nn.Module) else list(models)
+    for detector in detectors:
+        if not callable(getattr(detector, "predict", None)):
+            raise TypeError(f"sliding-window inference needs detectors with predict(images) "
+                            f"(shared.detectors.interface.Detector), got {type(detector).__name__}")
+    return detectors
 
 
 @dataclass
@@ -103,14 +101,14 @@ def predict_volume(
     """Detect objects in a whole volume: :func:`predict_streams`, then :func:`consolidate_streams`.
 
     Args:
-        models: a ``RetinaUNetDetector``, or a list of them (fold ensemble), or bare networks with the
-            head contract (then the ``postprocessor`` setting is required).
+        models: a detector (:class:`shared.detectors.interface.Detector`), or a list of them (fold
+            ensemble).
         volume: (C, X, Y, Z) preprocessed volume.
         patch_size: tile size (X, Y, Z), a multiple of the coarsest detection stride.
         timings: if given, filled with seconds spent in ``forward``, ``postprocess`` (per stream),
             ``consolidation`` and ``total``.
         **settings: keywords of :func:`predict_streams` (how the networks see the volume: ``overlap``,
-            ``mirror``, ``batch_size``, ``postprocessor``, ``sigma_scale``) and of
+            ``mirror``, ``batch_size``, ``sigma_scale``) and of
             :func:`consolidate_streams` (how the streams merge: ``cluster_iou``, ``score_threshold``,
             ``min_size``, ``detections_per_volume``), with their defaults there; a bundle's ``inference``.
 
@@ -119,15 +117,15 @@ def predict_volume(
         ``volume``'s device, sorted by score.
 
     The final ``score_threshold`` and ``min_size`` are the ones to tune; each stream was already
-    filtered by its post-processor's own (per-tile) values, so final values below those would change
-    nothing and are refused.
+    filtered by the detector's own (per-tile) values (``detector.score_threshold``, ``min_size``), so
+    final values below those would change nothing and are refused.
 
     Raises:
         ValueError: naming a setting that neither half takes, or a final filter below the per-tile one.
     """
     start = time.perf_counter()
     stream_settings, cluster_settings = split_settings(settings)
-    check_final_filters(_resolve_models(models, stream_settings.get("postprocessor")), cluster_settings)
+    check_final_filters(_detectors(models), cluster_settings)
     clock: dict = {}
     streams = predict_streams(models, volume, patch_size=patch_size, timings=clock, **stream_settings)
     tic = time.perf_counter()
@@ -156,8 +154,8 @@ def split_settings(settings: Mapping[str, Any]) -> tuple[dict[str, Any], dict[st
             {key: value for key, value in settings.items() if key in cluster_keys})
 
 
-def check_final_filters(pairs, cluster_settings: Mapping[str, Any]) -> None:
-    """Refuse a final ``score_threshold`` / ``min_size`` below a stream post-processor's own.
+def check_final_filters(detectors: Sequence[nn.Module], cluster_settings: Mapping[str, Any]) -> None:
+    """Refuse a final ``score_threshold`` / ``min_size`` below a detector's own per-tile filter.
 
     A box under the per-tile threshold never reaches clustering, and a cluster's score is a damped
     average of its members', so a lower final threshold (or size) would silently change nothing.
@@ -165,11 +163,12 @@ def check_final_filters(pairs, cluster_settings: Mapping[str, Any]) -> None:
     defaults = inspect.signature(consolidate_streams).parameters
     for name in ("score_threshold", "min_size"):
         final = float(cluster_settings.get(name, defaults[name].default))
-        per_tile = max(float(getattr(post, name)) for _, post in pairs)
+        # the interface's per-patch filters; a detector that declares none filters nothing
+        per_tile = max(float(getattr(detector, name, 0.0)) for detector in detectors)
         if final < per_tile:
             raise ValueError(
                 f"inference {name} {final:g} is below the per-tile {name} {per_tile:g} (the detector's "
-                f"post-processor; tile_{name} in the bundles): it would change nothing; "
+                f"own filter; tile_{name} in the bundles): it would change nothing; "
                 f"use at least {per_tile:g} or lower the per-tile value too"
             )
 
@@ -189,7 +188,6 @@ def predict_streams(
     overlap: float = 0.5,
     mirror: bool = False,
     batch_size: int = 4,
-    postprocessor: DetectionPostprocessor | None = None,
     sigma_scale: float = 0.25,
     timings: dict | None = None,
 ) -> VolumeStreams:
@@ -202,30 +200,31 @@ def predict_streams(
         models, volume, patch_size: as in :func:`predict_volume`.
         overlap: tile overlap fraction per axis.
         mirror: test-time mirroring over all 8 flips.
-        batch_size: tiles per network call.
-        postprocessor: per-stream post-processing; default the detector's own.
+        batch_size: tiles per ``predict`` call.
         sigma_scale: Gaussian width of the position weights (fraction of the tile).
-        timings: if given, filled with seconds in ``forward``, ``postprocess`` and the count of ``streams``.
+        timings: if given, filled with seconds in ``forward`` (the detectors' ``network`` calls),
+            ``postprocess`` (the rest of ``predict`` and the stream bookkeeping) and the count of ``streams``.
     """
     clock = {"forward": 0.0, "postprocess": 0.0}
-    pairs = _resolve_models(models, postprocessor)
+    detectors = _detectors(models)
     padded = _pad_to(volume, patch_size)
     origins = tile_origins(tuple(padded.shape[1:]), patch_size, overlap)
     flips = ALL_FLIPS if mirror else ((),)
     jobs = [(origin, flip) for origin in origins for flip in flips]
     collected = []
-    for network, post in pairs:
-        was_training = network.training
-        network.eval()
-        for first in range(0, len(jobs), batch_size):
-            batch_jobs = jobs[first : first + batch_size]
-            collected += _run_batch(network, post, padded, batch_jobs, patch_size, sigma_scale, clock)
-        network.train(was_training)
+    for detector in detectors:
+        was_training = detector.training
+        detector.eval()
+        with _network_clock(detector, clock):
+            for first in range(0, len(jobs), batch_size):
+                batch_jobs = jobs[first : first + batch_size]
+                collected += _run_batch(detector, padded, batch_jobs, patch_size, sigma_scale, clock)
+        detector.train(was_training)
     boxes, scores, labels, weights = (torch.cat(parts) for parts in zip(*collected))
     expected = tiles_covering((boxes[:, :3] + boxes[:, 3:]) / 2, origins.to(boxes.device), patch_size)
-    expected = expected * len(flips) * len(pairs)
+    expected = expected * len(flips) * len(detectors)
     if timings is not None:
-        timings.update(clock, streams=len(jobs) * len(pairs))
+        timings.update(clock, streams=len(jobs) * len(detectors))
     return VolumeStreams(boxes, scores, labels, weights, expected, tuple(volume.shape[1:]))
 
 
@@ -265,19 +264,44 @@ def _pad_to(volume: Tensor, patch_size: Sequence[int]) -> Tensor:
     return F.pad(volume, [value for pad in reversed(pads) for value in (0, pad)])
 
 
-def _run_batch(network, post, padded, batch_jobs, patch_size, sigma_scale, clock):
+@contextlib.contextmanager
+def _network_clock(detector: nn.Module, clock: dict) -> Iterator[None]:
+    """Time the calls of ``detector.network`` (the interface's network) into ``clock["forward"]``.
+
+    The clock stops when the call returns; on CUDA the work may still run and is then counted by
+    whatever waits for it next (the detector's own post-processing).
+    """
+    network = getattr(detector, "network", None)
+    if not isinstance(network, nn.Module):
+        yield
+        return
+    started: list[float] = []
+
+    def start(module, inputs):
+        started.append(time.perf_counter())
+
+    def stop(module, inputs, outputs):
+        clock["forward"] += time.perf_counter() - started.pop()
+
+    handles = [network.register_forward_pre_hook(start), network.register_forward_hook(stop)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _run_batch(detector, padded, batch_jobs, patch_size, sigma_scale, clock):
     """Run one batch of (origin, flip) tiles; returns per-stream (boxes, scores, labels, weights)."""
-    device = next(network.parameters()).device
+    device = next(detector.parameters()).device
     tiles = []
     for origin, flip in batch_jobs:
         x, y, z = (int(v) for v in origin)
         tile = padded[:, x : x + patch_size[0], y : y + patch_size[1], z : z + patch_size[2]]
         tiles.append(torch.flip(tile, [axis + 1 for axis in flip]) if flip else tile)
-    tic = time.perf_counter()
-    outputs = network(torch.stack(tiles).to(device))
-    clock["forward"] += time.perf_counter() - tic
-    tic = time.perf_counter()
-    detections = post(outputs["cls_logits"], outputs["box_regression"], tuple(patch_size))
+    tic, forward_before = time.perf_counter(), clock["forward"]
+    detections = detector.predict(torch.stack(tiles).to(device))
+    clock["postprocess"] -= clock["forward"] - forward_before  # predict's network time is "forward"
     streams = []
     for (origin, flip), found in zip(batch_jobs, detections):
         boxes = unflip_boxes(found["boxes"], flip, patch_size)

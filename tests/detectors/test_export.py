@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from shared.detectors.anchors import flatten_head_outputs
-from shared.detectors.export import FlatOutputNetwork, split_dense_output, unflatten_outputs
+from shared.detectors.export import (DenseOutputNetwork, FlatOutputNetwork, exported_detections, split_dense_output,
+                                     trace_detector, unflatten_outputs)
 from shared.detectors.retina_unet import RetinaUNetDetector
 from shared.networks.retina_unet import RetinaUNetNetwork
 
@@ -94,3 +95,45 @@ def test_dense_output_splits_back_on_anisotropic_levels():
     for key in ("cls_logits", "box_regression"):
         for level, expected in zip(split[key], reference[key], strict=True):
             torch.testing.assert_close(level, expected)
+
+
+def test_dense_output_network_is_the_dense_output_of_the_network():
+    network = _tiny_network()
+    dense_network = _tiny_network(dense_output=True)
+    images = torch.randn(2, 1, 32, 16, 24)
+    (dense,) = DenseOutputNetwork(network)(images)
+    assert torch.equal(dense, dense_network(images))
+
+
+def test_traced_detector_export_gives_predict_through_the_interface():
+    # the generic path (trace export_network, decode with detections_from_outputs) for Retina U-Net
+    detector = RetinaUNetDetector(_tiny_network(), anchor_sizes=[[4.0], [6.0], [4.0, 6.0, 8.0]],
+                                  score_threshold=0.0).eval()
+    traced = trace_detector(detector, torch.zeros(1, 1, 32, 32, 32))
+    torch.manual_seed(1)
+    images = torch.randn(2, 1, 32, 32, 48)  # a size the trace did not see
+    exported, direct = exported_detections(detector, traced, images), detector.predict(images)
+    assert len(direct[0]["boxes"]) > 0
+    for from_export, eager in zip(exported, direct, strict=True):
+        torch.testing.assert_close(from_export["boxes"], eager["boxes"])
+        torch.testing.assert_close(from_export["scores"], eager["scores"])
+        assert torch.equal(from_export["labels"], eager["labels"])
+    assert detector.training is False and detector.network.training is False
+
+
+def test_retina_unet_output_spec_is_the_metadata_of_the_dense_output():
+    detector = RetinaUNetDetector(_tiny_network(), anchor_sizes=[[4.0], [6.0], [4.0, 6.0, 8.0]])
+    formatted = detector.output_spec.network_data_format()
+    assert list(formatted) == ["pred"]
+    assert formatted["pred"]["num_channels"] == 2 + 6
+    assert formatted["pred"]["channel_def"] == {"0-1": "class logits per anchor", "2-7": "box deltas per anchor"}
+    (dense,) = detector.export_network()(torch.randn(1, 1, 32, 32, 32))
+    detector.output_spec.check((dense,))
+    with pytest.raises(ValueError, match="declares 8 channels"):
+        detector.output_spec.check((dense[:, :7],))
+
+
+def test_scripting_is_not_the_export_path():
+    # documents why the traced export is the documented one: the compiler rejects the modules
+    with pytest.raises(Exception):
+        torch.jit.script(_tiny_network(dense_output=True))
