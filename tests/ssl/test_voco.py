@@ -124,7 +124,8 @@ def test_exported_encoder_is_the_students_with_the_usual_keys():
     state = model.state_dict()
     own = {key.removeprefix("encoder.") for key in state if key.startswith("encoder.")}
     assert own == set(model.encoder.state_dict())
-    assert {key.removeprefix("teacher.module.encoder.") for key in state if key.startswith("teacher.module.encoder.")} == own
+    prefix = "teacher.module.encoder."
+    assert {key.removeprefix(prefix) for key in state if key.startswith(prefix)} == own
 
 
 def train(model, optimizer, batches) -> list[float]:
