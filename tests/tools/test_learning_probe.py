@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from shared.data.synthetic import make_dataset
-from shared.engines import validation
+from shared.inference import inferer
 from tools.benchmarks.learning_probe import main, score_cases
 
 
@@ -30,7 +30,7 @@ def _score_two_cases(monkeypatch, predicted_labels):
         return {"boxes": boxes[index], "labels": torch.tensor([predicted_labels[index]]),
                 "scores": torch.tensor([scores[index]])}
 
-    monkeypatch.setattr(validation, "predict_volume", found)  # under score_cases' predict_cases
+    monkeypatch.setattr(inferer, "predict_volume", found)  # under score_cases' predict_cases and inferer
     return score_cases(None, cases, ["benign", "malignant"], [16, 16, 16])
 
 

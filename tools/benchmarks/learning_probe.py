@@ -30,6 +30,7 @@ from shared.detectors.retina_unet import RetinaUNetDetector
 from shared.networks.retina_unet import RetinaUNetNetwork
 from shared.engines.detection_setup import prepare_detection_data
 from shared.engines.validation import predict_cases
+from shared.inference.inferer import SlidingWindowDetectionInferer
 from shared.engines.schedule import learning_rate_at, set_learning_rate
 from shared.losses.classification import FocalClassificationLoss, HardNegativeBCELoss
 from shared.metrics.ignite import DetectionMetrics
@@ -45,7 +46,7 @@ def score_cases(detector: RetinaUNetDetector, dataset: ValidationCaseDataset, cl
     """AP over the classes, class-agnostic AP/AR at IoU 0.1 and the mean top score of the cases."""
     by_class, agnostic, top = DetectionMetrics(list(class_names)), DetectionMetrics(["object"]), []
     inference = {"score_threshold": 1e-3, "batch_size": 2}
-    for found, target in predict_cases(detector, dataset, patch_size=patch_size, inference=inference):
+    for found, target in predict_cases(detector, dataset, SlidingWindowDetectionInferer(patch_size, inference)):
         by_class.update(([found], [target]))
         agnostic.update(([{**found, "labels": torch.zeros_like(found["labels"])}],
                          [{**target, "labels": torch.zeros_like(target["labels"])}]))
