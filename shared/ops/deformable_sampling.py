@@ -1,16 +1,23 @@
 """The fast path of 3-D multi-scale deformable attention: chunked over queries, nothing kept for backward.
 
 The reference keeps, for autograd, a ``(B·M, C/M, Q, K)`` sampled tensor per level, their stack and its
-product with the attention weights: about ``3·B·Q·M·L·K·C/M`` numbers, over a gigabyte at the encoder's
-37,440 queries. This path samples with the same fused ATen kernels (``grid_sampler_3d`` and its backward)
-but query chunk by query chunk, adds each level's weighted samples straight into the output, and keeps
-only its inputs for the backward pass, which samples again chunk by chunk: memory stays bounded by
-``chunk_elements`` whatever the number of queries, and the forward pass skips the stack and its copy.
+product with the attention weights: about ``3·B·Q·M·L·K·C/M`` numbers, near a gigabyte at the encoder's
+37,440 queries. This path works query chunk by query chunk, adds each level's weighted samples straight
+into the output and keeps only its inputs for the backward pass, which samples again chunk by chunk:
+memory stays bounded by ``chunk_elements`` whatever the number of queries.
+
+It samples with ATen's fused *2-D* bilinear kernels, whose CPU versions are vectorised (the 3-D ones are
+not; 2-D forward and backward measured about 3x faster per point). A level ``(X, Y, Z)`` is laid out as
+an image of height ``X`` and width ``Y·(Z + 1)``: the ``Z`` voxels of each ``y`` row side by side,
+followed by one zero column. A trilinear sample at ``(x, y, z)`` is then the blend, by the ``y``
+fraction, of two bilinear samples of that image in the rows ``y0`` and ``y0 + 1``: bilinear in ``(x, z)``,
+the zero column (or the image border) giving zero padding at the ``z`` faces. A point whose ``z`` lies
+more than a voxel beyond a face gets weight zero (it would read the neighbouring row).
 
 A gather formulation (the eight corner indices and weights of every point into the flattened value,
-reduced by a sparse CSR product, sampled matmul and ``index_add_`` in the backward pass) measured 2x
-slower forward and 2x slower backward on CPU than these fused kernels: computing the corner tensors costs
-more than the sampling itself. See ``docs/deformable_attention.md``.
+a sparse CSR product forward, a sampled matmul and ``index_add_`` backward) measured slower than
+these fused kernels: computing the corner tensors costs more than the sampling. See
+``docs/deformable_attention.md``.
 
 Conventions are those of :func:`shared.ops.deformable_attention.multi_scale_deformable_attention`
 (``align_corners=False``, zero padding, locations ``(x, y, z)`` along the ``(X, Y, Z)`` axes, the levels
@@ -18,6 +25,8 @@ stored one after the other in ``value`` in the order of ``spatial_shapes``).
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -30,31 +39,59 @@ DEFAULT_CHUNK_ELEMENTS = 2**24
 def _query_chunks(value: Tensor, sampling_locations: Tensor, chunk_elements: int) -> list[tuple[int, int]]:
     """``[start, stop)`` query ranges whose sampled tensors hold at most ``chunk_elements`` numbers."""
     batch, queries, heads, levels, points, _ = sampling_locations.shape
-    step = max(1, chunk_elements // max(1, batch * heads * value.shape[3] * levels * points))
+    step = max(1, chunk_elements // max(1, 2 * batch * heads * value.shape[3] * levels * points))
     return [(start, min(start + step, queries)) for start in range(0, queries, step)]
 
 
-def _level_volumes(value: Tensor, spatial_shapes: Tensor, level_start_index: Tensor) -> list[Tensor]:
-    """Each level of ``value`` ``(B, S, M, C/M)`` as a ``(B·M, C/M, X, Y, Z)`` volume for ``grid_sample``."""
+def _level_images(value: Tensor, spatial_shapes: Tensor, level_start_index: Tensor) -> list[Tensor]:
+    """Each level of ``value`` ``(B, S, M, C/M)`` as a ``(B·M, C/M, X, Y·(Z + 1))`` image, zero column after
+    every ``y`` row."""
     batch, _, heads, channels = value.shape
-    volumes = []
+    images = []
     for level, (size_x, size_y, size_z) in enumerate(spatial_shapes.tolist()):
         start = int(level_start_index[level])
-        level_value = value[:, start:start + size_x * size_y * size_z].permute(0, 2, 3, 1)
-        volumes.append(level_value.reshape(batch * heads, channels, size_x, size_y, size_z))
-    return volumes
+        volume = value[:, start:start + size_x * size_y * size_z].permute(0, 2, 3, 1)
+        volume = volume.reshape(batch * heads, channels, size_x, size_y, size_z)
+        images.append(F.pad(volume, (0, 1)).view(batch * heads, channels, size_x, size_y * (size_z + 1)))
+    return images
 
 
-def _level_grids(sampling_locations: Tensor) -> Tensor:
-    """``(B, Q, M, L, K, 3)`` locations to ``grid_sample`` grids ``(L, B·M, Q, K, 1, 3)``, reversed to (z, y, x)."""
-    batch, queries, heads, levels, points, _ = sampling_locations.shape
-    grids = (2 * sampling_locations.flip(-1) - 1).permute(3, 0, 2, 1, 4, 5)
-    return grids.reshape(levels, batch * heads, queries, points, 1, 3)
+class RowPairs(NamedTuple):
+    """The two bilinear samples of every point on one level, in ``(B, M, Qc, K, 2)`` order.
+
+    ``grid`` ``(B·M, Qc, 2·K, 2)`` image coordinates for ``grid_sample`` (``align_corners=False``);
+    ``row_weight`` ``(B, M, Qc, K, 2)`` the linear weights of rows ``y0`` and ``y0 + 1`` (zero outside the
+    volume); ``row_slope`` their derivative with respect to the ``y`` fraction.
+    """
+
+    grid: Tensor
+    row_weight: Tensor
+    row_slope: Tensor
 
 
-def _level_attention(attention_weights: Tensor) -> Tensor:
-    """``(B, Q, M, L, K)`` weights to ``(L, B, M, 1, Q, K)``, broadcasting over the channels of a head."""
-    return attention_weights.permute(3, 0, 2, 1, 4).unsqueeze(3).contiguous()
+def _row_pairs(locations: Tensor, size: tuple[int, int, int]) -> RowPairs:
+    """``locations`` ``(B, M, Qc, K, 3)`` of one level of size ``(X, Y, Z)`` to its row pairs."""
+    size_x, size_y, size_z = size
+    batch, heads, queries, points, _ = locations.shape
+    position_y = locations[..., 1] * size_y - 0.5  # voxel coordinates: centres at integers
+    position_z = locations[..., 2] * size_z - 0.5
+    row = position_y.floor()
+    fraction = position_y - row
+    rows = torch.stack([row, row + 1], -1)  # (B, M, Qc, K, 2)
+    # z more than a voxel beyond a face reads nothing, not the neighbouring row.
+    inside = (rows >= 0) & (rows <= size_y - 1) & ((position_z > -1) & (position_z < size_z)).unsqueeze(-1)
+    row_slope = torch.stack([-torch.ones_like(fraction), torch.ones_like(fraction)], -1) * inside
+    row_weight = torch.stack([1 - fraction, fraction], -1) * inside
+    width = size_y * (size_z + 1)
+    image_column = rows.clamp(0, size_y - 1) * (size_z + 1) + position_z.unsqueeze(-1)
+    grid_width = (2 * image_column + 1) / width - 1
+    grid_height = (2 * locations[..., 0] - 1).unsqueeze(-1).expand_as(grid_width)
+    grid = torch.stack([grid_width, grid_height], -1).view(batch * heads, queries, points * 2, 2)
+    return RowPairs(grid, row_weight, row_slope)
+
+
+def _sample(image: Tensor, grid: Tensor) -> Tensor:
+    return F.grid_sample(image, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
 def chunked_forward(
@@ -65,19 +102,21 @@ def chunked_forward(
     attention_weights: Tensor,
     chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
 ) -> Tensor:
-    """Forward through ATen's fused trilinear sampling, chunk by chunk, accumulating the levels in place."""
+    """The forward computation without autograd; see :class:`ChunkedDeformableAttentionFunction`."""
     batch, _, heads, channels = value.shape
     queries, points = sampling_locations.shape[1], sampling_locations.shape[4]
-    volumes = _level_volumes(value, spatial_shapes, level_start_index)
+    images = _level_images(value, spatial_shapes, level_start_index)
+    sizes = spatial_shapes.tolist()
     output = value.new_zeros(batch, heads, channels, queries)
     for start, stop in _query_chunks(value, sampling_locations, chunk_elements):
         count = stop - start
-        grids = _level_grids(sampling_locations[:, start:stop])
-        attention = _level_attention(attention_weights[:, start:stop])
-        for level, volume in enumerate(volumes):
-            sampled = F.grid_sample(volume, grids[level], mode="bilinear", padding_mode="zeros",
-                                    align_corners=False)  # (B·M, C/M, Qc, K, 1)
-            output[..., start:stop] += (sampled.view(batch, heads, channels, count, points) * attention[level]).sum(-1)
+        locations = sampling_locations[:, start:stop].permute(3, 0, 2, 1, 4, 5)  # (L, B, M, Qc, K, 3)
+        attention = attention_weights[:, start:stop].permute(3, 0, 2, 1, 4)  # (L, B, M, Qc, K)
+        for level, image in enumerate(images):
+            pairs = _row_pairs(locations[level], sizes[level])
+            weight = (pairs.row_weight * attention[level].unsqueeze(-1)).view(batch, heads, 1, count, 2 * points)
+            sampled = _sample(image, pairs.grid).view(batch, heads, channels, count, 2 * points)
+            output[..., start:stop] += (sampled * weight).sum(-1)
     return output.permute(0, 3, 1, 2).reshape(batch, queries, heads * channels).contiguous()
 
 
@@ -92,40 +131,50 @@ def chunked_backward(
     chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
     """Gradients with respect to value, sampling locations and attention weights (``None`` where ``needs``
-    says not needed), through ATen's fused trilinear sampling backward, level by level and chunk by chunk."""
+    says not needed), through ATen's fused bilinear sampling backward, level by level and chunk by chunk."""
     batch, _, heads, channels = value.shape
     queries, points = sampling_locations.shape[1], sampling_locations.shape[4]
-    volumes = _level_volumes(value, spatial_shapes, level_start_index)
-    grad_volumes = [torch.zeros_like(volume) for volume in volumes] if needs[0] else None
+    images = _level_images(value, spatial_shapes, level_start_index)
+    sizes = spatial_shapes.tolist()
+    grad_images = [torch.zeros_like(image) for image in images] if needs[0] else None
     grad_locations = torch.zeros_like(sampling_locations) if needs[1] else None
     grad_attention = torch.zeros_like(attention_weights) if needs[2] else None
     grad_heads = grad_output.reshape(batch, queries, heads, channels).permute(0, 2, 3, 1)  # (B, M, C/M, Q)
     for start, stop in _query_chunks(value, sampling_locations, chunk_elements):
         count = stop - start
-        grad_chunk = grad_heads[..., start:stop].reshape(batch * heads, channels, count, 1, 1)
-        grids = _level_grids(sampling_locations[:, start:stop])
-        attention = _level_attention(attention_weights[:, start:stop])
-        for level, volume in enumerate(volumes):
-            grid = grids[level]
-            if grad_attention is not None:
-                sampled = F.grid_sample(volume, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-                grad_level = (sampled * grad_chunk).sum(1).view(batch, heads, count, points)
-                grad_attention[:, start:stop, :, level] = grad_level.transpose(1, 2)
-            if grad_volumes is None and grad_locations is None:
+        grad_chunk = grad_heads[..., start:stop].reshape(batch, heads, channels, count, 1)
+        locations = sampling_locations[:, start:stop].permute(3, 0, 2, 1, 4, 5)
+        attention = attention_weights[:, start:stop].permute(3, 0, 2, 1, 4).unsqueeze(-1)  # (L, B, M, Qc, K, 1)
+        for level, image in enumerate(images):
+            pairs = _row_pairs(locations[level], sizes[level])
+            if grad_attention is not None or grad_locations is not None:
+                sampled = _sample(image, pairs.grid).view(batch, heads, channels, count, 2 * points)
+                # d out / d (sample weight): the sample dotted with the output's gradient.
+                grad_weight = (sampled * grad_chunk).sum(2).view(batch, heads, count, points, 2)
+                if grad_attention is not None:
+                    grad_level = (grad_weight * pairs.row_weight).sum(-1)  # (B, M, Qc, K)
+                    grad_attention[:, start:stop, :, level] = grad_level.transpose(1, 2)
+            if grad_images is None and grad_locations is None:
                 continue
-            grad_sampled = grad_chunk * attention[level].view(batch * heads, 1, count, points, 1)
-            grad_volume, grad_grid = torch.ops.aten.grid_sampler_3d_backward(
-                grad_sampled, volume, grid, 0, 0, False, [grad_volumes is not None, grad_locations is not None]
+            weight = (pairs.row_weight * attention[level]).view(batch * heads, 1, count, 2 * points)
+            grad_sampled = grad_chunk.reshape(batch * heads, channels, count, 1) * weight
+            grad_image, grad_grid = torch.ops.aten.grid_sampler_2d_backward(
+                grad_sampled, image, pairs.grid, 0, 0, False, [grad_images is not None, grad_locations is not None]
             )
-            if grad_volumes is not None:
-                grad_volumes[level] += grad_volume
+            if grad_images is not None:
+                grad_images[level] += grad_image
             if grad_locations is not None:
-                grad_grid = grad_grid.view(batch, heads, count, points, 3).transpose(1, 2).flip(-1)
-                grad_locations[:, start:stop, :, level] = 2 * grad_grid
+                _, size_y, size_z = sizes[level]
+                grad_grid = grad_grid.view(batch, heads, count, points, 2, 2).sum(-2)  # the pair shares x and z
+                grad_y = (grad_weight * pairs.row_slope).sum(-1) * attention[level][..., 0] * size_y
+                grad_z = grad_grid[..., 0] * (2 * size_z / (size_y * (size_z + 1)))
+                grad_level = torch.stack([2 * grad_grid[..., 1], grad_y, grad_z], -1)  # (B, M, Qc, K, 3)
+                grad_locations[:, start:stop, :, level] = grad_level.transpose(1, 2)
     grad_value = None
-    if grad_volumes is not None:
-        grad_value = torch.cat([grad.view(batch, heads, channels, -1) for grad in grad_volumes], -1)
-        grad_value = grad_value.permute(0, 3, 1, 2).contiguous()
+    if grad_images is not None:
+        volumes = [grad.view(batch, heads, channels, x, y, z + 1)[..., :z].reshape(batch, heads, channels, -1)
+                   for grad, (x, y, z) in zip(grad_images, sizes)]
+        grad_value = torch.cat(volumes, -1).permute(0, 3, 1, 2).contiguous()
     return grad_value, grad_locations, grad_attention
 
 

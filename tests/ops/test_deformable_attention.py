@@ -105,14 +105,16 @@ def test_halfway_between_two_voxels_averages_them_along_that_axis(implementation
 def test_zero_padding_outside_the_volume(implementation):
     value, spatial_shapes, level_start_index, _, _ = random_inputs([(3, 3, 3)], batch=1, heads=1, channels=2)
     volume = value[0, :, 0].view(3, 3, 3, 2)
-    # One voxel beyond the first face reads nothing; on the face itself (location 0) half of the first voxel.
-    locations = torch.tensor([[-0.5 / 3, 0.5, 0.5], [0.0, 1.5 / 3, 1.5 / 3]], dtype=torch.float64)
+    # A voxel or more beyond a face reads nothing, also along z in a middle row (where a layout with the
+    # rows side by side would read the next row); on the face itself (location 0) half of the first voxel.
+    locations = torch.tensor([[-0.5 / 3, 0.5, 0.5], [0.5, 0.5, -1.2 / 3], [0.5, 0.5, 1 + 1.2 / 3],
+                              [0.0, 1.5 / 3, 1.5 / 3]], dtype=torch.float64)
     output = multi_scale_deformable_attention(
-        value, spatial_shapes, level_start_index, locations.view(1, 2, 1, 1, 1, 3),
-        torch.ones(1, 2, 1, 1, 1, dtype=torch.float64), implementation=implementation,
+        value, spatial_shapes, level_start_index, locations.view(1, 4, 1, 1, 1, 3),
+        torch.ones(1, 4, 1, 1, 1, dtype=torch.float64), implementation=implementation,
     )
-    torch.testing.assert_close(output[0, 0], torch.zeros(2, dtype=torch.float64))
-    torch.testing.assert_close(output[0, 1], volume[0, 1, 1] / 2)
+    torch.testing.assert_close(output[0, :3], torch.zeros(3, 2, dtype=torch.float64))
+    torch.testing.assert_close(output[0, 3], volume[0, 1, 1] / 2)
 
 
 def test_inconsistent_inputs_are_refused():
