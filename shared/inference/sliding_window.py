@@ -62,11 +62,12 @@ def unflip_boxes(boxes: Tensor, flip_axes: Sequence[int], tile_shape: Sequence[i
 
 
 def _detectors(models: nn.Module | Sequence[nn.Module]) -> list[nn.Module]:
-    """A detector or a list of them (fold ensemble) as a list; each must have ``predict``."""
+    """A detector or a list of them (fold ensemble) as a list; each must have ``predict`` and ``network``."""
     detectors = [models] if isinstance(models, nn.Module) else list(models)
     for detector in detectors:
-        if not callable(getattr(detector, "predict", None)):
-            raise TypeError(f"sliding-window inference needs detectors with predict(images) "
+        has_predict = callable(getattr(detector, "predict", None))
+        if not has_predict or not isinstance(getattr(detector, "network", None), nn.Module):
+            raise TypeError(f"sliding-window inference needs detectors with predict(images) and a network "
                             f"(shared.detectors.interface.Detector), got {type(detector).__name__}")
     return detectors
 
@@ -271,10 +272,7 @@ def _network_clock(detector: nn.Module, clock: dict) -> Iterator[None]:
     The clock stops when the call returns; on CUDA the work may still run and is then counted by
     whatever waits for it next (the detector's own post-processing).
     """
-    network = getattr(detector, "network", None)
-    if not isinstance(network, nn.Module):
-        yield
-        return
+    network = detector.network  # the interface's trainable network
     started: list[float] = []
 
     def start(module, inputs):
