@@ -24,3 +24,23 @@ def test_planned_detector_reads_new_and_old_model_plans():
     assert planned_detector({"detector": {"anchor_sizes": sizes}, "anchor_sizes": [[1.0]] * 3}) == {"anchor_sizes": sizes}
     assert planned_detector({"anchor_sizes": sizes}) == {"anchor_sizes": sizes}  # plans written before "detector"
     assert planned_detector({"detector": {}}) == {}
+
+
+def test_only_a_detector_that_plans_from_boxes_refuses_data_without_any(tmp_path, rng):
+    from shared.data.plan import plan_dataset
+    from shared.data.transforms_chains import preprocessing_chain
+    from shared.engines.detection_setup import prepare_detection_data, read_model_plan
+    from shared.io.errors import InputError
+    from tests._cases import write_dataset
+
+    datalist = write_dataset(tmp_path / "raw", rng=rng, training=2, validation=1, objects=0)
+    plan = plan_dataset(datalist, tmp_path / "cache", spacing=[2.0, 2.0, 2.0])
+    common = dict(preprocessing=preprocessing_chain(plan), plan=plan, in_channels=1, num_classes=2,
+                  patch_size=[16, 16, 16], detection_strides=[4, 8])
+    with pytest.raises(InputError, match=r"datalist.json: the training split has no boxes: the Retina U-Net"):
+        prepare_detection_data(datalist, tmp_path / "cache", tmp_path / "retina", plan_detector=plan_retina_unet,
+                               **common)
+    assert not (tmp_path / "retina" / "model_plan.json").exists()
+    # a detector without a planning function (a heat-map or query detector) trains on the same data
+    prepare_detection_data(datalist, tmp_path / "cache", tmp_path / "other", plan_detector=None, **common)
+    assert planned_detector(read_model_plan(tmp_path / "other")) == {}
