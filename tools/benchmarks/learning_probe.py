@@ -26,9 +26,11 @@ import numpy as np
 import torch
 
 from shared.data.dataset import DetectionPatchDataset, ValidationCaseDataset, collate_detection
+from shared.data.plan import plan_dataset
+from shared.data.transforms_chains import preprocessing_chain, training_chain
 from shared.detectors.retina_unet import RetinaUNetDetector
 from shared.networks.retina_unet import RetinaUNetNetwork
-from shared.engines.detection_setup import prepare_detection_data
+from shared.engines.detection_setup import plan_anchors, prepare_detection_data
 from shared.engines.validation import predict_cases
 from shared.inference.inferer import SlidingWindowDetectionInferer
 from shared.engines.schedule import learning_rate_at, set_learning_rate
@@ -71,24 +73,25 @@ def main(datalist: str, cache_dir: str, spacing: float | str | Sequence[float] =
         raise ValueError(f"classification must be one of {sorted(CLASSIFICATION_LOSSES)}, got {classification!r}")
     torch.manual_seed(seed)
     spacing, patch = spacing_and_patch(spacing, patch_size)
-    data = prepare_detection_data(datalist, cache_dir, f"{cache_dir}/probe", spacing=spacing,
-                                  **_channels_and_classes(datalist), patch_size=patch,
-                                  detection_strides=list(detection_strides))
+    plan = plan_dataset(datalist, cache_dir, spacing=spacing)
+    data = prepare_detection_data(datalist, cache_dir, f"{cache_dir}/probe", preprocessing=preprocessing_chain(plan),
+                                  plan=plan, plan_detector=plan_anchors, **_channels_and_classes(datalist),
+                                  patch_size=patch, detection_strides=list(detection_strides))
     network = RetinaUNetNetwork(len(data.plan["channels"]), len(data.class_names),
                                 encoder={"name": encoder, "preset": preset}, decoder_channels=decoder_channels,
                                 detection_strides=list(detection_strides))
     detector = RetinaUNetDetector(network, anchor_sizes=data.anchor_sizes, score_threshold=1e-3,
                                   classification_loss=CLASSIFICATION_LOSSES[classification]())
-    samples = DetectionPatchDataset(cache_dir, data.train_cases, patch, iterations_per_epoch=iterations,
-                                    batch_size=batch_size, foreground_fraction=foreground_fraction,
-                                    augmentation={} if augment else None, seed=seed)
+    chain = training_chain(patch, batch_size=batch_size, foreground_fraction=foreground_fraction, augment=augment)
+    samples = DetectionPatchDataset(data.cache_dir, data.train_cases, chain, iterations_per_epoch=iterations,
+                                    batch_size=batch_size, seed=seed)
     if optimizer == "adamw":
         optim = torch.optim.AdamW(detector.parameters(), lr=learning_rate, weight_decay=1e-4)
     else:
         optim = torch.optim.SGD(detector.parameters(), lr=learning_rate, momentum=0.9, nesterov=True,
                                 weight_decay=3e-5)
-    validation = ValidationCaseDataset(cache_dir, data.validation_cases)
-    training = ValidationCaseDataset(cache_dir, data.train_cases[:train_cases])
+    validation = ValidationCaseDataset(data.cache_dir, data.validation_cases)
+    training = ValidationCaseDataset(data.cache_dir, data.train_cases[:train_cases])
     print(f"anchors {data.anchor_sizes}; {len(data.train_cases)} training / {len(data.validation_cases)} "
           f"validation cases; {optimizer} lr {learning_rate}; {classification} classification")
     print("| iteration | seconds | classification | box L1 | GIoU | segmentation | val AP | val AP (any) | "

@@ -22,9 +22,10 @@ import torch
 from monai.losses import DiceCELoss
 from monai.networks.nets import BasicUNet
 
-from shared.data.cache import list_cases, read_plan
+from shared.data.cache import read_case, read_plan
 from shared.data.dataset import DetectionPatchDataset, collate_detection
-from shared.data.preprocess import preprocess
+from shared.data.preprocess import preprocess_datalist
+from shared.data.transforms_chains import training_chain
 from tools._cli import run_cli
 from tools.benchmarks._probe import spacing_and_patch
 
@@ -52,17 +53,19 @@ def main(datalist: str, cache_dir: str, spacing: float | str | Sequence[float] =
     """Train and print the table: iteration, seconds, mean loss since the last row, validation Dice."""
     torch.manual_seed(seed)
     spacing, patch = spacing_and_patch(spacing, patch_size)
-    preprocess(datalist, cache_dir, splits=("training", "validation"), spacing=spacing)
-    train_cases = list_cases(cache_dir, "training")[:num_training]
+    cached = preprocess_datalist(datalist, cache_dir, splits=("training", "validation"), spacing=spacing)
+    train_cases, folder = cached.cases["training"][:num_training], cached.cache_dir
     channels = len(read_plan(cache_dir)["channels"])
     network = BasicUNet(spatial_dims=3, in_channels=channels, out_channels=2, features=tuple(features))
     loss_function = DiceCELoss(include_background=False, to_onehot_y=True, softmax=True, batch=True)
-    samples = DetectionPatchDataset(cache_dir, train_cases, patch, iterations_per_epoch=iterations,
-                                    batch_size=batch_size, foreground_fraction=foreground_fraction,
-                                    augmentation={} if augment else None, seed=seed)
-    validation = DetectionPatchDataset(cache_dir, list_cases(cache_dir, "validation"), patch,
-                                       iterations_per_epoch=validation_patches, batch_size=1,
-                                       foreground_fraction=1.0, augmentation=None, seed=seed + 1)
+    chain = training_chain(patch, batch_size=batch_size, foreground_fraction=foreground_fraction, augment=augment)
+    samples = DetectionPatchDataset(folder, train_cases, chain, iterations_per_epoch=iterations,
+                                    batch_size=batch_size, seed=seed)
+    # patches centred on objects: from the scans that hold one
+    with_objects = [case for case in cached.cases["validation"] if len(read_case(folder, case).boxes)]
+    validation = DetectionPatchDataset(folder, with_objects,
+                                       training_chain(patch, batch_size=1, foreground_fraction=1.0, augment=False),
+                                       iterations_per_epoch=validation_patches, batch_size=1, seed=seed + 1)
     optimizer = torch.optim.AdamW(network.parameters(), lr=learning_rate, weight_decay=1e-4)
     print(f"{len(train_cases)} training scans; {validation_patches} validation patches centred on objects")
     print("| iteration | seconds | loss | validation Dice | predicted voxels | true voxels |")
