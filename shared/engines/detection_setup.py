@@ -26,7 +26,6 @@ import torch
 from shared.data.cache import read_case
 from shared.data.plan import parse_spacing, plan_dataset
 from shared.data.preprocess import Transform, preprocess
-from shared.detectors.anchor_fitting import fit_anchor_sizes
 from shared.encoders import build_encoder
 from shared.encoders.planning import plan_strides_and_kernels
 from shared.io.atomic import write_json
@@ -49,7 +48,8 @@ class DetectionData:
         patch_size: training and inference tile size.
         detection_strides: the network's detection strides (ints, or one per axis).
         detector: what the detector planned from the training data (``model_plan.json``'s ``"detector"``).
-        anchor_sizes: ``detector["anchor_sizes"]`` when the detector planned anchors, else None.
+        anchor_sizes: ``detector["anchor_sizes"]`` when the detector planned anchors, else None (also
+            written at the model plan's top level, where plans made before ``"detector"`` kept it).
         encoder: the encoder spec the network was built from (``None`` when not given).
     """
 
@@ -142,7 +142,8 @@ def prepare_detection_data(
         plan: the data set's plan the chain was built from (:func:`shared.data.plan.plan_dataset`).
         plan_detector: the detector's planning from the training data, ``(boxes (N, 6) xyzxyz voxel,
             detection_strides) -> dict`` recorded as the model plan's ``"detector"`` (Retina U-Net:
-            :func:`plan_anchors`); None for a detector that plans nothing (then data without boxes is fine).
+            :func:`shared.detectors.planning.plan_retina_unet`); None for a detector that plans nothing
+            (then data without boxes is fine).
         network: the network spec (:func:`shared.bundles.network.network_spec`), recorded as ``"network"``.
 
     Raises:
@@ -184,20 +185,6 @@ def prepare_detection_data(
         record["network"] = network
     write_json(Path(output_dir) / MODEL_PLAN, record)
     return data
-
-
-def plan_anchors(training_boxes: np.ndarray, detection_strides: Sequence[Any]) -> dict[str, Any]:
-    """Retina U-Net's planning: anchor sizes fitted to the training boxes (``{"anchor_sizes": ...}``).
-
-    The hook through which a detector plans from the data; it belongs with the detector
-    (``shared.detectors``) and is here until the detector's own planning function replaces it.
-
-    Raises:
-        ValueError: when the training split has no box (anchors cannot be fitted).
-    """
-    if not len(training_boxes):
-        raise ValueError("the training split has no boxes: this detector fits its anchors to them")
-    return {"anchor_sizes": fit_anchor_sizes(training_boxes, detection_strides)}
 
 
 def _check_patch_size(datalist, patch_size, detection_strides, network_stride) -> None:

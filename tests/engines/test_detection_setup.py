@@ -5,8 +5,8 @@ import pytest
 from shared.networks.retina_unet import RetinaUNetNetwork
 from shared.data.plan import plan_dataset
 from shared.data.transforms_chains import preprocessing_chain
-from shared.engines.detection_setup import (plan_anchors, plan_encoder, prepare_detection_data, read_model_plan,
-                                            trained_encoder)
+from shared.detectors.planning import plan_retina_unet
+from shared.engines.detection_setup import plan_encoder, prepare_detection_data, read_model_plan, trained_encoder
 from shared.io.errors import InputError
 from tests._cases import spaced_affine, write_dataset
 
@@ -53,7 +53,7 @@ def test_median_spacing_plans_per_axis_strides_recorded_for_inference(tmp_path, 
     network = RetinaUNetNetwork(1, 2, encoder=encoder, decoder_channels=16, detection_strides=[4, 8], num_anchors=27)
     assert network.detection_strides == ((4, 4, 2), (8, 8, 4))
     plan = plan_dataset(datalist, cache, spacing="median")
-    chain = dict(preprocessing=preprocessing_chain(plan), plan=plan, plan_detector=plan_anchors)
+    chain = dict(preprocessing=preprocessing_chain(plan), plan=plan, plan_detector=plan_retina_unet)
     data = prepare_detection_data(datalist, cache, out, **chain, in_channels=1, num_classes=2,
                                   patch_size=[32, 32, 16], detection_strides=network.detection_strides,
                                   network_stride=network.encoder.feature_info[-1]["stride"], encoder=encoder)

@@ -30,7 +30,8 @@ from shared.data.plan import plan_dataset
 from shared.data.transforms_chains import preprocessing_chain, training_chain
 from shared.detectors.retina_unet import RetinaUNetDetector
 from shared.networks.retina_unet import RetinaUNetNetwork
-from shared.engines.detection_setup import plan_anchors, prepare_detection_data
+from shared.detectors.planning import plan_retina_unet
+from shared.engines.detection_setup import prepare_detection_data
 from shared.engines.validation import predict_cases
 from shared.inference.inferer import SlidingWindowDetectionInferer
 from shared.engines.schedule import learning_rate_at, set_learning_rate
@@ -75,7 +76,7 @@ def main(datalist: str, cache_dir: str, spacing: float | str | Sequence[float] =
     spacing, patch = spacing_and_patch(spacing, patch_size)
     plan = plan_dataset(datalist, cache_dir, spacing=spacing)
     data = prepare_detection_data(datalist, cache_dir, f"{cache_dir}/probe", preprocessing=preprocessing_chain(plan),
-                                  plan=plan, plan_detector=plan_anchors, **_channels_and_classes(datalist),
+                                  plan=plan, plan_detector=plan_retina_unet, **_channels_and_classes(datalist),
                                   patch_size=patch, detection_strides=list(detection_strides))
     network = RetinaUNetNetwork(len(data.plan["channels"]), len(data.class_names),
                                 encoder={"name": encoder, "preset": preset}, decoder_channels=decoder_channels,
