@@ -1,0 +1,150 @@
+"""Supervised MultiTalent pre-training: the network with its loss, the trainer step and the encoder export.
+
+:class:`MultiTalent` pairs :class:`shared.networks.multitalent.MultiTalentNetwork` with
+:class:`shared.losses.multitalent.MultiTalentLoss`; its forward on a batch returns the losses and each
+data set's Dice, like the other pre-training methods of this package. A batch mixes data sets: images
+are padded with zero channels to the widest data set (:func:`pad_channels`) and every sample carries its
+data set's name under ``"dataset"``.
+
+The export writes our encoder format (:mod:`shared.checkpoints.manifest`): ``encoder.pt`` with one
+stem in the encoder's own stem keys (``main_stem``, the first data set by default), ``stems.pt`` with
+every data set's stem, and a manifest whose ``stems.ids`` maps each data set id to its channel count,
+so that fine-tuning takes a stem by id (``stem_id``) or by channel count (``stem="matching"``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from shared.checkpoints.manifest import PretrainedEncoder, StateDict, new_manifest, save_pretrained
+from shared.losses.multitalent import MultiTalentLoss
+from shared.networks.multitalent import MultiTalentNetwork
+
+METHOD = "multitalent"
+
+
+def pad_channels(image: np.ndarray | torch.Tensor, channels: int) -> np.ndarray | torch.Tensor:
+    """Zero channels appended to (C, X, Y, Z) up to ``channels``, so data sets of any width batch together."""
+    missing = channels - image.shape[0]
+    if missing < 0:
+        raise ValueError(f"image has {image.shape[0]} channels, more than the {channels} it is padded to")
+    if missing == 0:
+        return image
+    if isinstance(image, torch.Tensor):
+        return torch.cat([image, image.new_zeros((missing, *image.shape[1:]))])
+    return np.concatenate([image, np.zeros((missing, *image.shape[1:]), dtype=image.dtype)])
+
+
+class MultiTalent(nn.Module):
+    """MultiTalent pre-training: per-data-set stems, shared U-Net, loss on each data set's own classes.
+
+    Args:
+        tasks: the data sets, ``[{"name", "in_channels", "classes", "kind"?, "regions"?}, ...]``
+            (:class:`shared.networks.multitalent.SegmentationTask`), e.g. from
+            :func:`shared.io.multi_datalist.read_multi_datalist`'s ``tasks``.
+        encoder_spec: the encoder (ResEnc-L by default; ``{"name": "plain", ...}`` for Retina U-Net's).
+        decoder_convs_per_stage: conv blocks per decoder stage.
+        dice_weight, ce_weight: weights of the loss terms.
+    """
+
+    def __init__(self, tasks: list[dict[str, Any]], *, encoder_spec: dict[str, Any] | None = None,
+                 decoder_convs_per_stage: int = 1, dice_weight: float = 1.0, ce_weight: float = 1.0):
+        super().__init__()
+        self.network = MultiTalentNetwork(tasks, encoder_spec=encoder_spec,
+                                          decoder_convs_per_stage=decoder_convs_per_stage)
+        self.loss = MultiTalentLoss(self.network.tasks, dice_weight=dice_weight, ce_weight=ce_weight)
+        self.encoder_prefix = "network.encoder."
+
+    @property
+    def encoder(self) -> nn.Module:
+        """The shared encoder (without stem)."""
+        return self.network.encoder
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor, datasets: Any) -> dict[str, torch.Tensor]:
+        """Args:
+            images: (B, C_max, X, Y, Z).
+            labels: (B, 1, X, Y, Z) integer maps in each sample's own labels.
+            datasets: per sample its data set name (or index).
+
+        Returns:
+            ``{"loss", "loss/<data set>", "dice/<data set>"}`` for the data sets in the batch.
+        """
+        indices = self.network.dataset_indices(datasets, images.shape[0])
+        logits = self.network(images, indices)["seg_logits"]
+        return self.loss(logits, labels, indices)
+
+
+def multitalent_forward(model: nn.Module, batch: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
+    """Trainer step for :class:`MultiTalent`: a batch with ``"image"``, ``"label"`` and ``"dataset"``."""
+    return model(batch["image"].to(device), batch["label"].to(device), batch["dataset"])
+
+
+def multitalent_encoder_weights(network: MultiTalentNetwork | MultiTalent, main_stem: str | None = None
+                                ) -> tuple[StateDict, dict[str, StateDict]]:
+    """The encoder's state dict with ``main_stem``'s stem in its stem keys, and every stem by data set id.
+
+    Args:
+        network: the network (or the pre-training module holding it).
+        main_stem: the data set whose stem goes into the encoder's keys (default: the first task).
+
+    Returns:
+        ``(encoder state dict, {data set id: stem state dict})``, stem keys relative to the stem.
+    """
+    network = getattr(network, "network", network)
+    main_stem = network.task_names[0] if main_stem is None else main_stem
+    if main_stem not in network.stems:
+        raise ValueError(f"main_stem {main_stem!r}: not a data set of the network ({network.task_names})")
+    prefix = network.encoder_stem_path + "."
+    state = {key: value for key, value in network.encoder.state_dict().items()}
+    state.update({prefix + key: value for key, value in network.stems[main_stem].state_dict().items()})
+    stems = {name: dict(stem.state_dict()) for name, stem in network.stems.items()}
+    return state, stems
+
+
+def export_multitalent_encoder(
+    network: MultiTalentNetwork | MultiTalent,
+    out_dir: str | os.PathLike,
+    *,
+    architecture: dict[str, Any],
+    main_stem: str | None = None,
+    modality: str | list[str] | None = None,
+    spacing: list[float] | tuple[float, ...] | None = None,
+    normalization: Any = "zscore",
+    method_settings: dict[str, Any] | None = None,
+    data: dict[str, Any] | None = None,
+) -> Path:
+    """Writes ``encoder.pt``, ``stems.pt`` and ``encoder.json`` of a MultiTalent network.
+
+    Args:
+        network: the trained network (or :class:`MultiTalent`), not wrapped in DDP.
+        out_dir: output folder.
+        architecture: the encoder spec the network was built with.
+        main_stem: the data set whose stem is the encoder's own (its channels are the manifest's
+            ``in_channels``); the first by default.
+        modality, spacing, normalization: what the inputs were.
+        method_settings: schedule, patch size... (the tasks are added).
+        data: what it saw (the tasks' classes are added under ``"datasets"``).
+
+    Returns:
+        The manifest's path.
+    """
+    bare = getattr(network, "network", network)
+    state, stems = multitalent_encoder_weights(bare, main_stem)
+    main_stem = main_stem or bare.task_names[0]
+    main_task = bare.tasks[bare.task_names.index(main_stem)]
+    datasets = {task.name: {"in_channels": task.in_channels, "classes": list(task.classes), "kind": task.kind}
+                for task in bare.tasks}
+    manifest = new_manifest(
+        architecture=architecture, in_channels=main_task.in_channels, modality=modality, spacing=spacing,
+        normalization=normalization, method=METHOD,
+        method_settings={**dict(method_settings or {}), "main_stem": main_stem},
+        data={**dict(data or {}), "datasets": datasets},
+        stem_keys=list(getattr(bare.encoder, "stem_keys", ["stem."])),
+    )
+    return save_pretrained(PretrainedEncoder(state, manifest, stems), out_dir)
