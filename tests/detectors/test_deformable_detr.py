@@ -122,3 +122,17 @@ def test_objects_per_patch_counts_the_neighbours_a_patch_holds():
     case = np.array([[0, 0, 0, 2, 2, 2], [6, 0, 0, 8, 2, 2], [40, 40, 40, 42, 42, 42]], np.float32)
     assert objects_per_patch([case, np.zeros((0, 6))], (16, 16, 16)) == [2, 2, 1, 0]
     assert objects_per_patch([case], (4, 4, 4)) == [1, 1, 1]
+
+
+def test_runs_through_sliding_window_inference_and_build_network():
+    from shared.bundles.network import build_network
+    from shared.inference.sliding_window import predict_volume
+
+    torch.manual_seed(0)
+    network = build_network("shared.networks.deformable_detr.DeformableDETRNetwork", in_channels=1, num_classes=1,
+                            **{**TINY, "num_queries": 8})
+    detector = DeformableDETRDetector(network, score_threshold=0.0)
+    found = predict_volume(detector, torch.randn(1, 24, 20, 16), patch_size=(16, 16, 16), mirror=True,
+                           score_threshold=0.0)
+    assert len(found["boxes"]) > 0 and found["labels"].dtype == torch.int64
+    assert (found["boxes"] >= 0).all() and (found["boxes"] <= torch.tensor([24, 20, 16] * 2)).all()
