@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -120,6 +121,24 @@ def test_inference_json_alone_rebuilds_the_trained_network_from_its_plan(trained
     np.testing.assert_allclose(alone[0]["box"], reference[0]["box"], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(alone[0]["label_scores"], reference[0]["label_scores"], rtol=1e-5, atol=1e-6)
     assert alone[0]["label"] == reference[0]["label"]
+
+
+def test_a_copy_of_the_bundle_elsewhere_uses_its_own_model_and_writes_outside_it(trained, tmp_path):
+    # a downloaded bundle: its own models/ (the repository's bundle has none), run by its full config
+    # path from a third folder; nothing but the copy's files is read and nothing is written into it
+    copy = tmp_path / "downloaded" / "retina_unet_detection"
+    shutil.copytree(PLAIN.parent, copy, ignore=shutil.ignore_patterns("models"))
+    (copy / "models").mkdir()
+    for name in ("model.pt", "model_plan.json"):
+        shutil.copy(trained / "out" / name, copy / "models" / name)
+    shipped = sorted(path.relative_to(copy) for path in copy.rglob("*"))
+    work = tmp_path / "work"
+    work.mkdir()
+    _bundle("run", "--config_file", str(copy / "configs" / "inference.json"), "--dataset_dir", str(trained / "data"),
+            cwd=work)
+    written = json.loads((work / "runs" / "retina_unet_detection" / "predictions" / "predictions.json").read_text())
+    assert [Path(entry["image"]).name for entry in written] == ["lung_ct_ts_000_0000.nii.gz"]
+    assert sorted(path.relative_to(copy) for path in copy.rglob("*")) == shipped
 
 
 def test_inference_writes_per_scan_and_combined_outputs_and_box_maps(trained):

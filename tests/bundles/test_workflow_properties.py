@@ -1,0 +1,142 @@
+"""MONAI's workflow contract on every bundle: ``ConfigWorkflow(workflow_type=...).check_properties()``.
+
+MONAI Label, FL and Deploy drive a bundle through the properties of ``monai.bundle.properties``
+(``train#trainer``, ``train#trainer#max_epochs``, ``train#dataset``, ``train#inferer``; ``dataset``,
+``evaluator``, ``inferer``, ``network_def`` in inference), so every train config and every
+inference/evaluation config must define them, and optional properties that the config refers to must
+sit at their ids. ``check_properties`` resolves each required property, so the workflows run their
+``initialize`` on tiny generated data (and the inference ones on a tiny trained model), from a working
+directory that is not the bundle.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from monai.bundle import ConfigParser, ConfigWorkflow
+
+from shared.bundles import config_bundle_root
+from shared.data.synthetic.dataset import make_dataset
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+BUNDLES = REPOSITORY / "bundles"
+DETECTORS = ["retina_unet_detection", "resenc_retina_unet_detection"]
+
+
+def _tiny_detector(bundle: str) -> dict:
+    encoder = "resenc" if bundle.startswith("resenc") else "plain"
+    return {"encoder": {"name": encoder, "preset": "tiny"}, "decoder_channels": 16, "detection_strides": [4, 8],
+            "patch_size": [32, 32, 32], "batch_size": 2, "iterations_per_epoch": 2, "epochs": 1,
+            "lr_warmup_iterations": 1, "checkpoint_every": 2}
+
+
+TINY_MAE = {"encoder": {"name": "resenc", "preset": "tiny"}, "patch_size": [32, 32, 32], "batch_size": 2,
+            "iterations_per_epoch": 2, "epochs": 1, "num_workers": 0, "max_scans": 1}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("properties")
+    counts = {"training": 3, "validation": 1, "test": 1, "unlabelled": 2}
+    make_dataset("lung_ct", root / "data", counts=counts, shape=(40, 40, 24), previews=False, progress=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(data) -> dict[str, Path]:
+    """One tiny trained model per detector bundle (``python -m monai.bundle run``, from another folder)."""
+    models = {}
+    for bundle in DETECTORS:
+        out = data / "models" / bundle
+        arguments = [item for key, value in _tiny_detector(bundle).items() for item in (f"--{key}", json.dumps(value))]
+        configs = [str(BUNDLES / bundle / "configs" / name) for name in ("train.json", "quick.json")]
+        environment = {**os.environ, "PYTHONPATH": str(REPOSITORY), "OMP_NUM_THREADS": "1"}
+        result = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file", json.dumps(configs),
+                                 "--dataset_dir", str(data / "data"), "--output_dir", str(out), *arguments],
+                                cwd=data, env=environment, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        models[bundle] = out
+    return models
+
+
+def _check(bundle: str, configs: list[str], workflow_type: str, overrides: dict, folder: Path) -> list[str]:
+    files = [str(BUNDLES / bundle / "configs" / name) for name in configs]
+    previous = Path.cwd()
+    os.chdir(folder)  # not the bundle: bundle_root must still be the bundle's folder
+    try:
+        workflow = ConfigWorkflow(config_file=files, workflow_type=workflow_type, logging_file=False, **overrides)
+        workflow.initialize()
+        assert Path(workflow.bundle_root) == BUNDLES / bundle
+        return workflow.check_properties()
+    finally:
+        os.chdir(previous)
+
+
+@pytest.mark.parametrize("bundle", DETECTORS)
+def test_detector_training_defines_monai_train_properties(bundle, data, tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)  # initialize installs the bundles' hook
+    overrides = {**_tiny_detector(bundle), "dataset_dir": str(data / "data"), "output_dir": str(tmp_path / "out"),
+                 "num_workers": 0, "amp": False}
+    assert _check(bundle, ["train.json"], "train", overrides, tmp_path) == []
+
+
+@pytest.mark.parametrize("bundle", DETECTORS)
+@pytest.mark.parametrize("configs", [["inference.json"], ["train.json", "evaluate.json"]])
+def test_detector_inference_defines_monai_infer_properties(bundle, configs, data, trained, tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+    overrides = {"dataset_dir": str(data / "data"), "output_dir": str(trained[bundle]),
+                 "model_dir": str(trained[bundle]), "prediction_dir": str(tmp_path / "predictions"),
+                 "evaluation_dir": str(tmp_path / "evaluation")}
+    assert _check(bundle, configs, "infer", overrides, tmp_path) == []
+
+
+def test_pretraining_defines_monai_train_properties(data, tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+    overrides = {**TINY_MAE, "dataset_dir": str(data / "data"), "output_dir": str(tmp_path / "out"), "amp": False}
+    assert _check("resenc_mae_pretrain", ["train.json"], "train", overrides, tmp_path) == []
+
+
+def test_bundle_root_is_the_folder_of_the_config_being_run(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+    copy = tmp_path / "downloaded" / "retina_unet_detection"
+    shutil.copytree(BUNDLES / "retina_unet_detection", copy, ignore=shutil.ignore_patterns("models"))
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    workflow = ConfigWorkflow(config_file=str(copy / "configs" / "inference.json"), workflow_type="infer",
+                              logging_file=False)
+    workflow.initialize()
+    assert Path(workflow.bundle_root) == copy
+    assert Path(workflow.parser.get_parsed_content("model_dir")) == copy / "models"
+    assert Path(workflow.parser.get_parsed_content("prediction_dir")).resolve() == \
+        work / "runs" / "retina_unet_detection" / "predictions"
+    # --bundle_root still decides, as the Model Zoo's CI passes it
+    workflow = ConfigWorkflow(config_file=str(copy / "configs" / "inference.json"), workflow_type="infer",
+                              logging_file=False, bundle_root=str(tmp_path / "elsewhere"))
+    workflow.initialize()
+    assert workflow.bundle_root == str(tmp_path / "elsewhere")
+
+
+@pytest.mark.parametrize("arguments, expected", [
+    (["verify_net_in_out", "network_def", "--config_file", "/b/configs/inference.json"], "/b"),
+    (["run", "--config_file=/b/configs/train.json"], "/b"),
+    (["run", "--config_file", "['/b/configs/train.json','/other/quick.json']"], "/b"),
+    (["run", "--config_file", "/b/configs/train.json,/b/configs/quick.json"], "/b"),
+    (["run", "--config_file", "/b/my_train.json"], "/b"),  # not in configs/: its own folder
+])
+def test_scripts_without_a_workflow_find_the_bundle_from_their_config_file(arguments, expected, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["monai.bundle", *arguments])
+    assert config_bundle_root() == str(Path(expected).resolve())
+
+
+def test_a_bare_parser_without_config_file_arguments_uses_the_working_folder(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["pytest"])
+    monkeypatch.chdir(tmp_path)
+    parser = ConfigParser({"bundle_root": "$shared.bundles.config_bundle_root()"}, globals={"shared": "shared"})
+    assert parser.get_parsed_content("bundle_root") == str(tmp_path)
