@@ -13,6 +13,7 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
 from shared.data.normalize import normalize_image
+from shared.io.errors import InputError
 
 
 class NormalizeChannelsd(MapTransform):
@@ -34,5 +35,10 @@ class NormalizeChannelsd(MapTransform):
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         data = dict(data)
         for key in self.key_iterator(data):
-            data[key] = normalize_image(np.asarray(data[key], dtype=np.float32), self.channels)
+            array = np.asarray(data[key], dtype=np.float32)
+            if array.ndim != 4 or array.shape[0] != len(self.channels):
+                source = (data.get("sources") or [None])[0]
+                raise InputError(source, f"the model expects {len(self.channels)} channel(s), the scan has "
+                                         f"{array.shape[0] if array.ndim == 4 else 'no channel axis'}")
+            data[key] = normalize_image(array, self.channels)
         return data
