@@ -24,6 +24,7 @@ from shared.checkpoints.manifest import (
     PretrainedEncoder,
     StateDict,
     read_manifest_encoder,
+    with_stem,
 )
 from shared.checkpoints.safe_load import read_checkpoint, sha256_file
 from shared.checkpoints.weights import DETECTOR_PREFIX
@@ -39,23 +40,18 @@ def load_pretrained(path: str | os.PathLike, *, stem: str | None = None) -> Pret
 
     Args:
         path: file or folder.
-        stem: stem id for checkpoints with per-dataset stems (MultiTalent).
+        stem: stem id for checkpoints with per-dataset stems (MultiTalent's, or our MultiTalent export,
+            whose chosen stem then becomes the encoder's own).
 
     Returns:
         The weights with a manifest: an encoder (``scope="encoder"``) or, for our trainer's files, a
         whole network (``scope="network"``, a manifest naming only the source file).
     """
     path = Path(path)
-    if path.is_dir():
-        if not (path / MANIFEST_NAME).is_file():
-            raise InputError(path, f"is a folder without {MANIFEST_NAME}; {understood_formats()}")
-        return read_manifest_encoder(path / MANIFEST_NAME)
-    if not path.is_file():
-        raise InputError(path, "no such file or folder")
-    if path.suffix == ".json":
-        return read_manifest_encoder(path)
-    if path.name in (WEIGHTS_NAME, STEMS_NAME) and (path.parent / MANIFEST_NAME).is_file():
-        return read_manifest_encoder(path.parent / MANIFEST_NAME)
+    manifest = _manifest_path(path)
+    if manifest is not None:
+        pretrained = read_manifest_encoder(manifest)
+        return pretrained if stem is None else with_stem(pretrained, stem)
     checkpoint = read_checkpoint(path)
     converted = convert_checkpoint(checkpoint, path, stem=stem)
     if converted is not None:
@@ -66,6 +62,21 @@ def load_pretrained(path: str | os.PathLike, *, stem: str | None = None) -> Pret
         return PretrainedEncoder(network, manifest, source=str(path), scope="network")
     hint = " (our encoder.pt needs its encoder.json beside it)" if _looks_like_encoder(checkpoint) else ""
     raise InputError(path, f"unknown checkpoint format{hint}; {understood_formats()}")
+
+
+def _manifest_path(path: Path) -> Path | None:
+    """Our manifest for a folder, ``encoder.json``, or a weight file beside one; ``None`` for other files."""
+    if path.is_dir():
+        if not (path / MANIFEST_NAME).is_file():
+            raise InputError(path, f"is a folder without {MANIFEST_NAME}; {understood_formats()}")
+        return path / MANIFEST_NAME
+    if not path.is_file():
+        raise InputError(path, "no such file or folder")
+    if path.suffix == ".json":
+        return path
+    if path.name in (WEIGHTS_NAME, STEMS_NAME) and (path.parent / MANIFEST_NAME).is_file():
+        return path.parent / MANIFEST_NAME
+    return None
 
 
 def trainer_network_weights(checkpoint: Any) -> StateDict | None:

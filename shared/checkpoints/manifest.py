@@ -286,6 +286,30 @@ def stem_input_channels(stem: StateDict) -> int:
     raise ValueError(f"no convolution weight among the stem keys {sorted(stem)}")
 
 
+def with_stem(pretrained: PretrainedEncoder, stem_id: str) -> PretrainedEncoder:
+    """The same encoder with the per-dataset stem ``stem_id`` in its stem keys (and ``in_channels``).
+
+    Args:
+        pretrained: an encoder with ``stems`` (a MultiTalent export).
+        stem_id: the data set id.
+
+    Returns:
+        A new ``PretrainedEncoder`` (the stems are kept); the manifest records ``selected_stem``.
+
+    Raises:
+        InputError: naming the file and the available stems, when there is no such stem.
+    """
+    if stem_id not in pretrained.stems:
+        offered = ", ".join(f"{name} ({stem_input_channels(stem)})" for name, stem in pretrained.stems.items())
+        raise InputError(pretrained.source, f"has no stem '{stem_id}' (stems and their channels: {offered or 'none'})")
+    prefix = list(pretrained.manifest.get("stem_keys") or ["stem."])[0]
+    state = {key: value for key, value in pretrained.state_dict.items() if not key.startswith(prefix)}
+    state.update({prefix + key: value for key, value in pretrained.stems[stem_id].items()})
+    manifest = {**pretrained.manifest, "in_channels": stem_input_channels(pretrained.stems[stem_id]),
+                "selected_stem": stem_id}
+    return PretrainedEncoder(state, manifest, dict(pretrained.stems), pretrained.source, pretrained.scope)
+
+
 def _verified_tensors(folder: Path, entry: Any, manifest_path: Path, what: str) -> StateDict:
     if not isinstance(entry, dict) or "file" not in entry or "sha256" not in entry:
         raise InputError(manifest_path, f"'{what}' must name a 'file' and its 'sha256'")

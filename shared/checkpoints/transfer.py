@@ -191,8 +191,18 @@ def _replicate(source_stem: StateDict, target: StateDict, channels: int, source:
     return adapted
 
 
+def _stem_by_id(pretrained: PretrainedEncoder, stem_id: str, prefix: str) -> StateDict:
+    if stem_id not in pretrained.stems:
+        offered = ", ".join(f"{name} ({stem_input_channels(stem)})" for name, stem in pretrained.stems.items())
+        raise InputError(pretrained.source, f"has no stem '{stem_id}' (stems and their channels: {offered or 'none'}); "
+                                            "pass one of those as stem_id, or none")
+    # per-dataset stems are stored relative to the stem; the first prefix is where they belong
+    return {prefix + key: value for key, value in pretrained.stems[stem_id].items()}
+
+
 def _adapt_stem(
-    pretrained: PretrainedEncoder, source: StateDict, target: StateDict, prefixes: tuple[str, ...], strategy: str
+    pretrained: PretrainedEncoder, source: StateDict, target: StateDict, prefixes: tuple[str, ...], strategy: str,
+    stem_id: str | None = None,
 ) -> tuple[StateDict, list[str], list[str], str | None]:
     """Applies the stem strategy; returns (source without/with adapted stem, skipped, excused, stem source)."""
     def in_stem(key: str) -> bool:
@@ -204,6 +214,16 @@ def _adapt_stem(
     if strategy == "random" or not target_stem_keys:
         return rest, sorted(source_stem), target_stem_keys, None
     channels = _in_channels_of(target, target_stem_keys)
+    if stem_id is not None:
+        chosen = _stem_by_id(pretrained, stem_id, prefixes[0])
+        found = stem_input_channels(chosen)
+        if strategy == "matching" and found != channels:
+            raise InputError(pretrained.source, f"stem '{stem_id}' takes {found} input channel(s), the network "
+                                                f"{channels}; choose a stem_id with {channels}, stem='replicate' "
+                                                "(single-channel stems) or stem='random'")
+        if found != channels:
+            chosen = _replicate(chosen, target, channels, pretrained.source)
+        return {**rest, **chosen}, [], [], stem_id
     if not source_stem and not pretrained.stems:
         raise InputError(pretrained.source, f"holds no stem weights (keys starting with {list(prefixes)}); "
                                             "use stem='random'")
@@ -230,6 +250,7 @@ def transfer_encoder(
     stem: str = "matching",
     allow_missing: Sequence[str] = (),
     expected_architecture: dict[str, Any] | None = None,
+    stem_id: str | None = None,
 ) -> TransferReport:
     """Loads pre-trained weights into ``network.encoder`` (or the whole network) and reports every key.
 
@@ -244,6 +265,9 @@ def transfer_encoder(
         allow_missing: fnmatch patterns of keys (network keys for missing, checkpoint keys for
             unexpected or mis-shaped ones) that may be left out without an error.
         expected_architecture: the network's encoder spec; compared with the manifest's.
+        stem_id: take this per-dataset stem (a MultiTalent data set id, ``pretrained.stems``) instead
+            of searching by channel count; with ``"matching"`` its channels must be the network's,
+            with ``"replicate"`` a single-channel one is replicated; ``"random"`` ignores it.
 
     Returns:
         The report; ``new_parameters(network)`` lists what the warm-up phase trains.
@@ -274,7 +298,7 @@ def transfer_encoder(
     if not any(ALIAS_MARK in key for key in target):
         report.skipped_keys += sorted(key for key in source if ALIAS_MARK in key)
         source = {key: value for key, value in source.items() if ALIAS_MARK not in key}
-    source, skipped, excused, report.stem_source = _adapt_stem(pretrained, source, target, prefixes, stem)
+    source, skipped, excused, report.stem_source = _adapt_stem(pretrained, source, target, prefixes, stem, stem_id)
     report.skipped_keys += skipped
     _compare(source, target, set(excused), allow_missing, report, prefix, pretrained.source)
     _load(target_module, target, source, report, prefix)
