@@ -6,6 +6,7 @@ import torch
 from shared.checkpoints.loading import load_pretrained
 from shared.checkpoints.transfer import check_weights_fit_architecture, transfer_encoder
 from shared.io.errors import InputError
+from shared.networks.deformable_detr import DeformableDETRNetwork
 from shared.networks.multitalent import MultiTalentNetwork
 from shared.networks.retina_unet import RetinaUNetNetwork
 from shared.ssl.multitalent import export_multitalent_encoder
@@ -29,7 +30,11 @@ def exported(tmp_path, encoder, seed=0):
     return network, path
 
 
-def detector(encoder, in_channels):
+def detector(encoder, in_channels, kind="retina_unet"):
+    if kind == "deformable_detr":
+        return DeformableDETRNetwork(in_channels, 1, encoder=encoder, num_levels=3, num_queries=4, hidden_channels=16,
+                                     num_heads=2, num_points=1, encoder_layers=1, decoder_layers=1,
+                                     feedforward_channels=16, mapper_groups=4)
     return RetinaUNetNetwork(in_channels, 1, encoder=encoder, decoder_channels=16, detection_strides=[4, 8],
                              num_anchors=3)
 
@@ -69,9 +74,10 @@ def test_manifest_lists_every_stem_with_its_channels(tmp_path, encoder):
 
 @pytest.mark.parametrize("encoder", ENCODERS)
 @pytest.mark.parametrize("how", ["stem_id", "matching", "load_pretrained"])
-def test_round_trip_into_the_detector_by_id_and_by_channel_count(tmp_path, encoder, how):
+@pytest.mark.parametrize("kind", ["retina_unet", "deformable_detr"])
+def test_round_trip_into_the_detector_by_id_and_by_channel_count(tmp_path, encoder, how, kind):
     network, path = exported(tmp_path, encoder)
-    retina = detector(encoder, 2)
+    retina = detector(encoder, 2, kind)
     if how == "stem_id":
         report = transfer_encoder(retina, load_pretrained(path), stem_id="brain_mri", expected_architecture=encoder)
     elif how == "matching":  # the only two-channel stem
