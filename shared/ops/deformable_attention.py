@@ -7,11 +7,13 @@ with one signature:
 * ``"reference"``: pure PyTorch, one 5-D trilinear :func:`torch.nn.functional.grid_sample` per level
   (``align_corners=False``, zero padding), as Deformable-DETR's ``ms_deform_attn_core_pytorch`` does in 2-D.
   Simple and always available; it keeps a ``(B·M, C/M, Q, K)`` sampled tensor per level for autograd.
-* ``"fast"``: :mod:`shared.ops.deformable_sampling`, one gather over all levels chunked over queries,
-  with its own backward pass that keeps only the inputs. Faster and leaner on CPU; see
-  ``docs/deformable_attention.md`` for the measurements.
+* ``"fast"``: :mod:`shared.ops.deformable_sampling`, chunked over queries, trilinear sampling as two
+  bilinear samples through ATen's vectorised 2-D kernels, with its own backward pass that keeps only the
+  inputs. Faster and leaner on CPU; see ``docs/deformable_attention.md`` for the measurements.
 
-``"auto"`` picks the fast path.
+``"auto"`` picks the fast path from ``AUTO_FAST_MIN_POINTS`` sampling points ``B·Q·M·L·K`` on (the encoder
+at realistic sizes) and the reference below (a decoder's few hundred queries, small patches), where the
+reference is as fast and its memory small.
 
 Conventions: a level's volume is ``(X, Y, Z)`` (the project's ``(B, C, X, Y, Z)`` tensors), flattened
 with ``z`` fastest, the levels concatenated fine to coarse at ``level_start_index``. Locations are
@@ -28,6 +30,9 @@ from torch import Tensor
 from shared.ops.deformable_sampling import DEFAULT_CHUNK_ELEMENTS, ChunkedDeformableAttentionFunction
 
 IMPLEMENTATIONS = ("reference", "fast", "auto")
+#: ``"auto"`` takes the fast path from this many sampling points ``B·Q·M·L·K`` on (the encoder of a 128³
+#: patch has 4.8 million, a decoder's 300 queries 38,400).
+AUTO_FAST_MIN_POINTS = 2**19
 
 
 def _check_shapes(
@@ -101,9 +106,9 @@ def multi_scale_deformable_attention(
         sampling_locations: ``(x, y, z)`` in ``[0, 1]`` per query, head, level and point, along the
             ``spatial_shapes`` axes (``align_corners=False``); points outside read zeros.
         attention_weights: per query, head, level and point, already normalised (softmax over ``L·K``).
-        implementation: ``"reference"`` (``grid_sample``), ``"fast"`` (the chunked gather) or ``"auto"``
-            (the fast one).
-        chunk_elements: for the fast path, the most gathered value elements held at once (memory bound).
+        implementation: ``"reference"`` (3-D ``grid_sample`` per level), ``"fast"`` (chunked, 2-D kernels)
+            or ``"auto"`` (the fast one from ``AUTO_FAST_MIN_POINTS`` sampling points on).
+        chunk_elements: for the fast path, the most sampled numbers held at once (its memory bound).
 
     Returns:
         The attended values, heads concatenated.
@@ -117,11 +122,21 @@ def multi_scale_deformable_attention(
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
     _check_shapes(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+    if implementation == "auto":
+        # The fast path saves time per sampled point but costs more small operations and a few copies of
+        # the value: measured on CPU it wins from about half a million points (docs/deformable_attention.md),
+        # where the reference's memory starts to count too.
+        implementation = "fast" if attention_weights.numel() >= AUTO_FAST_MIN_POINTS else "reference"
     if implementation == "reference":
         return reference_deformable_attention(
             value, spatial_shapes, level_start_index, sampling_locations, attention_weights
         )
-    return ChunkedDeformableAttentionFunction.apply(
-        value.contiguous(), spatial_shapes, level_start_index, sampling_locations.contiguous(),
-        attention_weights.contiguous(), chunk_elements,
+    # The fast path addresses a level as an image Y·(Z + 1) columns wide: half precision would put its
+    # samples a voxel off at 32³, so it computes in float32 and returns the input's precision.
+    compute_dtype = torch.float32 if value.dtype in (torch.float16, torch.bfloat16) else value.dtype
+    output = ChunkedDeformableAttentionFunction.apply(
+        value.to(compute_dtype).contiguous(), spatial_shapes, level_start_index,
+        sampling_locations.to(compute_dtype).contiguous(), attention_weights.to(compute_dtype).contiguous(),
+        chunk_elements,
     )
+    return output.to(value.dtype)

@@ -136,7 +136,7 @@ def chunked_backward(
     queries, points = sampling_locations.shape[1], sampling_locations.shape[4]
     images = _level_images(value, spatial_shapes, level_start_index)
     sizes = spatial_shapes.tolist()
-    grad_images = [torch.zeros_like(image) for image in images] if needs[0] else None
+    grad_images: list[Tensor | None] | None = [None] * len(images) if needs[0] else None
     grad_locations = torch.zeros_like(sampling_locations) if needs[1] else None
     grad_attention = torch.zeros_like(attention_weights) if needs[2] else None
     grad_heads = grad_output.reshape(batch, queries, heads, channels).permute(0, 2, 3, 1)  # (B, M, C/M, Q)
@@ -162,7 +162,8 @@ def chunked_backward(
                 grad_sampled, image, pairs.grid, 0, 0, False, [grad_images is not None, grad_locations is not None]
             )
             if grad_images is not None:
-                grad_images[level] += grad_image
+                previous = grad_images[level]
+                grad_images[level] = grad_image if previous is None else previous.add_(grad_image)
             if grad_locations is not None:
                 _, size_y, size_z = sizes[level]
                 grad_grid = grad_grid.view(batch, heads, count, points, 2, 2).sum(-2)  # the pair shares x and z
@@ -171,7 +172,9 @@ def chunked_backward(
                 grad_level = torch.stack([2 * grad_grid[..., 1], grad_y, grad_z], -1)  # (B, M, Qc, K, 3)
                 grad_locations[:, start:stop, :, level] = grad_level.transpose(1, 2)
     grad_value = None
-    if grad_images is not None:
+    if grad_images is not None and queries == 0:
+        grad_value = torch.zeros_like(value)
+    elif grad_images is not None:
         volumes = [grad.view(batch, heads, channels, x, y, z + 1)[..., :z].reshape(batch, heads, channels, -1)
                    for grad, (x, y, z) in zip(grad_images, sizes)]
         grad_value = torch.cat(volumes, -1).permute(0, 3, 1, 2).contiguous()

@@ -128,3 +128,29 @@ def test_inconsistent_inputs_are_refused():
     with pytest.raises(ValueError, match="implementation"):
         multi_scale_deformable_attention(value, spatial_shapes, level_start_index, locations, weights,
                                          implementation="cuda")
+
+
+def test_half_precision_samples_where_float32_does():
+    # At a 32-voxel level a bfloat16 image column would be a voxel off; the fast path computes in float32.
+    spatial_shapes, level_start_index, num_values = level_layout([(4, 32, 32)])
+    generator = torch.Generator().manual_seed(0)
+    value = torch.randn(1, num_values, 1, 2, generator=generator)
+    locations = torch.rand(1, 6, 1, 1, 1, 3, generator=generator, dtype=torch.float64)
+    weights = torch.ones(1, 6, 1, 1, 1)
+    output = multi_scale_deformable_attention(value.bfloat16(), spatial_shapes, level_start_index,
+                                              locations.bfloat16(), weights.bfloat16(), implementation="fast")
+    assert output.dtype == torch.bfloat16
+    rounded = multi_scale_deformable_attention(value.bfloat16().double(), spatial_shapes, level_start_index,
+                                               locations.bfloat16().double(), weights.double(),
+                                               implementation="reference")
+    torch.testing.assert_close(output.double(), rounded, rtol=2e-2, atol=2e-2)
+
+
+def test_auto_takes_the_fast_path_from_half_a_million_points():
+    spatial_shapes, level_start_index, num_values = level_layout([(2, 2, 2)])
+    value = torch.randn(1, num_values, 8, 1, requires_grad=True)
+    for queries, fast in ((4096, True), (4095, False)):  # 4096 · 8 heads · 16 points = 2**19
+        locations = torch.rand(1, queries, 8, 1, 16, 3)
+        weights = torch.full((1, queries, 8, 1, 16), 1 / 16)
+        output = multi_scale_deformable_attention(value, spatial_shapes, level_start_index, locations, weights)
+        assert type(output.grad_fn).__name__.startswith("ChunkedDeformableAttention") == fast

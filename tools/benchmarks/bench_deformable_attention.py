@@ -1,19 +1,21 @@
 """Time and peak memory of 3-D multi-scale deformable attention: the fast path against the reference.
 
-Two shapes: ``realistic`` is the encoder of Deformable DETR on a 128³ patch (levels 32³, 16³, 8³, 4³ at
-strides 4-32, ``Q = ΣXYZ = 37,440`` queries, 8 heads, 4 points, hidden 128, batch 1); ``small`` the same
-from a 32³ patch at batch 2. Queries sit at the voxel centres of their level and sample a few voxels
-around them, as after the offset initialisation. ``--queries`` keeps a random subset of the realistic
-queries (the values keep their full size)::
+Three shapes: ``realistic`` is the encoder of Deformable DETR on a 128³ patch (levels 32³, 16³, 8³, 4³
+at strides 4-32, ``Q = ΣXYZ = 37,440`` queries, 8 heads, 4 points, hidden 128, batch 1); ``small`` the
+same from a 32³ patch at batch 2; ``decoder`` 300 queries over the realistic levels. Queries sit at voxel
+centres of their level and sample a few voxels around them, as after the offset initialisation.
+``--queries`` keeps a random subset of the realistic queries (the values keep their full size)::
 
     python -m tools.benchmarks.bench_deformable_attention [--queries 8192] [--repeats 2] [--threads 1] [--device cpu]
 
-Each row runs in a fresh subprocess that first warms up on a tiny input. Wall and CPU time (``process_time``,
-all threads of the subprocess) are each the least of ``repeats`` runs, the least disturbed by other jobs;
-on a shared machine CPU time is the steadier of the two. Peak memory on CPU is the subprocess's peak resident
-set (``getrusage`` ``ru_maxrss``) during the first run above its resident set just before it, with glibc's
-``MALLOC_MMAP_THRESHOLD_`` fixed at 64 KiB so that freed tensors leave the resident set at once; on CUDA
-it is ``torch.cuda.max_memory_allocated`` above the allocation before. Prints a markdown table.
+Each row runs in fresh subprocesses that first warm up on a tiny input. Wall and CPU time
+(``process_time``, all threads of the subprocess) are each the least of ``repeats`` runs, the least
+disturbed by other jobs; on a shared machine CPU time is the steadier of the two. Peak memory on CPU is
+measured in a second subprocess: its peak resident set (``getrusage`` ``ru_maxrss``) during one run above
+its resident set just before it, with glibc's ``MALLOC_MMAP_THRESHOLD_`` fixed at 64 KiB so that freed
+tensors leave the resident set at once (which slows allocation, hence the separate subprocess for the
+times); on CUDA it is ``torch.cuda.max_memory_allocated`` above the allocation before. Prints a markdown
+table.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ import time
 import fire
 import torch
 
-SHAPES = {"small": ([8, 4, 2, 1], 2), "realistic": ([32, 16, 8, 4], 1)}
+#: name: (cubic level sizes, batch, queries or None for one per voxel of every level)
+SHAPES = {"small": ([8, 4, 2, 1], 2, None), "decoder": ([32, 16, 8, 4], 1, 300), "realistic": ([32, 16, 8, 4], 1, None)}
 HEADS, POINTS, HIDDEN = 8, 4, 128
 
 
@@ -71,13 +74,12 @@ def _measure(shape: str, implementation: str, backward: bool, queries: int | Non
         if device == "cuda":
             torch.cuda.synchronize()
 
-    levels, batch = SHAPES[shape]
-    inputs = make_inputs(levels, batch, queries, device)
+    levels, batch, shape_queries = SHAPES[shape]
+    inputs = make_inputs(levels, batch, shape_queries or queries, device)
     tiny = make_inputs([2, 1], 1, None, device)  # loads libraries and kernels without touching the peak
     for tensor in (inputs[0], inputs[3], inputs[4], tiny[0], tiny[3], tiny[4]):
         tensor.requires_grad_(backward)
     run(*tiny)
-    value, locations, weights = inputs[0], inputs[3], inputs[4]
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
@@ -93,26 +95,41 @@ def _measure(shape: str, implementation: str, backward: bool, queries: int | Non
             peak = torch.cuda.max_memory_allocated() - before
         elif len(times) == 1:
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
-        value.grad = locations.grad = weights.grad = None
-    results.put((min(times), min(cpu_times), peak, locations.shape[1]))
+        inputs[0].grad = inputs[3].grad = inputs[4].grad = None
+    results.put((min(times), min(cpu_times), peak, inputs[3].shape[1]))
 
 
-def measure(shape: str, implementation: str, backward: bool, queries: int | None = None, repeats: int = 2,
-            threads: int = 1, device: str = "cpu") -> tuple[float, float, int, int]:
-    """``(wall seconds, CPU seconds, peak bytes, queries)`` of one configuration, in a fresh subprocess."""
-    os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"  # read by the child's glibc at start
+def _in_subprocess(arguments: tuple, fixed_mmap_threshold: bool) -> tuple[float, float, int, int]:
+    if fixed_mmap_threshold:
+        os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"  # read by the child's glibc at start
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
-    process = context.Process(target=_measure, args=(shape, implementation, backward, queries, repeats, threads,
-                                                     device, results))
-    process.start()
+    process = context.Process(target=_measure, args=(*arguments, results))
+    try:
+        process.start()
+    finally:
+        os.environ.pop("MALLOC_MMAP_THRESHOLD_", None)
     outcome = results.get()
     process.join()
     return outcome
 
 
+def measure(shape: str, implementation: str, backward: bool, queries: int | None = None, repeats: int = 2,
+            threads: int = 1, device: str = "cpu") -> tuple[float, float, int, int]:
+    """``(wall seconds, CPU seconds, peak bytes, queries)`` of one configuration, in fresh subprocesses.
+
+    On CPU the times come from a subprocess with glibc's default allocator settings and the peak from a
+    second one with a fixed mmap threshold (which costs page faults on every large allocation).
+    """
+    arguments = (shape, implementation, backward, queries, repeats, threads, device)
+    seconds, cpu_seconds, peak, count = _in_subprocess(arguments, fixed_mmap_threshold=False)
+    if device == "cpu":
+        peak = _in_subprocess((*arguments[:4], 1, *arguments[5:]), fixed_mmap_threshold=True)[2]
+    return seconds, cpu_seconds, peak, count
+
+
 def benchmark(queries: int | None = None, repeats: int = 2, threads: int = 1, device: str | None = None,
-              shapes: tuple[str, ...] = ("small", "realistic")) -> None:
+              shapes: tuple[str, ...] = ("small", "decoder", "realistic")) -> None:
     """Print a table: per shape, pass and implementation the time and peak memory."""
     devices = [device] if device else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     print(f"threads {threads}, repeats {repeats} (fastest shown), heads {HEADS}, points {POINTS}, hidden {HIDDEN}")
@@ -120,7 +137,7 @@ def benchmark(queries: int | None = None, repeats: int = 2, threads: int = 1, de
     print("|---|---|---|---|---|---|---|---|")
     for device_name in devices:
         for shape in shapes:
-            subset = queries if shape == "realistic" else None
+            subset = queries if shape == "realistic" else None  # the other shapes fix their queries
             for backward in (False, True):
                 for implementation in ("reference", "fast"):
                     seconds, cpu_seconds, peak, count = measure(shape, implementation, backward, subset, repeats,
