@@ -6,8 +6,8 @@
 Writes ``num_volumes`` synthetic CT scans (int16 NIfTI, a body ellipse with noise and one bright
 nodule each) to a temporary folder, then runs, each in a fresh process with one thread:
 
-- ``ours: preprocess()``: the whole pipeline (validation, fingerprint pass, resampling to 1 mm,
-  normalisation, cache writing);
+- ``ours: preprocess()``: the whole pipeline (``preprocess_datalist``: validation, fingerprint pass, the
+  bundles' preprocessing transform chain resampling to 1 mm and normalising, cache writing);
 - ``ours: per volume``: ``load_volume`` + ``preprocess_volume`` + ``np.save`` per scan, with the plan of
   the run before (the steps MONAI's pipeline does, no validation and no fingerprint);
 - ``MONAI Compose``: ``LoadImaged``, ``EnsureChannelFirstd``, ``Spacingd`` (1 mm, bilinear, float32),
@@ -59,9 +59,9 @@ def write_volumes(folder: Path, count: int, shape: tuple[int, int, int], spacing
 
 
 def run_ours_preprocess(datalist: Path, out: Path) -> None:
-    from shared.data.preprocess import preprocess
+    from shared.data.preprocess import preprocess_datalist
 
-    preprocess(datalist, out, spacing="fixed", progress=False)
+    preprocess_datalist(datalist, out, spacing="fixed", progress=False)
 
 
 def run_ours_per_volume(datalist: Path, out: Path, plan: dict) -> None:
@@ -125,7 +125,7 @@ def _child(which: str, datalist: str, out: str) -> None:
         run_monai(Path(datalist), Path(out), json.loads(plan_path.read_text()))
     seconds = time.perf_counter() - start
     peak_mib = _peak_mib()
-    shapes = sorted({tuple(np.load(p, mmap_mode="r").shape) for p in Path(out).glob("*.npy")})
+    shapes = sorted({tuple(np.load(p, mmap_mode="r").shape) for p in Path(out).rglob("*.npy")})
     print(json.dumps({"seconds": seconds, "peak_mib": peak_mib, "baseline_mib": baseline_mib,
                       "shapes": [list(shape) for shape in shapes]}))
 
