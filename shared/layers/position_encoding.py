@@ -16,7 +16,9 @@ import torch
 from torch import Tensor
 
 
-def sine_coordinate_embedding(coordinates: Tensor, features_per_coordinate: int, *, temperature: float = 10000.0) -> Tensor:
+def sine_coordinate_embedding(
+    coordinates: Tensor, features_per_coordinate: int, *, temperature: float = 10000.0
+) -> Tensor:
     """Sine/cosine features of coordinates in ``[0, 1]``, concatenated coordinate by coordinate.
 
     Args:

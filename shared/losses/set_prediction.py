@@ -85,7 +85,9 @@ class SetPredictionLoss:
         self.term_weights = {**DEFAULT_TERM_WEIGHTS, **dict(term_weights or {})}
         self.auxiliary, self.proposals = bool(auxiliary), bool(proposals)
 
-    def __call__(self, outputs: Mapping, target_boxes: Sequence[Tensor], target_labels: Sequence[Tensor]) -> dict[str, Tensor]:
+    def __call__(
+        self, outputs: Mapping, target_boxes: Sequence[Tensor], target_labels: Sequence[Tensor]
+    ) -> dict[str, Tensor]:
         """All loss terms and their weighted sum ``"loss"``.
 
         Args:
@@ -102,7 +104,8 @@ class SetPredictionLoss:
         last = len(outputs["boxes"]) - 1
         sets = {"": (outputs["class_logits"][last], outputs["boxes"][last])}
         if self.auxiliary:
-            sets.update({f"_{layer}": (outputs["class_logits"][layer], outputs["boxes"][layer]) for layer in range(last)})
+            sets.update({f"_{layer}": (outputs["class_logits"][layer], outputs["boxes"][layer])
+                         for layer in range(last)})
         if self.proposals and "proposal_logits" in outputs:
             sets["_proposals"] = (outputs["proposal_logits"], outputs["proposal_boxes"])
         losses: dict[str, Tensor] = {}

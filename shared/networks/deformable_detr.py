@@ -19,10 +19,9 @@ Boxes are normalised ``(cx, cy, cz, w, h, d)`` in ``[0, 1]`` of the input patch
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
-
-import math
 
 import torch
 from torch import Tensor, nn

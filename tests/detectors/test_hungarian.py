@@ -51,7 +51,8 @@ def test_cost_matrix_is_the_weighted_sum_of_its_terms():
 
 def test_matches_the_query_that_equals_the_target():
     target = torch.tensor([[0.5, 0.4, 0.6, 0.2, 0.1, 0.3]])
-    boxes = torch.tensor([[0.2, 0.2, 0.2, 0.1, 0.1, 0.1], [0.5, 0.4, 0.6, 0.2, 0.1, 0.3], [0.8, 0.8, 0.8, 0.2, 0.2, 0.2]])
+    boxes = torch.tensor([[0.2, 0.2, 0.2, 0.1, 0.1, 0.1], [0.5, 0.4, 0.6, 0.2, 0.1, 0.3],
+                          [0.8, 0.8, 0.8, 0.2, 0.2, 0.2]])
     (queries, targets), = HungarianMatcher()(torch.zeros(1, 3, 1), boxes[None], [target], [torch.tensor([0])])
     assert queries.tolist() == [1] and targets.tolist() == [0]
 

@@ -49,7 +49,8 @@ def test_terms_against_hand_computation():
     terms = set_loss_terms(logits, boxes, matches, targets, labels, num_boxes=2.0)
     one_hot = torch.zeros(1, 3, 2)
     one_hot[0, 0, 1] = one_hot[0, 2, 0] = 1.0
-    assert float(terms["classification"]) == pytest.approx(float(sigmoid_focal_loss(logits, one_hot).sum() / 2), rel=1e-5)
+    expected = sigmoid_focal_loss(logits, one_hot).sum() / 2
+    assert float(terms["classification"]) == pytest.approx(float(expected), rel=1e-5)
     l1 = (boxes[0, 0] - targets[0][1]).abs().sum() + (boxes[0, 2] - targets[0][0]).abs().sum()
     assert float(terms["box_l1"]) == pytest.approx(float(l1 / 2), rel=1e-5)
     assert 0 < float(terms["box_giou"]) < 2
