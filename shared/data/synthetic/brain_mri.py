@@ -93,7 +93,17 @@ def generate_brain_case(rng: np.random.Generator, shape, spacing, preset: str = 
         _place_lesion(rng, radius, depth, white, t1c, flair, instances, grid)
     labels = [0] * int(instances.max())
     image = np.stack([_acquire(rng, t1c, grid), _acquire(rng, flair, grid)])
-    return Case(image=image, affine=grid.affine, instances=instances, labels=labels)
+    return Case(image=image, affine=grid.affine, instances=instances, labels=labels,
+                segmentations={"brain": brain_labels(csf, grey, white, instances)})
+
+
+def brain_labels(csf: np.ndarray, grey: np.ndarray, white: np.ndarray, instances: np.ndarray) -> np.ndarray:
+    """The ``brain`` label set: 1 CSF, 2 grey matter, 3 white matter (the likeliest tissue where one
+    reaches 0.5), 4 lesions."""
+    tissues = np.stack([csf, grey, white])
+    labels = np.where(tissues.max(0) >= 0.5, tissues.argmax(0) + 1, 0).astype(np.uint8)
+    labels[instances > 0] = 4
+    return labels
 
 
 def _warped_templates(rng: np.random.Generator, grid: Grid) -> list[np.ndarray]:
@@ -178,4 +188,5 @@ def _acquire(rng: np.random.Generator, signal: np.ndarray, grid: Grid) -> np.nda
 
 
 BRAIN_MRI = TaskSpec(name="brain_mri", classes=CLASSES, channels=CHANNELS, modality="MRI", grids=GRIDS,
-                     counts=COUNTS, generate=generate_brain_case, credits=CREDIT)
+                     counts=COUNTS, generate=generate_brain_case, credits=CREDIT,
+                     label_sets={"brain": ("CSF", "grey matter", "white matter", "lesions")})

@@ -17,12 +17,15 @@ class Case:
         affine: (4, 4) voxel-index → RAS-mm matrix.
         instances: (X, Y, Z) int16 instance map, 0 background, 1..N objects.
         labels: class of instance ``i + 1`` at position ``i``.
+        segmentations: label set name → (X, Y, Z) uint8 semantic label map (0 background, k the
+            ``TaskSpec.label_sets[name][k - 1]`` class), for supervised multi-dataset pre-training.
     """
 
     image: np.ndarray
     affine: np.ndarray
     instances: np.ndarray
     labels: list[int] = field(default_factory=list)
+    segmentations: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,7 @@ class TaskSpec:
         generate: ``generate(rng, shape, spacing, preset, empty) -> Case``; ``empty`` asks for a scan
             without objects.
         credits: where the real data inside the task come from, and their licences.
+        label_sets: label set name → its class names (labels 1..K of ``Case.segmentations[name]``).
     """
 
     name: str
@@ -49,3 +53,4 @@ class TaskSpec:
     counts: dict[str, tuple[int, int, int, int]]
     generate: Callable[..., Case]
     credits: str
+    label_sets: dict[str, tuple[str, ...]] = field(default_factory=dict)

@@ -16,7 +16,7 @@ import numpy as np
 from scipy import ndimage
 
 from shared.data.synthetic.case import Case, TaskSpec
-from shared.data.synthetic.chest import BLOOD, render_chest, sample_anatomy
+from shared.data.synthetic.chest import BLOOD, CORTICAL_BONE, MARROW, render_chest, sample_anatomy
 from shared.data.synthetic.fields import Grid, correlated_noise
 from shared.data.synthetic.lidc import CREDIT, NoduleRecord, load_lidc_nodules, nodule_mask
 from shared.data.synthetic.vessels import grow_vessel_trees, render_segments
@@ -59,8 +59,26 @@ def generate_lung_case(rng: np.random.Generator, shape, spacing, preset: str = "
         record = candidates[int(rng.integers(len(candidates)))]
         if _place_nodule(rng, record, hu, depth, instances, len(labels) + 1, grid):
             labels.append(record.label)
+    segmentations = {"lung": lung_labels(lung, vessels, instances), "chest": chest_labels(hu, lung)}
     hu = _scanner(rng, hu, grid)
-    return Case(image=hu[None], affine=grid.affine, instances=instances, labels=labels)
+    return Case(image=hu[None], affine=grid.affine, instances=instances, labels=labels, segmentations=segmentations)
+
+
+def lung_labels(lung: np.ndarray, vessels: np.ndarray, instances: np.ndarray) -> np.ndarray:
+    """The ``lung`` label set: 1 lung parenchyma, 2 pulmonary vessels (at least half a voxel), 3 nodules."""
+    labels = np.where(lung, 1, 0).astype(np.uint8)
+    labels[lung & (vessels >= 0.5)] = 2
+    labels[instances > 0] = 3
+    return labels
+
+
+def chest_labels(hu: np.ndarray, lung: np.ndarray) -> np.ndarray:
+    """The ``chest`` label set from the noise-free HU map: 1 heart and great vessels (blood outside the
+    lung), 2 bone (cortex and marrow of the spine and ribs)."""
+    labels = np.zeros(hu.shape, dtype=np.uint8)
+    labels[(hu == BLOOD) & ~lung] = 1
+    labels[(hu == MARROW) | (hu == CORTICAL_BONE) | (hu == CORTICAL_BONE * 0.8)] = 2
+    return labels
 
 
 def _window_centre(rng: np.random.Generator, anatomy, shape, spacing) -> np.ndarray:
@@ -139,4 +157,5 @@ def _scanner(rng: np.random.Generator, hu: np.ndarray, grid: Grid) -> np.ndarray
 
 
 LUNG_CT = TaskSpec(name="lung_ct", classes=CLASSES, channels=("CT",), modality="CT", grids=GRIDS,
-                   counts=COUNTS, generate=generate_lung_case, credits=CREDIT)
+                   counts=COUNTS, generate=generate_lung_case, credits=CREDIT,
+                   label_sets={"lung": ("lungs", "vessels", "nodules"), "chest": ("heart and great vessels", "bone")})
