@@ -71,7 +71,7 @@ class RowPairs(NamedTuple):
 
 def _row_pairs(locations: Tensor, size: tuple[int, int, int]) -> RowPairs:
     """``locations`` ``(B, M, Qc, K, 3)`` of one level of size ``(X, Y, Z)`` to its row pairs."""
-    size_x, size_y, size_z = size
+    _, size_y, size_z = size  # x is the image's height: grid_sample handles it, zero padding included
     batch, heads, queries, points, _ = locations.shape
     position_y = locations[..., 1] * size_y - 0.5  # voxel coordinates: centres at integers
     position_z = locations[..., 2] * size_z - 0.5
@@ -80,7 +80,7 @@ def _row_pairs(locations: Tensor, size: tuple[int, int, int]) -> RowPairs:
     rows = torch.stack([row, row + 1], -1)  # (B, M, Qc, K, 2)
     # z more than a voxel beyond a face reads nothing, not the neighbouring row.
     inside = (rows >= 0) & (rows <= size_y - 1) & ((position_z > -1) & (position_z < size_z)).unsqueeze(-1)
-    row_slope = torch.stack([-torch.ones_like(fraction), torch.ones_like(fraction)], -1) * inside
+    row_slope = inside * torch.tensor([-1.0, 1.0], dtype=fraction.dtype, device=fraction.device)
     row_weight = torch.stack([1 - fraction, fraction], -1) * inside
     width = size_y * (size_z + 1)
     image_column = rows.clamp(0, size_y - 1) * (size_z + 1) + position_z.unsqueeze(-1)

@@ -6,7 +6,7 @@ same from a 32³ patch at batch 2; ``decoder`` 300 queries over the realistic le
 centres of their level and sample a few voxels around them, as after the offset initialisation.
 ``--queries`` keeps a random subset of the realistic queries (the values keep their full size)::
 
-    python -m tools.benchmarks.bench_deformable_attention [--queries 8192] [--repeats 2] [--threads 1] [--device cpu]
+    python -m tools.benchmarks.bench_deformable_attention [--queries 8192] [--repeats 1] [--threads 1] [--device cpu]
 
 Each row runs in fresh subprocesses that first warm up on a tiny input. Wall and CPU time
 (``process_time``, all threads of the subprocess) are each the least of ``repeats`` runs, the least
@@ -128,7 +128,7 @@ def measure(shape: str, implementation: str, backward: bool, queries: int | None
     return seconds, cpu_seconds, peak, count
 
 
-def benchmark(queries: int | None = None, repeats: int = 2, threads: int = 1, device: str | None = None,
+def benchmark(queries: int | None = None, repeats: int = 1, threads: int = 1, device: str | None = None,
               shapes: tuple[str, ...] = ("small", "decoder", "realistic")) -> None:
     """Print a table: per shape, pass and implementation the time and peak memory."""
     devices = [device] if device else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
