@@ -70,7 +70,7 @@ class ResampleToSpacingd(MapTransform):
 
     Boxes of objects that survive in the resampled instance map are read from it; the others, and every
     box of a boxes-only case, are scaled (:func:`shared.data.resample.boxes_after_resampling`). A scan
-    already at ``pixdim`` is left untouched.
+    already at ``pixdim`` keeps its voxels (its boxes are still read from its instance map, if any).
 
     Args:
         pixdim: target spacing (3,) in mm per array axis (the plan's ``target_spacing``).

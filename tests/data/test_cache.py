@@ -1,5 +1,9 @@
+import time
+from pathlib import Path
+
 import numpy as np
 import pytest
+import torch
 
 from shared.data.cache import case_files, case_is_current, entry_digest, list_cases, read_case, read_plan, write_case
 from shared.io.atomic import write_json
@@ -71,3 +75,27 @@ def test_a_case_of_another_chain_is_refused(tmp_path):
     with pytest.raises(InputError, match="made with preprocessing abc.*preprocess again") as caught:
         read_case(tmp_path, "a")
     assert caught.value.source.endswith(".json") and "a" in caught.value.source
+
+
+def _rank_zero_first_worker(rank: int, folder: str) -> None:
+    import torch.distributed as dist
+
+    from shared.data.cache import rank_zero_first
+
+    dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=2)
+    try:
+        marker = Path(folder) / "written_by_rank_0"
+        with rank_zero_first():
+            if rank == 0:
+                time.sleep(0.5)  # a rank that did not wait would look before this
+                marker.write_text("done")
+            else:
+                assert marker.read_text() == "done"
+                (Path(folder) / "rank_1_found_it").touch()
+    finally:
+        dist.destroy_process_group()
+
+
+def test_under_torch_distributed_rank_0_works_first_and_the_others_wait(tmp_path):
+    torch.multiprocessing.spawn(_rank_zero_first_worker, args=(str(tmp_path),), nprocs=2, join=True)
+    assert (tmp_path / "rank_1_found_it").exists()
