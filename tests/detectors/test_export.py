@@ -137,3 +137,19 @@ def test_scripting_is_not_the_export_path():
     # documents why the traced export is the documented one: the compiler rejects the modules
     with pytest.raises(Exception):
         torch.jit.script(_tiny_network(dense_output=True))
+
+
+@pytest.mark.parametrize("bundle", ["retina_unet_detection", "resenc_retina_unet_detection"])
+def test_bundle_metadata_declares_the_detectors_export_output(bundle):
+    import json
+    from pathlib import Path
+
+    configs = Path(__file__).resolve().parents[2] / "bundles" / bundle / "configs"
+    metadata = json.loads((configs / "metadata.json").read_text())["network_data_format"]["outputs"]
+    num_classes = json.loads((configs / "train.json").read_text())["num_classes"]
+    network = RetinaUNetNetwork(1, num_classes, encoder={"name": "resenc", "preset": "tiny"}, decoder_channels=16,
+                                detection_strides=(4, 8), num_anchors=3)
+    declared = RetinaUNetDetector(network, anchor_sizes=[[4.0], [6.0], [4.0, 6.0, 8.0]]).output_spec
+    assert list(metadata) == [output.name for output in declared.outputs]
+    for output in declared.outputs:
+        assert metadata[output.name]["num_channels"] == output.num_channels
