@@ -165,20 +165,34 @@ def chunked_backward(
                 previous = grad_images[level]
                 grad_images[level] = grad_image if previous is None else previous.add_(grad_image)
             if grad_locations is not None:
-                _, size_y, size_z = sizes[level]
-                grad_grid = grad_grid.view(batch, heads, count, points, 2, 2).sum(-2)  # the pair shares x and z
-                grad_y = (grad_weight * pairs.row_slope).sum(-1) * attention[level][..., 0] * size_y
-                grad_z = grad_grid[..., 0] * (2 * size_z / (size_y * (size_z + 1)))
-                grad_level = torch.stack([2 * grad_grid[..., 1], grad_y, grad_z], -1)  # (B, M, Qc, K, 3)
+                grad_level = _location_gradient(grad_grid, grad_weight, pairs.row_slope, attention[level],
+                                                sizes[level])
                 grad_locations[:, start:stop, :, level] = grad_level.transpose(1, 2)
     grad_value = None
-    if grad_images is not None and queries == 0:
-        grad_value = torch.zeros_like(value)
-    elif grad_images is not None:
-        volumes = [grad.view(batch, heads, channels, x, y, z + 1)[..., :z].reshape(batch, heads, channels, -1)
-                   for grad, (x, y, z) in zip(grad_images, sizes)]
-        grad_value = torch.cat(volumes, -1).permute(0, 3, 1, 2).contiguous()
+    if grad_images is not None:
+        grad_value = torch.zeros_like(value) if queries == 0 else _value_gradient(grad_images, sizes, value.shape)
     return grad_value, grad_locations, grad_attention
+
+
+def _location_gradient(grad_grid: Tensor, grad_weight: Tensor, row_slope: Tensor, attention: Tensor,
+                       size: tuple[int, int, int]) -> Tensor:
+    """``(B, M, Qc, K, 3)`` gradient of the ``(x, y, z)`` locations of one level: ``x`` and ``z`` from the
+    2-D kernel's grid gradient ``(B·M, Qc, 2·K, 2)`` (the two samples of a pair share them), ``y`` from
+    the row blend, with ``grad_weight`` ``(B, M, Qc, K, 2)`` the gradient of each sample's weight."""
+    _, size_y, size_z = size
+    batch, heads, queries, points, _ = grad_weight.shape
+    grad_grid = grad_grid.view(batch, heads, queries, points, 2, 2).sum(-2)
+    grad_y = (grad_weight * row_slope).sum(-1) * attention[..., 0] * size_y
+    grad_z = grad_grid[..., 0] * (2 * size_z / (size_y * (size_z + 1)))  # image column = row·(Z + 1) + z
+    return torch.stack([2 * grad_grid[..., 1], grad_y, grad_z], -1)
+
+
+def _value_gradient(grad_images: list[Tensor], sizes: list[list[int]], shape: torch.Size) -> Tensor:
+    """The levels' image gradients back to the ``(B, S, M, C/M)`` value, zero columns dropped."""
+    batch, _, heads, channels = shape
+    volumes = [grad.view(batch, heads, channels, x, y, z + 1)[..., :z].reshape(batch, heads, channels, -1)
+               for grad, (x, y, z) in zip(grad_images, sizes)]
+    return torch.cat(volumes, -1).permute(0, 3, 1, 2).contiguous()
 
 
 class ChunkedDeformableAttentionFunction(torch.autograd.Function):
