@@ -1,1 +1,2 @@
-"""Inference over whole volumes: sliding window, test-time mirroring, box consolidation."""
+"""Inference over whole volumes with any detector of the interface: sliding window, test-time mirroring,
+box consolidation, and the MONAI ``Inferer`` the bundles name (:mod:`shared.inference.inferer`)."""
