@@ -154,3 +154,17 @@ def test_auto_takes_the_fast_path_from_half_a_million_points():
         weights = torch.full((1, queries, 8, 1, 16), 1 / 16)
         output = multi_scale_deformable_attention(value, spatial_shapes, level_start_index, locations, weights)
         assert type(output.grad_fn).__name__.startswith("ChunkedDeformableAttention") == fast
+
+
+@pytest.mark.parametrize("needs", [(True, False, False), (False, True, False), (False, False, True),
+                                   (False, True, True)])
+def test_fast_gradients_when_only_some_inputs_need_them(needs):
+    value, spatial_shapes, level_start_index, locations, weights = random_inputs(SHAPES[0])
+    gradients = {}
+    for implementation in IMPLEMENTATIONS:
+        inputs = [tensor.clone().requires_grad_(need) for tensor, need in zip((value, locations, weights), needs)]
+        output = multi_scale_deformable_attention(inputs[0], spatial_shapes, level_start_index, inputs[1], inputs[2],
+                                                  implementation=implementation)
+        gradients[implementation] = torch.autograd.grad(output.sum(), [t for t in inputs if t.requires_grad])
+    for reference, fast in zip(gradients["reference"], gradients["fast"]):
+        torch.testing.assert_close(fast, reference)
