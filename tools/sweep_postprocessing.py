@@ -4,10 +4,10 @@
         --dataset_dir data/lung_ct [--config_overrides configs/quick.json] \\
         [--cluster_iou 0.3,0.5,0.7] [--score_threshold 0.05,0.1,0.2,0.3] [--min_size 0.01,2,4]
 
-Builds the bundle's detectors as its inference does (the ``detectors`` of ``train.json`` + ``inference.json``
-plus override files such as ``quick.json``: ``model_dir/model.pt`` and ``model_dir/model_plan.json``), and
-runs the sliding window once per cached validation case, keeping every (tile, flip) stream's detections. Each grid point then only re-clusters
-those streams (weighted box clustering, score and size filters), so the grid costs one network pass per
+Builds the bundle's detectors as its inference does (the ``detectors`` of ``train.json`` +
+``inference.json`` plus override files such as ``quick.json``: ``model_dir/model.pt`` and
+``model_dir/model_plan.json``), and runs the sliding window once per cached validation case, keeping
+every (tile, flip) stream's detections. Each grid point then only re-clusters those streams (weighted box clustering, score and size filters), so the grid costs one network pass per
 case. The setting with the best ``AP_IoU_0.10_MaxDet_100`` (ties: the first in grid order) is written to
 ``model_dir/postprocessing.json``, which the bundles' ``inference.json`` reads through
 :func:`shared.engines.inference.tuned_settings`.

@@ -21,7 +21,8 @@ def test_retina_unet_refuses_data_without_boxes():
 
 def test_planned_detector_reads_new_and_old_model_plans():
     sizes = [[4.0], [6.0], [8.0]]
-    assert planned_detector({"detector": {"anchor_sizes": sizes}, "anchor_sizes": [[1.0]] * 3}) == {"anchor_sizes": sizes}
+    both = {"detector": {"anchor_sizes": sizes}, "anchor_sizes": [[1.0]] * 3}
+    assert planned_detector(both) == {"anchor_sizes": sizes}
     assert planned_detector({"anchor_sizes": sizes}) == {"anchor_sizes": sizes}  # plans written before "detector"
     assert planned_detector({"detector": {}}) == {}
 
