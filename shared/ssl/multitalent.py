@@ -15,11 +15,14 @@ so that fine-tuning takes a stem by id (``stem_id``) or by channel count (``stem
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from monai.config import KeysCollection
+from monai.transforms import MapTransform
 from torch import nn
 
 from shared.checkpoints.manifest import PretrainedEncoder, StateDict, new_manifest, save_pretrained
@@ -39,6 +42,25 @@ def pad_channels(image: np.ndarray | torch.Tensor, channels: int) -> np.ndarray 
     if isinstance(image, torch.Tensor):
         return torch.cat([image, image.new_zeros((missing, *image.shape[1:]))])
     return np.concatenate([image, np.zeros((missing, *image.shape[1:]), dtype=image.dtype)])
+
+
+class PadChannelsd(MapTransform):
+    """Dictionary transform: :func:`pad_channels` on ``keys`` up to ``channels`` (the widest data set's count).
+
+    Args:
+        keys: the image keys.
+        channels: channels after padding.
+    """
+
+    def __init__(self, keys: KeysCollection, channels: int, allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.channels = int(channels)
+
+    def __call__(self, data: Mapping[Any, Any]) -> dict[Any, Any]:
+        sample = dict(data)
+        for key in self.key_iterator(sample):
+            sample[key] = pad_channels(sample[key], self.channels)
+        return sample
 
 
 class MultiTalent(nn.Module):

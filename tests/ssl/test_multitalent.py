@@ -5,7 +5,7 @@ from monai.losses import DiceCELoss, DiceLoss
 
 from shared.losses.multitalent import MultiTalentLoss, task_loss
 from shared.networks.multitalent import MultiTalentNetwork, SegmentationTask
-from shared.ssl.multitalent import MultiTalent, multitalent_encoder_weights, pad_channels
+from shared.ssl.multitalent import MultiTalent, PadChannelsd, multitalent_encoder_weights, pad_channels
 
 TASKS = [
     {"name": "lung_ct", "in_channels": 1, "classes": ["lungs", "vessels", "nodules"]},
@@ -152,6 +152,9 @@ def test_pad_channels():
     assert pad_channels(torch.ones(2, 2, 2, 2), 2).shape == (2, 2, 2, 2)
     with pytest.raises(ValueError, match="more than"):
         pad_channels(image, 0)
+    sample = PadChannelsd("image", 2)({"image": torch.ones(1, 2, 2, 2), "label": torch.ones(1, 2, 2, 2)})
+    assert sample["image"].shape == (2, 2, 2, 2) and sample["label"].shape == (1, 2, 2, 2)
+    assert sample["image"][1].abs().sum() == 0
 
 
 def blob_problem(generator, size=16):
