@@ -8,8 +8,8 @@ That is nnU-Net's order and its speed: MONAI's ``RandFlipBoxd``/``RandZoomBoxd``
 work on a whole image each, which for a CT volume means reading and interpolating all of it per
 transform. List these before the patch transform; with none of them the patch is a plain crop.
 
-Matrices compose as ``source = rotation @ (mirror / scale) @ patch``, the order of
-:func:`shared.data.augment.draw_spatial_matrix`.
+Listed in the bundles' order (mirror, zoom, rotate), the matrices compose as
+``source = rotation @ (mirror / scale) @ patch``: nnU-Net's order.
 """
 
 from __future__ import annotations

@@ -2,24 +2,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
-from scipy import ndimage
 
 from shared.boxes.convention import boxes_from_instance_mask
-from shared.data.augment import (
-    AugmentationSettings,
-    adjust_contrast,
-    adjust_gamma,
-    augment_intensity,
-    draw_spatial_matrix,
-    extract_patch,
-    gaussian_blur,
-    rotation_matrix,
-    transform_boxes,
-)
+from shared.data.augment import extract_patch, rotation_matrix, transform_boxes
 from shared.data.sampling import read_region
 
-NOTHING = AugmentationSettings.from_spec({key: 0.0 for key in AugmentationSettings().to_spec() if key.endswith("probability")})
 
 
 def _instances(rng, shape=(14, 12, 10)):
@@ -31,36 +18,11 @@ def _instances(rng, shape=(14, 12, 10)):
     return image, instance_map
 
 
-def test_settings_from_spec_defaults_overrides_and_round_trip():
-    settings = AugmentationSettings.from_spec({"scaling_range": [0.8, 1.2], "rotation_degrees": 15})
-    assert settings.scaling_range == (0.8, 1.2) and settings.rotation_degrees == (15.0, 15.0, 15.0)
-    assert settings.gamma_probability == AugmentationSettings().gamma_probability
-    assert AugmentationSettings.from_spec(settings.to_spec()) == settings
-    assert AugmentationSettings.from_spec(None) == AugmentationSettings()
-    with pytest.raises(ValueError, match="rotation_probabilty"):
-        AugmentationSettings.from_spec({"rotation_probabilty": 0.1})
-    with pytest.raises(ValueError, match="gamma_probability"):
-        AugmentationSettings.from_spec({"gamma_probability": 1.5})
-    with pytest.raises(ValueError, match="scaling_range"):
-        AugmentationSettings.from_spec({"scaling_range": [1.4, 0.7]})
-
-
 def test_rotation_matrix_is_a_proper_rotation(rng):
     matrix = rotation_matrix(rng.uniform(-1, 1, size=3))
     np.testing.assert_allclose(matrix @ matrix.T, np.eye(3), atol=1e-12)
     assert np.linalg.det(matrix) == pytest.approx(1.0)
     np.testing.assert_allclose(rotation_matrix([0, 0, np.pi / 2]), [[0, -1, 0], [1, 0, 0], [0, 0, 1]], atol=1e-12)
-
-
-def test_draw_spatial_matrix_respects_probabilities(rng):
-    assert np.array_equal(draw_spatial_matrix(NOTHING, rng), np.eye(3))
-    always = AugmentationSettings(rotation_probability=1.0, scaling_probability=0.0, mirror_probability=1.0)
-    assert np.array_equal(draw_spatial_matrix(always, rng, allow_rotation=False), -np.eye(3))
-    rotated = draw_spatial_matrix(always, rng)
-    assert not np.allclose(rotated, np.diag(np.diag(rotated)))
-    scaled = draw_spatial_matrix(AugmentationSettings(scaling_probability=1.0, mirror_probability=0.0,
-                                                      rotation_probability=0.0), rng)
-    assert 1 / 1.4 <= scaled[0, 0] <= 1 / 0.7 and np.allclose(scaled, scaled[0, 0] * np.eye(3))
 
 
 def test_identity_is_an_exact_crop_and_mirroring_twice_is_identity(rng):
@@ -139,41 +101,6 @@ def test_patch_of_a_small_volume_is_padded_to_full_size(rng):
         assert patch.shape == (1, 6, 6, 6) and map_patch.shape == (6, 6, 6)
         assert patch[0, 0, 0, 0] == 0.0 and map_patch[0, 0, 0] == 0
     np.testing.assert_array_equal(patch.numpy().shape, (1, 6, 6, 6))
-
-
-@pytest.mark.parametrize("sigma", [0.5, 1.0])
-def test_gaussian_blur_matches_scipy(rng, sigma):
-    image = rng.normal(size=(2, 9, 8, 7)).astype(np.float32)
-    blurred = gaussian_blur(torch.from_numpy(image), sigma).numpy()
-    for channel in range(2):
-        expected = ndimage.gaussian_filter(image[channel].astype(np.float64), sigma, mode="nearest", truncate=3.0)
-        np.testing.assert_allclose(blurred[channel], expected, atol=1e-5)
-
-
-def test_gamma_and_contrast_keep_statistics(rng):
-    image = torch.from_numpy(rng.normal(size=(2, 6, 6, 6)).astype(np.float32))
-    np.testing.assert_allclose(adjust_gamma(image, 1.0), image, atol=1e-5)
-    gamma = adjust_gamma(image, 1.4)
-    assert not torch.allclose(gamma, image, atol=1e-2)
-    np.testing.assert_allclose(gamma.mean(dim=(1, 2, 3)), image.mean(dim=(1, 2, 3)), atol=1e-5)
-    np.testing.assert_allclose(gamma.std(dim=(1, 2, 3)), image.std(dim=(1, 2, 3)), atol=1e-4)
-    np.testing.assert_allclose(adjust_contrast(image, 1.0), image, atol=1e-6)
-    stronger = adjust_contrast(image, 1.25)
-    assert torch.all(stronger.amax(dim=(1, 2, 3)) <= image.amax(dim=(1, 2, 3)))
-    assert torch.all(stronger.amin(dim=(1, 2, 3)) >= image.amin(dim=(1, 2, 3)))
-    weaker = adjust_contrast(image, 0.5)
-    np.testing.assert_allclose(weaker.std(dim=(1, 2, 3)), 0.5 * image.std(dim=(1, 2, 3)), rtol=1e-5)
-
-
-def test_intensity_augmentation_is_seeded_and_follows_probabilities(rng):
-    image = torch.from_numpy(rng.normal(size=(1, 6, 6, 6)).astype(np.float32))
-    assert torch.equal(augment_intensity(image, NOTHING, rng), image)
-    always = AugmentationSettings(noise_probability=1, blur_probability=1, brightness_probability=1,
-                                  contrast_probability=1, gamma_probability=1)
-    first = augment_intensity(image, always, np.random.default_rng(5))
-    assert torch.equal(first, augment_intensity(image, always, np.random.default_rng(5)))
-    assert not torch.allclose(first, augment_intensity(image, always, np.random.default_rng(6)))
-    assert not torch.allclose(first, image, atol=1e-2)
 
 
 def test_boxes_from_a_transformed_map_cover_every_voxel_and_are_tight(rng):
