@@ -72,6 +72,6 @@ def test_sweep_writes_the_best_setting_and_inference_reads_it(trained_tiny, caps
     inference = ConfigParser()
     inference.read_config([str(BUNDLE / "configs" / "inference.json"), str(overrides)])
     inference["model_dir"] = str(root / "model")
-    settings = inference.get_parsed_content("postprocessing")
+    settings = inference.get_parsed_content("inferer").settings  # the sliding window's, tuned
     assert {key: settings[key] for key in written["settings"]} == written["settings"]
     assert settings["detections_per_volume"] == TINY["inference"]["detections_per_volume"]
