@@ -102,7 +102,8 @@ def _checked_dataset(path: Path, name: str, spec: Any, check_files: bool) -> dic
     regions = spec.get("regions")
     if regions is not None:
         valid = isinstance(regions, list) and regions and all(
-            isinstance(r, list) and r and all(isinstance(i, int) and 1 <= i <= len(classes) for i in r) for r in regions)
+            isinstance(r, list) and r and all(isinstance(i, int) and 1 <= i <= len(classes) for i in r)
+            for r in regions)
         if kind != "regions" or not valid:
             raise InputError(path, f"{where}.regions: needs kind 'regions' and a list of non-empty label lists "
                                    f"within 1..{len(classes)}, got {regions!r}")

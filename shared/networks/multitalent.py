@@ -78,7 +78,8 @@ class SegmentationTask:
             raise ValueError(f"task {self.name!r}: needs in_channels >= 1 and at least one class")
         if self.kind not in OUTPUT_KINDS:
             raise ValueError(f"task {self.name!r}: kind must be one of {OUTPUT_KINDS}, got {self.kind!r}")
-        if self.kind == "regions" and any(not r or min(r) < 1 or max(r) > len(self.classes) for r in self.label_regions):
+        labels = range(1, len(self.classes) + 1)
+        if self.kind == "regions" and any(not r or not set(r) <= set(labels) for r in self.label_regions):
             raise ValueError(f"task {self.name!r}: every region is a non-empty list of labels 1..{len(self.classes)}")
 
     @property
@@ -200,7 +201,8 @@ class MultiTalentNetwork(nn.Module):
         for index, positions in groups.items():
             task = self.tasks[index]
             if images.shape[1] < task.in_channels:
-                raise ValueError(f"task {task.name!r} needs {task.in_channels} channels, the images have {images.shape[1]}")
+                raise ValueError(f"task {task.name!r} needs {task.in_channels} channels, "
+                                 f"the images have {images.shape[1]}")
             selected = images[torch.as_tensor(positions, device=images.device), : task.in_channels]
             outputs.append(self.stems[task.name](selected))
             order += positions

@@ -15,7 +15,14 @@ import time
 
 import numpy as np
 import torch
-from monai.transforms import CastToTyped, Compose, EnsureChannelFirstd, LoadImaged, NormalizeIntensityd, RandSpatialCropd
+from monai.transforms import (
+    CastToTyped,
+    Compose,
+    EnsureChannelFirstd,
+    LoadImaged,
+    NormalizeIntensityd,
+    RandSpatialCropd,
+)
 from torch.utils.data import DataLoader
 
 from shared.data.multi_dataset_sampling import MultiDatasetSampleDataset
