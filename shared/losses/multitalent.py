@@ -51,6 +51,22 @@ def hard_dice(predicted: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return (2 * intersection[present] / total[present]).mean()
 
 
+def deep_supervision_weights(levels: int) -> list[float]:
+    """nnU-Net's weights of the outputs fine → coarse: 1/2^l, the coarsest 0 (with more than one), summing to 1."""
+    weights = [0.5 ** level for level in range(levels)]
+    if levels > 1:
+        weights[-1] = 0.0
+    total = sum(weights)
+    return [weight / total for weight in weights]
+
+
+def downsample_labels(labels: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """A (B, 1, X, Y, Z) label map at a coarser output's size, by nearest neighbour (labels stay labels)."""
+    if tuple(labels.shape[2:]) == tuple(size):
+        return labels
+    return F.interpolate(labels.float(), size=tuple(size), mode="nearest-exact").to(labels.dtype)
+
+
 def region_targets(labels: torch.Tensor, regions: Sequence[Sequence[int]]) -> torch.Tensor:
     """(B, 1, X, Y, Z) label map → (B, R, X, Y, Z) float, channel r = "the label is in ``regions[r]``"."""
     return torch.cat([torch.isin(labels, torch.as_tensor(list(r), device=labels.device)) for r in regions], 1).float()

@@ -136,11 +136,15 @@ class MultiTalentNetwork(nn.Module):
         encoder_spec: a spec for :func:`shared.encoders.build_encoder` (ResEnc-L by default; the
             plain encoder for Retina U-Net's).
         decoder_convs_per_stage: conv blocks per decoder stage.
+        deep_supervision: also return the coarser decoder stages' outputs (nnU-Net's and MultiTalent's
+            deep supervision).
 
     Shape:
         ``forward(images (B, C_max, X, Y, Z), datasets)`` → ``{"seg_logits": (B, ΣC_d, X, Y, Z)}``;
         sample b uses its data set's first C_d channels; task d's logits are channels
-        ``channel_slices[d]``. X, Y, Z divisible by the encoder's coarsest stride.
+        ``channel_slices[d]``. X, Y, Z divisible by the encoder's coarsest stride. With deep supervision
+        also ``"deep_supervision"``: a list of (B, ΣC_d, X / s_l, Y / s_l, Z / s_l), fine → coarse, from
+        the second finest decoder stage on.
     """
 
     def __init__(
@@ -149,6 +153,7 @@ class MultiTalentNetwork(nn.Module):
         *,
         encoder_spec: dict[str, Any] | None = None,
         decoder_convs_per_stage: int | Sequence[int] = 1,
+        deep_supervision: bool = False,
     ):
         super().__init__()
         self.tasks = read_tasks(tasks)
@@ -173,7 +178,9 @@ class MultiTalentNetwork(nn.Module):
         self.decoder = UNetDecoder(
             self.encoder.feature_info, self.out_channels, convs_per_stage=decoder_convs_per_stage,
             kernel_sizes=getattr(self.encoder, "kernel_sizes", 3), spatial_dims=self.encoder.spatial_dims,
+            deep_supervision=deep_supervision,
         )
+        self.deep_supervision = bool(deep_supervision)
 
     def dataset_indices(self, datasets: torch.Tensor | Sequence[str | int], batch: int) -> list[int]:
         """Each sample's task index from names or indices (a collated ``"dataset"`` entry)."""
@@ -216,8 +223,12 @@ class MultiTalentNetwork(nn.Module):
             datasets: per sample its task name or index.
 
         Returns:
-            ``{"seg_logits": (B, out_channels, X, Y, Z)}``.
+            ``{"seg_logits": (B, out_channels, X, Y, Z)}``, with deep supervision also
+            ``"deep_supervision"`` (the coarser outputs, fine → coarse).
         """
         check_divisible(images, self.encoder.feature_info[-1]["stride"], type(self).__name__)
         indices = self.dataset_indices(datasets, images.shape[0])
-        return {"seg_logits": self.decoder(self.encoder(self.stem_features(images, indices)))}
+        decoded = self.decoder(self.encoder(self.stem_features(images, indices)))
+        if not self.deep_supervision:
+            return {"seg_logits": decoded}
+        return {"seg_logits": decoded[0], "deep_supervision": list(decoded[1:])}

@@ -26,7 +26,7 @@ from monai.transforms import MapTransform
 from torch import nn
 
 from shared.checkpoints.manifest import PretrainedEncoder, StateDict, new_manifest, save_pretrained
-from shared.losses.multitalent import MultiTalentLoss
+from shared.losses.multitalent import MultiTalentLoss, deep_supervision_weights, downsample_labels
 from shared.networks.multitalent import MultiTalentNetwork
 
 METHOD = "multitalent"
@@ -72,14 +72,18 @@ class MultiTalent(nn.Module):
             :func:`shared.io.multi_datalist.read_multi_datalist`'s ``tasks``.
         encoder_spec: the encoder (ResEnc-L by default; ``{"name": "plain", ...}`` for Retina U-Net's).
         decoder_convs_per_stage: conv blocks per decoder stage.
+        deep_supervision: also score the coarser decoder outputs against nearest-downsampled labels,
+            weighted as nnU-Net does (:func:`shared.losses.multitalent.deep_supervision_weights`).
         dice_weight, ce_weight: weights of the loss terms.
     """
 
     def __init__(self, tasks: list[dict[str, Any]], *, encoder_spec: dict[str, Any] | None = None,
-                 decoder_convs_per_stage: int = 1, dice_weight: float = 1.0, ce_weight: float = 1.0):
+                 decoder_convs_per_stage: int = 1, deep_supervision: bool = False, dice_weight: float = 1.0,
+                 ce_weight: float = 1.0):
         super().__init__()
         self.network = MultiTalentNetwork(tasks, encoder_spec=encoder_spec,
-                                          decoder_convs_per_stage=decoder_convs_per_stage)
+                                          decoder_convs_per_stage=decoder_convs_per_stage,
+                                          deep_supervision=deep_supervision)
         self.loss = MultiTalentLoss(self.network.tasks, dice_weight=dice_weight, ce_weight=ce_weight)
         self.encoder_prefix = "network.encoder."
 
@@ -95,11 +99,22 @@ class MultiTalent(nn.Module):
             datasets: per sample its data set name (or index).
 
         Returns:
-            ``{"loss", "loss/<data set>", "dice/<data set>"}`` for the data sets in the batch.
+            ``{"loss", "loss/<data set>", "dice/<data set>"}`` for the data sets in the batch; the
+            per-data-set entries are the finest output's.
         """
         indices = self.network.dataset_indices(datasets, images.shape[0])
-        logits = self.network(images, indices)["seg_logits"]
-        return self.loss(logits, labels, indices)
+        outputs = self.network(images, indices)
+        losses = self.loss(outputs["seg_logits"], labels, indices)
+        coarser = outputs.get("deep_supervision", [])
+        if coarser:
+            weights = deep_supervision_weights(1 + len(coarser))
+            total = weights[0] * losses["loss"]
+            for weight, logits in zip(weights[1:], coarser):
+                if weight:
+                    total = total + weight * self.loss(logits, downsample_labels(labels, logits.shape[2:]),
+                                                       indices)["loss"]
+            losses["loss"] = total
+        return losses
 
 
 def multitalent_forward(model: nn.Module, batch: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor]:

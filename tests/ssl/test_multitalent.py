@@ -204,3 +204,32 @@ def test_loss_falls_and_dice_rises_on_a_tiny_three_task_problem():
         early = np.nanmean([h[f"dice/{name}"] for h in history[:10]])
         late = np.nanmean([h[f"dice/{name}"] for h in history[-10:]])
         assert late > early + 0.2, (name, early, late)
+
+
+def test_deep_supervision_weights_and_downsampled_labels():
+    from shared.losses.multitalent import deep_supervision_weights, downsample_labels
+
+    assert deep_supervision_weights(1) == [1.0]
+    assert deep_supervision_weights(3) == pytest.approx([2 / 3, 1 / 3, 0.0])
+    labels = torch.arange(8).reshape(1, 1, 2, 2, 2).repeat_interleave(2, 2).repeat_interleave(2, 3)
+    labels = labels.repeat_interleave(2, 4)  # every 2³ block one label
+    torch.testing.assert_close(downsample_labels(labels, (2, 2, 2)), torch.arange(8).reshape(1, 1, 2, 2, 2))
+
+
+def test_deep_supervision_loss_is_the_weighted_sum_over_levels():
+    from shared.losses.multitalent import deep_supervision_weights, downsample_labels
+
+    torch.manual_seed(0)
+    model = MultiTalent(TASKS, encoder_spec=ENCODERS[0], deep_supervision=True).double()
+    images, labels, datasets = mixed_batch(3)
+    outputs = model.network(images, datasets)
+    levels = [outputs["seg_logits"], *outputs["deep_supervision"]]
+    assert [tuple(level.shape[2:]) for level in levels] == [(16, 16, 16), (8, 8, 8), (4, 4, 4)]
+    indices = [0, 1, 2, 0]
+    expected = sum(weight * model.loss(level, downsample_labels(labels, level.shape[2:]), indices)["loss"]
+                   for weight, level in zip(deep_supervision_weights(3), levels))
+    found = model(images, labels, datasets)
+    torch.testing.assert_close(found["loss"], expected)
+    torch.testing.assert_close(found["dice/chest"], model.loss(levels[0], labels, indices)["dice/chest"])
+    found["loss"].backward()
+    assert model.network.decoder.seg_layers[1].weight.grad.abs().sum() > 0  # the middle output is trained
