@@ -85,7 +85,6 @@ class MultiTalent(nn.Module):
                                           decoder_convs_per_stage=decoder_convs_per_stage,
                                           deep_supervision=deep_supervision)
         self.loss = MultiTalentLoss(self.network.tasks, dice_weight=dice_weight, ce_weight=ce_weight)
-        self.encoder_prefix = "network.encoder."
 
     @property
     def encoder(self) -> nn.Module:
@@ -148,7 +147,7 @@ def export_multitalent_encoder(
     network: MultiTalentNetwork | MultiTalent,
     out_dir: str | os.PathLike,
     *,
-    architecture: dict[str, Any],
+    architecture: dict[str, Any] | None = None,
     main_stem: str | None = None,
     modality: str | list[str] | None = None,
     spacing: list[float] | tuple[float, ...] | None = None,
@@ -161,7 +160,7 @@ def export_multitalent_encoder(
     Args:
         network: the trained network (or :class:`MultiTalent`), not wrapped in DDP.
         out_dir: output folder.
-        architecture: the encoder spec the network was built with.
+        architecture: the encoder spec the network was built with (default: the network's own).
         main_stem: the data set whose stem is the encoder's own (its channels are the manifest's
             ``in_channels``); the first by default.
         modality, spacing, normalization: what the inputs were.
@@ -172,6 +171,7 @@ def export_multitalent_encoder(
         The manifest's path.
     """
     bare = getattr(network, "network", network)
+    architecture = bare.encoder_spec if architecture is None else architecture
     state, stems = multitalent_encoder_weights(bare, main_stem)
     main_stem = main_stem or bare.task_names[0]
     main_task = bare.tasks[bare.task_names.index(main_stem)]

@@ -25,7 +25,7 @@ def exported(tmp_path, encoder, seed=0):
     with torch.no_grad():  # distinct, non-default values everywhere (norms included)
         for parameter in network.parameters():
             parameter.add_(0.1 * torch.randn_like(parameter))
-    path = export_multitalent_encoder(network, tmp_path / "mt", architecture=encoder, spacing=[1, 1, 1],
+    path = export_multitalent_encoder(network, tmp_path / "mt", spacing=[1, 1, 1],
                                       modality=["CT", "MRI"], method_settings={"iterations": 3})
     return network, path
 
@@ -62,6 +62,7 @@ def test_manifest_lists_every_stem_with_its_channels(tmp_path, encoder):
     network, path = exported(tmp_path, encoder)
     manifest = json.loads(path.read_text())
     assert manifest["method"] == "multitalent" and manifest["in_channels"] == 1
+    assert manifest["architecture"] == encoder and manifest["stem_keys"] == [network.encoder_stem_path + "."]
     assert manifest["stems"]["ids"] == {"lung_ct": 1, "brain_mri": 2, "chest": 1}
     assert manifest["method_settings"] == {"iterations": 3, "main_stem": "lung_ct"}
     assert manifest["data"]["datasets"]["brain_mri"] == {"in_channels": 2, "classes": ["tissue", "lesion"],
