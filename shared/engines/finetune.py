@@ -1,5 +1,12 @@
 """Fine-tuning from a pre-trained encoder, as bundle configs call it: load and transfer, log what was
-transferred, and hold the encoder still for the freeze phase (paper, section 3 and appendix C.3)."""
+transferred, and hold the encoder still for the freeze phase (paper, section 3 and appendix C.3).
+
+The transfer is its own step: the bundles' ``initialize`` runs ``$@transfer``
+(:func:`load_pretrained_encoder`) before anything trains, whatever the trainer node says. Its report
+(:class:`shared.checkpoints.transfer.TransferReport`) is what the rest reads: the length of the freeze
+phase (:func:`freeze_iterations`, 0 when nothing was transferred) and the freeze handler
+(:func:`freeze_phase`) in ``train#handlers``.
+"""
 
 from __future__ import annotations
 
@@ -93,13 +100,20 @@ def freeze_iterations(report: TransferReport | None, iterations: int) -> int:
     return int(iterations) if report is not None and report.transferred_keys else 0
 
 
-def freeze_handlers(network: nn.Module, report: TransferReport | None, iterations: int, *,
-                    frozen: str = "encoder") -> list[FreezePhase]:
-    """The trainer's iteration handlers that hold ``frozen`` still for the first ``iterations``.
+def freeze_phase(network: nn.Module, transfer: TransferReport | None, iterations: int, *,
+                 frozen: str = "encoder") -> FreezePhase:
+    """The trainer handler that holds ``frozen`` still for the first ``iterations`` after a transfer.
 
-    ``frozen``: ``"encoder"`` (the paper's: the whole encoder, a random stem included) or
-    ``"transferred"`` (only the transferred tensors); see :mod:`shared.engines.freeze`.
+    Args:
+        network: the network the transfer loaded into.
+        transfer: what :func:`load_pretrained_encoder` returned; ``None`` (training from scratch) or a
+            report with nothing transferred gives a phase of 0 iterations.
+        iterations: the freeze phase's length (:func:`freeze_iterations`).
+        frozen: ``"encoder"`` (the paper's: the whole encoder, a random stem included) or
+            ``"transferred"`` (only the transferred tensors); see :mod:`shared.engines.freeze`.
     """
-    if report is None or iterations <= 0:
-        return []
-    return [FreezePhase(network, frozen_parameter_names(network, report, frozen), iterations)]
+    if transfer is None or not transfer.transferred_keys or iterations <= 0:
+        return FreezePhase(network, [], 0)
+    names = frozen_parameter_names(network, transfer, frozen)
+    logger.info("freeze phase: %d parameters (%s) held still for %d iterations", len(names), frozen, iterations)
+    return FreezePhase(network, names, iterations)

@@ -5,9 +5,14 @@ neck and the heads first: the whole encoder is frozen, a randomly initialised st
 ``frozen="encoder"``, the default. ``frozen="transferred"`` freezes only the transferred tensors, so a
 random stem trains from the first step.
 
-Freezing is ``requires_grad = False`` plus dropping any stale gradient: a parameter whose ``grad`` is
-``None`` is skipped entirely by torch's optimizers, so neither weight decay nor momentum (SGD's
-buffer, Adam's moments) can move it while frozen — it stays bit-identical.
+Freezing drops the frozen parameters' gradients after the backward pass and before clipping and the
+optimizer step (the trainer's ``BACKWARD_COMPLETED`` event). A parameter whose ``grad`` is ``None`` is
+skipped entirely by torch's optimizers, so neither weight decay nor momentum (SGD's buffer, Adam's
+moments) can move it while frozen: it stays bit-identical, and clipping sees only the trained ones.
+``requires_grad`` is never flipped: ``DistributedDataParallel`` expects the same parameters to produce
+gradients in every iteration and fails at the phase switch if they change ("Expected to have finished
+reduction in the prior iteration"). The price is computing (and all-reducing) the encoder's gradients
+during the freeze phase, which is short (a few % of the run).
 """
 
 from __future__ import annotations
@@ -42,36 +47,15 @@ def frozen_parameter_names(network: nn.Module, transferred_keys: Iterable[str] |
     return [name for name in names if name.startswith(prefix)]
 
 
-def set_trainable(network: nn.Module, names: Iterable[str], trainable: bool) -> int:
-    """Freezes or unfreezes the parameters named in ``names`` (buffers are ignored).
-
-    Args:
-        network: the network whose ``named_parameters()`` the names use.
-        names: parameter names.
-        trainable: False freezes (and clears their gradients), True unfreezes.
-
-    Returns:
-        How many parameters were changed.
-    """
-    keys = set(names)
-    count = 0
-    for name, parameter in network.named_parameters():
-        if name in keys:
-            parameter.requires_grad_(trainable)
-            if not trainable:
-                parameter.grad = None
-            count += 1
-    return count
-
-
 class FreezePhase:
-    """Keeps the named parameters frozen for the first ``freeze_iterations`` iterations.
+    """Holds the named parameters still for the first ``freeze_iterations`` iterations.
 
-    Call it with the 1-based number of the iteration about to run (or an ignite ``Engine``, whose
-    ``state.iteration`` is that number at ``ITERATION_STARTED``); ``attach(engine)`` registers it.
+    Call it with the 1-based number of the iteration that just ran its backward pass (or an ignite
+    ``Engine`` at that point); ``attach(engine)`` registers it on MONAI's ``BACKWARD_COMPLETED``, which
+    :class:`shared.engines.trainer.LossDictTrainer` fires before clipping and the optimizer step.
 
     Args:
-        network: the network being fine-tuned.
+        network: the network being fine-tuned (its parameters are shared with a DDP wrapper around it).
         names: the parameters to hold still (:func:`frozen_parameter_names`).
         freeze_iterations: iterations 1..N train only the other parameters; from N + 1 on, all.
     """
@@ -79,25 +63,36 @@ class FreezePhase:
     def __init__(self, network: nn.Module, names: Iterable[str], freeze_iterations: int):
         if freeze_iterations < 0:
             raise ValueError(f"freeze_iterations: expected >= 0, got {freeze_iterations}")
-        self.network = network
         self.names = set(names)
+        unknown = self.names - {name for name, _ in network.named_parameters()}
+        if unknown:
+            raise ValueError(f"names: {len(unknown)} are not parameters of the network, e.g. {sorted(unknown)[0]!r}")
+        self.parameters = [parameter for name, parameter in network.named_parameters() if name in self.names]
         self.freeze_iterations = int(freeze_iterations)
-        self.frozen: bool | None = None
 
-    def __call__(self, engine_or_iteration: Any) -> None:
-        """Sets the state for the iteration about to run (only acts when the state changes)."""
+    def frozen_at(self, iteration: int) -> bool:
+        """Whether the 1-based ``iteration`` is in the freeze phase."""
+        return iteration <= self.freeze_iterations
+
+    def __call__(self, engine_or_iteration: Any) -> int:
+        """Drops the frozen parameters' gradients if the iteration is in the freeze phase.
+
+        Returns:
+            How many gradients were dropped.
+        """
         state = getattr(engine_or_iteration, "state", None)
         iteration = int(state.iteration if state is not None else engine_or_iteration)
-        frozen = iteration <= self.freeze_iterations
-        if frozen != self.frozen:
-            set_trainable(self.network, self.names, not frozen)
-            self.frozen = frozen
+        if not self.frozen_at(iteration):
+            return 0
+        for parameter in self.parameters:
+            parameter.grad = None
+        return len(self.parameters)
 
     def attach(self, engine: Any) -> None:
-        """Registers the handler on an ignite engine's ``ITERATION_STARTED`` event."""
-        from ignite.engine import Events
+        """Registers the handler on the trainer's ``BACKWARD_COMPLETED`` event."""
+        from monai.engines.utils import IterationEvents
 
-        engine.add_event_handler(Events.ITERATION_STARTED, self)
+        engine.add_event_handler(IterationEvents.BACKWARD_COMPLETED, self)
 
 
 def _key_set(transferred_keys: Iterable[str] | Any) -> set[str]:

@@ -5,6 +5,8 @@ freeze phase (``freeze_iterations``) trains the decoder and heads only, its rate
 the whole phase (nnDetection's ``iterations_warmup`` equals the phase). Then the whole network trains
 with a linear LR warm-up over ``lr_warmup_iterations`` and a poly decay to zero at ``total_iterations``.
 "LR warm-up" is only that ramp; the freeze phase is always called "freeze".
+
+:class:`PolyLearningRate` is the trainer handler (``train#handlers``) that sets it before each iteration.
 """
 
 from __future__ import annotations
@@ -49,3 +51,30 @@ def set_learning_rate(optimizer: torch.optim.Optimizer, learning_rate: float) ->
     """Set every parameter group's rate; groups may carry a ``lr_scale`` (e.g. a slower encoder)."""
     for group in optimizer.param_groups:
         group["lr"] = learning_rate * group.get("lr_scale", 1.0)
+
+
+class PolyLearningRate:
+    """Trainer handler: sets :func:`learning_rate_at` the iteration about to run (``ITERATION_STARTED``).
+
+    Being a function of the iteration, the rate needs no state of its own to resume.
+
+    Args:
+        base_lr, total_iterations, lr_warmup_iterations, freeze_iterations, exponent: as in
+            :func:`learning_rate_at`.
+    """
+
+    def __init__(self, base_lr: float, total_iterations: int, *, lr_warmup_iterations: int = 0,
+                 freeze_iterations: int = 0, exponent: float = 0.9):
+        if total_iterations <= 0:
+            raise ValueError(f"total_iterations must be positive, got {total_iterations}")
+        self.schedule = dict(base_lr=float(base_lr), total_iterations=int(total_iterations),
+                             lr_warmup_iterations=int(lr_warmup_iterations),
+                             freeze_iterations=int(freeze_iterations), exponent=float(exponent))
+
+    def __call__(self, engine) -> None:
+        set_learning_rate(engine.optimizer, learning_rate_at(engine.state.iteration - 1, **self.schedule))
+
+    def attach(self, engine) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.ITERATION_STARTED, self)

@@ -65,6 +65,23 @@ class ReconstructionPreviews:
         """Iteration handler: remember which iteration the next step is."""
         self.iteration = int(engine.state.iteration)
 
+    def attach(self, engine: Any) -> None:
+        """Trainer handler (``train#handlers``): logs from what the iteration's forward produced.
+
+        :class:`shared.engines.trainer.LossDictTrainer` fires ``FORWARD_COMPLETED`` with the images in
+        ``engine.state.output["image"]`` and the model's outputs (``"mask"``, ``"reconstruction"``) in
+        ``engine.state.output["pred"]``.
+        """
+        from monai.engines.utils import IterationEvents
+
+        engine.add_event_handler(IterationEvents.FORWARD_COMPLETED, self.log_forward)
+
+    def log_forward(self, engine: Any) -> None:
+        self(engine)
+        if self._due():
+            output = engine.state.output
+            self.log(output["image"], output["pred"]["mask"], output["pred"]["reconstruction"], self.iteration)
+
     def forward(self, model: nn.Module, batch: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
         """Run the masked autoencoder on the batch's images; only the loss leaves the step."""
         outputs = model(batch["image"].to(device))

@@ -96,7 +96,9 @@ def test_the_freeze_phase_is_three_epochs_added_to_the_fifty_and_only_after_a_tr
         assert parser.get_parsed_content("freeze_iterations") == freeze
         assert parser.get_parsed_content("total_iterations") == total
         assert parser.get_parsed_content("train#trainer#max_epochs") == epochs
-        assert parser.get("train#trainer")["lr_warmup_iterations"] == "@lr_warmup_iterations"
+        schedule = [node for node in parser.get("train#handlers") if isinstance(node, dict)
+                    and node.get("_target_") == "shared.engines.schedule.PolyLearningRate"]
+        assert schedule[0]["lr_warmup_iterations"] == "@lr_warmup_iterations"
     assert parser.get("freeze") == "encoder"
 
 
@@ -104,7 +106,7 @@ def test_the_freeze_phase_is_three_epochs_added_to_the_fifty_and_only_after_a_tr
 def test_the_paper_configuration_evaluates_with_mirroring_and_quick_does_not(bundle):
     assert _parser(bundle, "train.json").get("inference")["mirror"] is True
     # validation during training stays unmirrored (8x cheaper; nnDetection validates without it too)
-    assert _parser(bundle, "train.json").get_parsed_content("validate#evaluator#inference")["mirror"] is False
+    assert _parser(bundle, "train.json").get_parsed_content("validate#inferer#settings")["mirror"] is False
     assert _parser(bundle, "inference.json").get("inference")["mirror"] is True
     assert _parser(bundle, "train.json", "quick.json").get("inference")["mirror"] is False
 

@@ -10,7 +10,9 @@ from shared.checkpoints.manifest import export_encoder
 from shared.checkpoints.transfer import transfer_encoder
 from shared.encoders.presets import build_encoder
 from shared.engines.sampler import ResumableBatchSampler
-from shared.engines.trainer import Trainer, image_forward
+from shared.engines.handlers_checkpoint import ResumableCheckpoint
+from shared.engines.handlers_model import ModelSaver
+from shared.engines.trainer import LossDictTrainer, prepare_image_batch
 from shared.io.errors import InputError
 
 SPEC = {"name": "resenc", "preset": "tiny"}
@@ -44,8 +46,8 @@ def trained(tmp_path_factory):
     network = TinyNetwork(seed=0)
     optimizer = torch.optim.SGD(network.parameters(), lr=0.1, momentum=0.9)
     loader = DataLoader(Noise(), batch_sampler=ResumableBatchSampler(1))
-    Trainer(network, optimizer, loader, output_dir=folder, iterations_per_epoch=2, max_epochs=1, base_lr=0.1,
-            forward=image_forward, checkpoint_every=1, progress=False).run()
+    LossDictTrainer("cpu", 1, loader, network, optimizer, epoch_length=2, prepare_batch=prepare_image_batch,
+                     train_handlers=[ModelSaver(folder, network), ResumableCheckpoint(folder, every=1)]).run()
     export_encoder(network, folder / "exported", architecture=SPEC, in_channels=1, modality="CT",
                    spacing=[1, 1, 1], normalization="ct", method="mae")
     return folder, network

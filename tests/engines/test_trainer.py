@@ -3,15 +3,21 @@ import logging
 import multiprocessing
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from ignite.engine import Events
+from ignite.metrics import Metric
+from monai.engines import SupervisedEvaluator
+from monai.handlers import TensorBoardStatsHandler
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from shared.engines.handlers_checkpoint import ResumableCheckpoint
+from shared.engines.handlers_model import ModelSaver
+from shared.engines.handlers_validation import EarlyStopOnValidation, PeriodicValidation
 from shared.engines.sampler import ResumableBatchSampler
-from shared.engines.trainer import Trainer, image_forward
+from shared.engines.schedule import PolyLearningRate
+from shared.engines.trainer import LossDictTrainer, prepare_image_batch
 from shared.io.errors import InputError
 
 
@@ -33,14 +39,45 @@ class Regressor(nn.Module):
         return {"loss": loss, "mse": loss.detach()}
 
 
-def make_trainer(tmp_path, epochs, **kwargs):
+class CalledMetric(Metric):
+    """The key metric of a test: ``validate(model)`` computed once per validation."""
+
+    def __init__(self, validate, model):
+        self.validate, self.model = validate, model
+        super().__init__()
+
+    def reset(self):
+        pass
+
+    def update(self, output):
+        pass
+
+    def compute(self):
+        return self.validate(self.model)["AP_IoU_0.10_MaxDet_100"]
+
+
+def make_trainer(tmp_path, epochs, validate=None, validate_every=1, patience=None):
+    """The handlers of a bundle's ``train#handlers`` around a linear regressor (4 iterations an epoch)."""
     torch.manual_seed(0)
     model = Regressor()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=3e-5)
     loader = DataLoader(SeededNoise(), batch_sampler=ResumableBatchSampler(3))
-    trainer = Trainer(model, optimizer, loader, output_dir=tmp_path, iterations_per_epoch=4, max_epochs=epochs,
-                      base_lr=0.1, lr_warmup_iterations=3, forward=image_forward, checkpoint_every=2,
-                      progress=False, **kwargs)
+    handlers = [PolyLearningRate(0.1, 4 * epochs, lr_warmup_iterations=3)]
+    evaluator = None
+    if validate is not None:
+        evaluator = SupervisedEvaluator("cpu", [0], model, iteration_update=lambda engine, batch: None,
+                                        key_val_metric={"AP_IoU_0.10_MaxDet_100": CalledMetric(validate, model)},
+                                        decollate=False)
+        handlers.append(PeriodicValidation(validate_every, evaluator))
+        if patience:
+            handlers.append(EarlyStopOnValidation(patience, evaluator))
+    checkpoint = ResumableCheckpoint(tmp_path, every=2)
+    handlers += [ModelSaver(tmp_path, model, validator=evaluator), checkpoint,
+                 TensorBoardStatsHandler(log_dir=str(tmp_path / "logs"), iteration_log=10, epoch_log=False,
+                                         output_transform=lambda output: output)]
+    trainer = LossDictTrainer("cpu", epochs, loader, model, optimizer, epoch_length=4,
+                               prepare_batch=prepare_image_batch, train_handlers=handlers)
+    trainer.checkpoint, trainer.model_saver = checkpoint, handlers[-3]
     return trainer, model
 
 
@@ -50,13 +87,13 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path):
 
     first, _ = make_trainer(tmp_path / "resumed", epochs=3)
     stop_at = 6  # mid-epoch, on a checkpoint
-    first.engine.add_event_handler(Events.ITERATION_COMPLETED, lambda e: e.terminate() if e.state.iteration == stop_at else None)
+    first.add_event_handler(Events.ITERATION_COMPLETED, lambda e: e.terminate() if e.state.iteration == stop_at else None)
     first.run()
-    assert first.last_checkpoint().name.endswith(f"_{stop_at}.pt")
+    assert first.checkpoint.last_checkpoint().name.endswith(f"_{stop_at}.pt")
 
     second, resumed_model = make_trainer(tmp_path / "resumed", epochs=3)
-    engine = second.run()
-    assert engine.state.iteration == 12
+    second.run()
+    assert second.state.iteration == 12
     assert [path.name for path in (tmp_path / "resumed" / "checkpoints").iterdir()] == ["last_checkpoint_12.pt"]
     for a, b in zip(straight_model.parameters(), resumed_model.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
@@ -81,15 +118,26 @@ def test_validation_saves_the_best_model_and_logs(tmp_path):
     assert not torch.equal(best["layer.weight"], final["layer.weight"]), "epoch 3 trained on"
     assert json.loads((tmp_path / "model_best.json").read_text())["iteration"] == 8
     assert list((tmp_path / "logs").iterdir()), "TensorBoard logs are written"
-    assert trainer.best_metric() == pytest.approx(0.5)
+    assert trainer.model_saver.best_metric() == pytest.approx(0.5)
 
 
 def test_validation_runs_every_n_epochs_and_after_the_last(tmp_path):
     epochs = []
     trainer, _ = make_trainer(tmp_path, epochs=5, validate_every=2,
-                              validate=lambda m: epochs.append(trainer.engine.state.epoch) or {"AP_IoU_0.10_MaxDet_100": 0.1})
+                              validate=lambda m: epochs.append(trainer.state.epoch) or {"AP_IoU_0.10_MaxDet_100": 0.1})
     trainer.run()
     assert epochs == [2, 4, 5]
+
+
+def test_early_stopping_ends_the_run_after_patience_validations_without_improvement(tmp_path):
+    scores = iter([0.2, 0.5, 0.4, 0.3, 0.9, 0.9])
+    trainer, model = make_trainer(tmp_path, epochs=6, validate=lambda m: {"AP_IoU_0.10_MaxDet_100": next(scores)},
+                                  patience=2)
+    trainer.run()
+    assert trainer.state.epoch == 4, "epochs 3 and 4 did not beat epoch 2"
+    assert json.loads((tmp_path / "model_best.json").read_text())["iteration"] == 8
+    final = torch.load(tmp_path / "model_final.pt", weights_only=True)
+    torch.testing.assert_close(final["layer.weight"], model.layer.weight.detach(), rtol=0, atol=0)
 
 
 def test_non_finite_loss_stops_with_a_clear_error(tmp_path):
@@ -124,7 +172,7 @@ def run_killed_at(folder, point):
     torch.set_num_threads(1)
 
     def validate(model):
-        if point == "final validation" and trainer.engine.state.epoch == 3:
+        if point == "final validation" and trainer.state.epoch == 3:
             os._exit(KILLED)
         return validate_on_a_fixed_batch(model)
 
@@ -134,7 +182,7 @@ def run_killed_at(folder, point):
     def save_then_die(data, path, *args, **kwargs):
         name = Path(getattr(path, "name", path)).name
         if point == "checkpoint write" and name == "last_checkpoint_10.pt" or \
-                point == "model.pt write" and name == "model.pt" and trainer.engine.state.epoch == 3 or \
+                point == "model.pt write" and name == "model.pt" and trainer.state.epoch == 3 or \
                 point == "model_final.pt write" and name == "model_final.pt":
             Path(path).write_bytes(b"PK\x03\x04 half a file")
             os._exit(KILLED)
@@ -142,9 +190,9 @@ def run_killed_at(folder, point):
 
     torch.save = save_then_die
     if point == "mid-epoch":
-        trainer.engine.add_event_handler(Events.ITERATION_COMPLETED(once=7), lambda e: os._exit(KILLED))
+        trainer.add_event_handler(Events.ITERATION_COMPLETED(once=7), lambda e: os._exit(KILLED))
     if point == "after the checkpoint, before the old one is deleted":
-        trainer._remove_older_checkpoints = lambda: os._exit(KILLED) if trainer.engine.state.iteration == 10 else None
+        trainer.checkpoint.remove_older_checkpoints = lambda: os._exit(KILLED) if trainer.state.iteration == 10 else None
     trainer.run()
 
 
@@ -166,7 +214,7 @@ def test_a_run_killed_at_any_moment_resumes_to_the_same_weights_and_files(tmp_pa
 
     resumed, _ = make_trainer(tmp_path / "killed", epochs=3, validate=validate_on_a_fixed_batch)
     starts = []
-    resumed.engine.add_event_handler(Events.STARTED, lambda e: starts.append(e.state.iteration))
+    resumed.add_event_handler(Events.STARTED, lambda e: starts.append(e.state.iteration))
     resumed.run()
     if point == "checkpoint write":
         assert starts == [8]
@@ -180,10 +228,10 @@ def test_a_finished_run_started_again_says_so_and_does_not_train(tmp_path, caplo
 
     again, _ = make_trainer(tmp_path, epochs=2, validate=validate_on_a_fixed_batch)
     iterations = []
-    again.engine.add_event_handler(Events.ITERATION_COMPLETED, lambda e: iterations.append(e.state.iteration))
-    with caplog.at_level(logging.INFO, logger="shared.engines.trainer"):
-        engine = again.run()
-    assert iterations == [] and engine.state.iteration == 8
+    again.add_event_handler(Events.ITERATION_COMPLETED, lambda e: iterations.append(e.state.iteration))
+    with caplog.at_level(logging.INFO, logger="shared.engines.handlers_checkpoint"):
+        again.run()
+    assert iterations == [] and again.state.iteration == 8
     assert any("training finished before" in record.getMessage() for record in caplog.records)
     assert outputs(tmp_path) == expected
 
@@ -203,7 +251,7 @@ def test_raising_the_epochs_trains_on_from_the_last_checkpoint(tmp_path):
     two_epochs = (tmp_path / "model_final.pt").read_bytes()
     longer, _ = make_trainer(tmp_path, epochs=3)
     iterations = []
-    longer.engine.add_event_handler(Events.ITERATION_COMPLETED, lambda e: iterations.append(e.state.iteration))
+    longer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: iterations.append(e.state.iteration))
     longer.run()
     assert iterations == [9, 10, 11, 12]
     assert [path.name for path in (tmp_path / "checkpoints").iterdir()] == ["last_checkpoint_12.pt"]
