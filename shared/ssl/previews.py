@@ -46,8 +46,9 @@ def preview_image(image: torch.Tensor, mask: torch.Tensor, reconstruction: torch
 class ReconstructionPreviews:
     """Masked-autoencoder training step (``forward``) that logs reconstructions every ``every`` iterations.
 
-    Use ``forward=previews.forward`` and ``iteration_handlers=[previews]`` in
-    :class:`shared.engines.trainer.Trainer`.
+    List it in the bundle's ``train#handlers`` (:meth:`attach`: it logs from the iteration of
+    :class:`shared.engines.trainer.LossDictTrainer`); ``forward`` and calling it with the engine remain
+    for a hand-written step.
 
     Args:
         log_dir: TensorBoard folder (the trainer's is ``output_dir/logs``).
