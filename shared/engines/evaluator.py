@@ -13,7 +13,6 @@ still takes part in the gather.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -36,7 +35,7 @@ class DetectionEvaluator(SupervisedEvaluator):
 
     The iteration's output is ``([found], [target])``, what ``DetectionMetrics.update`` takes; batch
     items: ``"image"`` (1, C, X, Y, Z), ``"boxes"`` (1, N, 6) or a list of one (N, 6), ``"labels"``
-    likewise.
+    likewise (or one uncollated case: (C, X, Y, Z), (N, 6), (N,)).
     """
 
     def __init__(self, device: str | torch.device, val_data_loader: Any, network: nn.Module, *,
@@ -62,18 +61,15 @@ class DetectionEvaluator(SupervisedEvaluator):
         self.fire_event(Events.COMPLETED)
 
     def _iteration(self, engine: DetectionEvaluator, batchdata: dict[str, Any]) -> tuple[list, list]:
-        images = batchdata["image"]
-        if images.ndim == 4:  # one case, not collated
+        images, collated = batchdata["image"], batchdata["image"].ndim == 5
+        if not collated:  # one case straight from its dataset
             images = images[None]
         images = images.to(engine.state.device, dtype=torch.float32)
         engine.network.eval()
         with torch.no_grad(), torch.autocast("cuda", enabled=engine.amp):
             found = engine.inferer(images, engine.network)
-        target = {"boxes": _first(batchdata["boxes"]), "labels": _first(batchdata["labels"])}
+        target = {key: torch.as_tensor(batchdata[key][0] if collated else batchdata[key]).cpu()
+                  for key in ("boxes", "labels")}
         engine.state.output = ([{key: value.detach().cpu() for key, value in found.items()}], [target])
         return engine.state.output
 
-
-def _first(value: Tensor | Sequence[Tensor]) -> Tensor:
-    """The only case's entry of a collated batch (a (1, N, ...) tensor or a list of one)."""
-    return torch.as_tensor(value[0]).cpu()

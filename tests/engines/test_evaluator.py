@@ -43,6 +43,13 @@ def test_the_key_metric_is_the_detection_ap_of_whole_cases(shift, expected):
     assert [shape for shape, _ in inferer.calls] == [(1, 1, 16, 16, 16)] * 2
 
 
+def test_uncollated_cases_are_scored_alike():
+    evaluator = _evaluator(ShiftedInferer())
+    evaluator.data_loader = CASES
+    evaluator.run()
+    assert evaluator.state.metrics["AP_IoU_0.10_MaxDet_100"] == pytest.approx(1.0)
+
+
 def test_a_rank_without_cases_still_computes_the_metrics_and_completes():
     completed = []
     evaluator = _evaluator(ShiftedInferer(), cases=[])

@@ -15,7 +15,8 @@ def _network() -> RetinaUNetNetwork:
 
 def test_no_encoder_trains_from_scratch():
     assert finetune.load_pretrained_encoder(_network(), None) is None
-    assert finetune.freeze_iterations(None, 100) == 0 and finetune.freeze_phase(_network(), None, 5).freeze_iterations == 0
+    assert finetune.freeze_iterations(None, 100) == 0
+    assert finetune.freeze_phase(_network(), None, 5).freeze_iterations == 0
 
 
 def test_an_unreadable_encoder_is_a_user_error_naming_it(monkeypatch):

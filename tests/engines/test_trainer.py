@@ -87,7 +87,7 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path):
 
     first, _ = make_trainer(tmp_path / "resumed", epochs=3)
     stop_at = 6  # mid-epoch, on a checkpoint
-    first.add_event_handler(Events.ITERATION_COMPLETED, lambda e: e.terminate() if e.state.iteration == stop_at else None)
+    first.add_event_handler(Events.ITERATION_COMPLETED(once=stop_at), lambda engine: engine.terminate())
     first.run()
     assert first.checkpoint.last_checkpoint().name.endswith(f"_{stop_at}.pt")
 
@@ -192,7 +192,11 @@ def run_killed_at(folder, point):
     if point == "mid-epoch":
         trainer.add_event_handler(Events.ITERATION_COMPLETED(once=7), lambda e: os._exit(KILLED))
     if point == "after the checkpoint, before the old one is deleted":
-        trainer.checkpoint.remove_older_checkpoints = lambda: os._exit(KILLED) if trainer.state.iteration == 10 else None
+        def die_at_10():
+            if trainer.state.iteration == 10:
+                os._exit(KILLED)
+
+        trainer.checkpoint.remove_older_checkpoints = die_at_10
     trainer.run()
 
 
