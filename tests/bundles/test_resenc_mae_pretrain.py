@@ -45,7 +45,7 @@ def trained(tmp_path_factory) -> Path:
             "--patch_size", "[32,32,32]"]
     _bundle("run", "--config_file", _configs("train.json", "quick.json"), *tiny, "--iterations_per_epoch", "3",
             "--epochs", "1", "--preview_every", "2", cwd=root)
-    _bundle("run", "--config_file", _configs("inference.json", "quick.json"), *tiny,
+    _bundle("run", "--config_file", _configs("inference.json", "quick.json"), *tiny, "--model_dir", str(root / "out"),
             "--prediction_dir", str(root / "reconstructions"), cwd=root)
     return root
 
