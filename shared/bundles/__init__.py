@@ -1,5 +1,6 @@
-"""Helpers the bundle configs call: where a bundle lives, an offline check of its metadata, and user
-errors reported as one line (with the output folder checked before any work)."""
+"""Helpers the bundle configs call: where a bundle lives (the folder of its configs), the network built
+from its spec and recorded in the model plan, an offline check of its metadata, and user errors reported
+as one line (with the output folder checked before any work)."""
 
 from shared.bundles.location import bundle_of, config_bundle_root
 from shared.bundles.metadata import SCHEMA_PATH, check_metadata
