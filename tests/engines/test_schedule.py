@@ -1,4 +1,5 @@
 import pytest
+import torch
 
 from shared.engines.schedule import learning_rate_at
 
@@ -28,3 +29,42 @@ def test_freeze_phase_ramps_over_its_whole_length_then_the_full_schedule_restart
 def test_rejects_an_empty_run():
     with pytest.raises(ValueError, match="total_iterations"):
         learning_rate_at(0, base_lr=1.0, total_iterations=0)
+
+
+def test_the_handler_logs_the_rate_each_iteration_ran_with_to_tensorboard(tmp_path):
+    from ignite.engine import Engine
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from shared.engines.schedule import PolyLearningRate
+
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([parameter], lr=123.0)
+    used = []
+    engine = Engine(lambda engine, batch: used.append(optimizer.param_groups[0]["lr"]))
+    engine.optimizer = optimizer
+    handler = PolyLearningRate(0.1, 12, lr_warmup_iterations=4, log_dir=tmp_path / "logs", log_every=3)
+    handler.attach(engine)
+    engine.run([0] * 6, max_epochs=2)
+
+    events = EventAccumulator(str(tmp_path / "logs"))
+    events.Reload()
+    logged = events.Scalars("train/learning_rate")
+    assert [event.step for event in logged] == [3, 6, 9, 12]
+    assert [event.value for event in logged] == pytest.approx([used[step - 1] for step in (3, 6, 9, 12)])
+    assert logged[0].value == pytest.approx(learning_rate_at(2, base_lr=0.1, total_iterations=12,
+                                                             lr_warmup_iterations=4))
+    assert handler.writer is None, "the event file is closed when the run completes"
+
+
+def test_the_handler_without_a_log_dir_writes_nothing(tmp_path):
+    from ignite.engine import Engine
+
+    from shared.engines.schedule import PolyLearningRate
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    engine = Engine(lambda engine, batch: None)
+    engine.optimizer = optimizer
+    PolyLearningRate(0.1, 4).attach(engine)
+    engine.run([0] * 4, max_epochs=1)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(learning_rate_at(3, base_lr=0.1, total_iterations=4))
+    assert not any(tmp_path.iterdir())
