@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from shared.boxes.normalized import denormalize_boxes, normalize_boxes
 from shared.detectors.interface import Detector, ExportedOutput, OutputSpec
+from shared.encoders import build_encoder
 from shared.losses.set_prediction import SetPredictionLoss
 
 BOX_VALUES = 6
@@ -139,6 +140,28 @@ class DeformableDETRDetector(Detector):
         self.output_spec.check(outputs)
         dense = outputs[0].transpose(1, 2)
         return self.postprocess(dense[..., :self.num_classes], dense[..., self.num_classes:], image_shape)
+
+
+def level_strides(encoder: dict[str, Any], num_levels: int, in_channels: int = 1) -> list[int | list[int]]:
+    """The strides of the encoder levels a :class:`DeformableDETRNetwork` feeds to its transformer.
+
+    The data preparation records them and checks the patch against the coarsest before the network is
+    built (its ``num_queries`` is planned by that preparation); the encoder is built on the meta device.
+
+    Args:
+        encoder: the encoder spec (``{"name": ..., "preset": ...}``, planned strides included).
+        num_levels: the network's ``num_levels``, the encoder's last levels.
+        in_channels: image channels (the strides do not depend on them).
+
+    Returns:
+        fine → coarse, an int per level or one per axis.
+    """
+    with torch.device("meta"):
+        levels = build_encoder(encoder, in_channels).feature_info
+    if not 1 <= num_levels <= len(levels):
+        raise ValueError(f"num_levels must be 1..{len(levels)} (the encoder's levels), got {num_levels}")
+    return [level["stride"] if isinstance(level["stride"], int) else list(level["stride"])
+            for level in levels[-num_levels:]]
 
 
 def objects_per_patch(case_boxes: Sequence[np.ndarray], patch_size: Sequence[int]) -> list[int]:

@@ -23,6 +23,7 @@ import numpy as np
 
 import torch
 
+from shared.bundles.network import network_spec
 from shared.data.cache import read_case
 from shared.data.plan import parse_spacing, plan_dataset
 from shared.data.preprocess import Transform, preprocess
@@ -126,7 +127,7 @@ def prepare_detection_data(
     detection_strides: Sequence[int | Sequence[int]],
     network_stride: int | Sequence[int] | None = None,
     encoder: dict[str, Any] | None = None,
-    plan_detector: Callable[[np.ndarray, Sequence[Any]], dict[str, Any]] | None = None,
+    plan_detector: Callable[..., dict[str, Any]] | None = None,
     network: dict[str, Any] | None = None,
     num_workers: int = 0,
 ) -> DetectionData:
@@ -141,7 +142,8 @@ def prepare_detection_data(
         preprocessing: the bundle's ``preprocessing`` chain (see :func:`shared.data.preprocess.preprocess`).
         plan: the data set's plan the chain was built from (:func:`shared.data.plan.plan_dataset`).
         plan_detector: the detector's planning from the training data, ``(boxes (N, 6) xyzxyz voxel,
-            detection_strides) -> dict`` recorded as the model plan's ``"detector"`` (Retina U-Net:
+            detection_strides, *, case_boxes, patch_size) -> dict`` (``case_boxes``: the same boxes per
+            training case) recorded as the model plan's ``"detector"`` (Retina U-Net:
             :func:`shared.detectors.planning.plan_retina_unet`); None for a detector that plans nothing
             (then data without boxes is fine).
         network: the network spec (:func:`shared.bundles.network.network_spec`), recorded as ``"network"``.
@@ -167,7 +169,10 @@ def prepare_detection_data(
     detector = {}
     if plan_detector is not None:
         try:
-            detector = dict(plan_detector(_training_boxes(cached.cache_dir, train_cases), detection_strides))
+            case_boxes = _training_boxes(cached.cache_dir, train_cases)
+            pooled = np.concatenate(case_boxes) if case_boxes else np.zeros((0, 6), dtype=np.float32)
+            detector = dict(plan_detector(pooled, detection_strides, case_boxes=case_boxes,
+                                          patch_size=[int(size) for size in patch_size]))
         except ValueError as error:  # the detector cannot plan from these data: name the datalist
             raise InputError(datalist, str(error)) from error
     data = DetectionData(
@@ -224,6 +229,19 @@ def read_model_plan(path: str | os.PathLike) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def _training_boxes(cache_dir: str | os.PathLike, cases: Sequence[str]) -> np.ndarray:
-    boxes = [read_case(cache_dir, case).boxes for case in cases]
-    return np.concatenate(boxes) if boxes else np.zeros((0, 6), dtype=np.float32)
+def record_network(output_dir: str | os.PathLike, network: torch.nn.Module) -> torch.nn.Module:
+    """Add ``network``'s spec to the model plan in ``output_dir`` (written by :func:`prepare_detection_data`).
+
+    For a network whose arguments come from the detector's plan (Deformable DETR's ``num_queries``): it
+    is built after the data preparation, which therefore cannot record it; inference rebuilds it from here.
+
+    Returns:
+        ``network``.
+    """
+    path = Path(output_dir) / MODEL_PLAN
+    write_json(path, {**read_model_plan(path), "network": network_spec(network)})
+    return network
+
+
+def _training_boxes(cache_dir: str | os.PathLike, cases: Sequence[str]) -> list[np.ndarray]:
+    return [np.asarray(read_case(cache_dir, case).boxes, dtype=np.float32).reshape(-1, 6) for case in cases]
