@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pytest
 import torch
 
@@ -17,7 +19,9 @@ from shared.checkpoints.weights import load_weights
 from shared.data.synthetic.dataset import make_dataset
 from shared.networks.retina_unet import RetinaUNetNetwork
 from shared.engines.finetune import load_pretrained_encoder
+from shared.io.datalist import read_split
 from shared.networks.resenc_unet import ResEncUNet
+from shared.ssl.inspection import plan_from_manifest, reconstruct_scans
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 CONFIGS = REPOSITORY / "bundles" / "resenc_mae_pretrain" / "configs"
@@ -78,10 +82,22 @@ def test_fine_tuning_takes_the_whole_encoder(trained):
         assert torch.equal(value, exported[key])
 
 
-def test_inference_writes_reconstructions(trained):
+def test_inference_writes_reconstructions(trained, tmp_path):
     results = json.loads((trained / "reconstructions" / "reconstructions.json").read_text())
     assert [result["case"] for result in results] == ["lung_ct_un_000", "lung_ct_un_001"]
+    assert all(set(result["files"]) == {"input", "masked", "reconstruction", "mask"} for result in results)
     assert all(Path(path).is_file() for result in results for path in result["files"].values())
+    # the infer workflow (dataset → ScanEvaluator → writer) gives what the plain Python path gives
+    network = load_weights(ResEncUNet(1, 1, encoder_spec=TINY), trained / "out" / "model.pt")
+    images = [entry["image"] for entry in read_split(trained / "data" / "datalist.json", "unlabelled")]
+    expected = reconstruct_scans(network, images, tmp_path, plan=plan_from_manifest(trained / "out"),
+                                 patch_size=[32, 32, 32], block_size=16, mask_ratio=0.75, seed=0)
+    assert [result["masked_mse"] for result in results] == pytest.approx(
+        [result["masked_mse"] for result in expected], rel=1e-5)
+    for result, reference in zip(results, expected):
+        for name in ("masked", "reconstruction", "mask"):
+            np.testing.assert_allclose(nib.load(result["files"][name]).get_fdata(),
+                                       nib.load(reference["files"][name]).get_fdata(), atol=1e-5)
 
 
 def test_network_in_out_and_metadata(tmp_path):

@@ -3,7 +3,7 @@
 MONAI Label, FL and Deploy drive a bundle through the properties of ``monai.bundle.properties``
 (``train#trainer``, ``train#trainer#max_epochs``, ``train#dataset``, ``train#inferer``; ``dataset``,
 ``evaluator``, ``inferer``, ``network_def`` in inference), so every train config and every
-inference/evaluation config must define them, and optional properties that the config refers to must
+inference/evaluation config (the pre-training bundle's reconstruction viewer included) must define them, and optional properties that the config refers to must
 sit at their ids. ``check_properties`` resolves each required property, so the workflows run their
 ``initialize`` on tiny generated data (and the inference ones on a tiny trained model), from a working
 directory that is not the bundle.
@@ -100,6 +100,24 @@ def test_pretraining_defines_monai_train_properties(data, tmp_path, monkeypatch)
     monkeypatch.setattr(sys, "excepthook", sys.excepthook)
     overrides = {**TINY_MAE, "dataset_dir": str(data / "data"), "output_dir": str(tmp_path / "out"), "amp": False}
     assert _check("resenc_mae_pretrain", ["train.json"], "train", overrides, tmp_path) == []
+
+
+def test_pretraining_inference_defines_monai_infer_properties(data, tmp_path, monkeypatch):
+    """The reconstruction viewer is an infer workflow too: scans through the preprocessing, the masking
+    inferer, the ScanEvaluator and its writer (a model of random weights: the properties only resolve)."""
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+    import torch
+
+    from shared.networks.resenc_unet import ResEncUNet
+
+    models = tmp_path / "models"
+    models.mkdir()
+    torch.save(ResEncUNet(1, 1, encoder_spec=TINY_MAE["encoder"]).state_dict(), models / "model.pt")
+    (models / "encoder.json").write_text(json.dumps({"modality": "CT", "in_channels": 1, "spacing": [1.5] * 3}))
+    overrides = {"encoder": TINY_MAE["encoder"], "patch_size": [32, 32, 32], "max_scans": 1,
+                 "dataset_dir": str(data / "data"), "model_dir": str(models),
+                 "prediction_dir": str(tmp_path / "reconstructions")}
+    assert _check("resenc_mae_pretrain", ["inference.json"], "infer", overrides, tmp_path) == []
 
 
 def test_bundle_root_is_the_folder_of_the_config_being_run(tmp_path, monkeypatch):
