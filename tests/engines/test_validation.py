@@ -1,8 +1,13 @@
 import pytest
 import torch
 
-from shared.engines.validation import DetectionValidator, predict_cases
-from shared.inference.inferer import SlidingWindowDetectionInferer
+from torch.utils.data import DataLoader
+
+from shared.data.dataset import ValidationCaseDataset
+from shared.engines.evaluator import DetectionEvaluator
+from shared.engines.sampler import ShardSampler
+from shared.engines.validation import predict_cases
+from shared.metrics.ignite import DetectionMetrics
 
 BOXES = [torch.tensor([[0.0, 0.0, 0.0, 4.0, 4.0, 4.0]]), torch.tensor([[8.0, 8.0, 8.0, 12.0, 12.0, 12.0]])]
 CASES = [{"image": torch.full((1, 16, 16, 16), float(index)), "boxes": BOXES[index], "labels": torch.tensor([index])}
@@ -32,25 +37,23 @@ def test_predict_cases_pairs_each_cases_detections_with_its_ground_truth():
     assert inferer.calls == [((1, 1, 16, 16, 16), "detector")] * 2
 
 
-def test_validator_scores_exact_detections_of_cached_cases_as_perfect(tmp_path):
+def test_cached_cases_through_the_bundles_evaluator_score_exact_detections_as_perfect(tmp_path):
+    """What replaced the DetectionValidator: validate#dataset/dataloader/evaluator as train.json builds them."""
     from tests.data.conftest import write_case
 
     for index, case in enumerate(CASES):
         write_case(tmp_path, f"case{index}", case["image"].numpy(), boxes=case["boxes"].numpy(), labels=[index])
-    inferer = ExactInferer()
-    validator = DetectionValidator(tmp_path, ["case0", "case1"], class_names=["a", "b"], inferer=inferer)
-    assert validator(None)["AP_IoU_0.10_MaxDet_100"] == pytest.approx(1.0)
-    assert len(inferer.calls) == 2
+    inferer, detector = ExactInferer(), torch.nn.Identity()
+    evaluator = cached_case_evaluator(tmp_path, ["case0", "case1"], detector, inferer, ["a", "b"])
+    evaluator.run()
+    assert evaluator.state.metrics["AP_IoU_0.10_MaxDet_100"] == pytest.approx(1.0)
+    assert inferer.calls == [((1, 1, 16, 16, 16), detector)] * 2
+    # the same cases through predict_cases pair up alike
+    assert len(list(predict_cases("detector", evaluator.data_loader.dataset, ExactInferer()))) == 2
 
 
-def test_validator_builds_the_sliding_window_inferer_from_patch_and_settings(tmp_path):
-    from tests.data.conftest import write_case
-
-    write_case(tmp_path, "case0", CASES[0]["image"].numpy(), boxes=BOXES[0].numpy(), labels=[0])
-    validator = DetectionValidator(tmp_path, ["case0"], class_names=["a"], patch_size=[16, 16, 8],
-                                   inference={"mirror": True, "score_threshold": 0.2})
-    assert isinstance(validator.inferer, SlidingWindowDetectionInferer)
-    assert validator.inferer.patch_size == (16, 16, 8)
-    assert validator.inferer.settings == {"mirror": True, "score_threshold": 0.2}
-    with pytest.raises(ValueError, match="inferer or the patch_size"):
-        DetectionValidator(tmp_path, ["case0"], class_names=["a"])
+def cached_case_evaluator(cache_dir, cases, detector, inferer, class_names):
+    """The detector bundles' ``validate#evaluator`` over cached cases (one rank)."""
+    return DetectionEvaluator("cpu", DataLoader(ValidationCaseDataset(cache_dir, cases), batch_size=1,
+                                                sampler=ShardSampler(len(cases))),
+                              detector, inferer=inferer, key_val_metric={"detection": DetectionMetrics(class_names)})

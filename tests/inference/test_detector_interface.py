@@ -8,11 +8,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader
 
 from shared.data.cache import write_case
+from shared.data.dataset import ValidationCaseDataset
 from shared.detectors.export import exported_detections, trace_detector
 from shared.detectors.interface import Detector, ExportedOutput, OutputSpec
-from shared.engines.validation import DetectionValidator, predict_cases
+from shared.engines.evaluator import DetectionEvaluator
+from shared.engines.sampler import ShardSampler
+from shared.engines.validation import predict_cases
 from shared.inference.inferer import SlidingWindowDetectionInferer
 from shared.inference.sliding_window import predict_streams, predict_volume
 from shared.metrics.ignite import DetectionMetrics
@@ -150,9 +154,14 @@ def test_validation_scores_the_toy_detector(tmp_path):
     other = [4.0, 20.0, 4.0, 12.0, 28.0, 12.0]
     cache = _validation_cache(tmp_path, {"a": (_volume(), [TRUTH]), "b": (_volume(other), [other])})
     inferer = SlidingWindowDetectionInferer([32, 32, 32], {"mirror": True})
-    validator = DetectionValidator(cache, ["a", "b"], class_names=["lesion"], inferer=inferer)
-    assert validator(CentreHeatmapDetector())[KEY] == pytest.approx(1.0)
-    pairs = list(predict_cases(CentreHeatmapDetector(), validator.dataset, inferer))
+    # the bundles' validate#dataset, #dataloader and #evaluator, as for Retina U-Net
+    dataset = ValidationCaseDataset(cache, ["a", "b"])
+    loader = DataLoader(dataset, batch_size=1, sampler=ShardSampler(len(dataset)))
+    evaluator = DetectionEvaluator("cpu", loader, CentreHeatmapDetector(), inferer=inferer,
+                                   key_val_metric={"detection": DetectionMetrics(["lesion"])})
+    evaluator.run()
+    assert evaluator.state.key_metric_name == KEY and evaluator.state.metrics[KEY] == pytest.approx(1.0)
+    pairs = list(predict_cases(CentreHeatmapDetector(), dataset, inferer))
     assert [len(found["boxes"]) for found, _ in pairs] == [1, 1]
 
 
