@@ -108,11 +108,72 @@ class SparKPretraining(BlockMaskedPretraining):
             images: (B, C, X, Y, Z).
         """
         mask = self._checked_mask(images, mask)
+        reconstruction = self.reconstruct(images, mask)
+        loss = masked_mse_loss(reconstruction, images, mask)
+        return {"loss": loss, "reconstruction": reconstruction, "mask": mask}
+
+    def reconstruct(self, images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The reconstruction of a batch from its visible voxels (no loss: the mask may hide nothing).
+
+        Args:
+            images: the input; hidden voxels are never read.
+            mask: boolean block mask, True where hidden.
+
+        Returns:
+            The full-resolution reconstruction.
+
+        Shape:
+            images: (B, C, X, Y, Z); mask: (B, 1, X, Y, Z); output: (B, C, X, Y, Z).
+        """
         active = ActiveMask.from_hidden(mask, self.block_size)
         features = sparse_encode(self.network.encoder, images, active)
         reconstruction = self.network.decoder(self.densify(features, active))
         if isinstance(reconstruction, (list, tuple)):
             # deep-supervision decoders return the full-resolution output first
             reconstruction = reconstruction[0]
-        loss = masked_mse_loss(reconstruction, images, mask)
-        return {"loss": loss, "reconstruction": reconstruction, "mask": mask}
+        return reconstruction
+
+
+class SparKReconstructor(SparKPretraining):
+    """A trained SparK model as a plain network for inference: the hidden blocks are the all-zero ones.
+
+    A scan masked as in :func:`shared.ssl.inspection.reconstruct_scans` (hidden blocks set to 0) goes in,
+    the reconstruction comes out, so the sliding window and MONAI's ``verify_net_in_out`` can call it
+    like any network. A block counts as hidden when every one of its voxels is exactly 0 in every channel
+    (on z-scored scans only masked blocks and padding are); blocks are aligned to the input's origin,
+    so a sliding window must start its patches at multiples of the block size. Its state dict is
+    :class:`SparKPretraining`'s, so it loads the ``model.pt`` the SparK bundle writes.
+
+    Args:
+        network: as for :class:`SparKPretraining`.
+        block_size: the mask block edge used in pre-training.
+
+    Shape:
+        (B, C, X, Y, Z) → (B, C, X, Y, Z), X, Y, Z multiples of the block size.
+    """
+
+    def __init__(self, network: nn.Module, *, block_size: int | Sequence[int] = 16):
+        # a (never used) mask generator, so the state dict has the trained model's generator entry
+        super().__init__(network, block_size=block_size, seed=0)
+
+    def forward(self, images: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Reconstructs a zero-masked batch (``mask``, True where hidden, overrides the zero blocks)."""
+        if mask is None:
+            mask = zero_blocks(images, self.block_size)
+        return self.reconstruct(images, mask.to(device=images.device, dtype=torch.bool))
+
+
+def zero_blocks(images: torch.Tensor, block_size: int | Sequence[int]) -> torch.Tensor:
+    """True on every voxel of each block whose voxels are all exactly 0 in every channel.
+
+    Shape:
+        images: (B, C, X, Y, Z), X, Y, Z multiples of the block size; output: (B, 1, X, Y, Z) bool.
+    """
+    blocks = as_triple(block_size, "block_size")
+    if images.ndim != 5 or any(size % block for size, block in zip(images.shape[2:], blocks)):
+        raise ValueError(f"expected (B, C, X, Y, Z) in whole blocks of {blocks}, got shape {tuple(images.shape)}")
+    nonzero = (images != 0).any(dim=1, keepdim=True).to(images.dtype)
+    visible = nn.functional.max_pool3d(nonzero, blocks, blocks) > 0
+    for axis, block in enumerate(blocks):
+        visible = visible.repeat_interleave(block, dim=axis + 2)
+    return ~visible
