@@ -15,17 +15,20 @@ pre-training never reads it). The maths is in :mod:`shared.ssl.corruptions`.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Hashable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from monai.config import KeysCollection
-from monai.transforms import MapTransform, RandomizableTransform
+from monai.transforms import Compose, MapTransform, RandomizableTransform
 from monai.utils import convert_to_dst_type, convert_to_tensor
 from torch import nn
 
 from shared.ssl import corruptions
+from shared.ssl.previews import ReconstructionPreviews
 
 SEED_LIMIT = 2**31 - 1
 
@@ -245,3 +248,106 @@ class ModelsGenesis(nn.Module):
             reconstruction = reconstruction[0]
         loss = nn.functional.mse_loss(reconstruction, target)
         return {"loss": loss, "reconstruction": reconstruction}
+
+
+def prepare_genesis_batch(batch: dict[str, Any], device: str | torch.device | None = None,
+                          non_blocking: bool = False, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """The trainer's ``prepare_batch`` for :class:`ModelsGenesis`: the corrupted images and the clean target.
+
+    :class:`shared.engines.trainer.LossDictTrainer` then calls ``model(images, target)``.
+
+    Shape:
+        batch["image"], batch["target"]: (B, C, X, Y, Z).
+    """
+    if "target" not in batch:
+        raise KeyError("the batch has no 'target': list CopyItemsd(keys='image', names='target') before the "
+                       "corruptions in train#preprocessing")
+    target = batch["target"]
+    if isinstance(target, (list, tuple)):  # collate_detection stacks only the image and the detection keys
+        target = torch.stack(list(target))
+    return batch["image"].to(device, non_blocking=non_blocking), target.to(device, non_blocking=non_blocking)
+
+
+GENESIS_TAG = "reconstruction/corrupted_restored_target"
+
+
+def genesis_preview(corrupted: torch.Tensor, restored: torch.Tensor, target: torch.Tensor) -> np.ndarray:
+    """Corrupted input, restoration and clean target of one slice side by side, in the target's window.
+
+    Returns:
+        (1, X, 3 * Y) float32 picture (CHW) in [0, 1].
+
+    Shape:
+        corrupted, restored, target: (X, Y, Z); the middle Z slice is shown.
+    """
+    middle = target.shape[-1] // 2
+    panels = [volume[..., middle].detach().float().cpu().numpy() for volume in (corrupted, restored, target)]
+    low, high = float(panels[2].min()), float(panels[2].max())
+    scale = 1.0 / (high - low) if high > low else 1.0
+    return np.concatenate([np.clip((panel - low) * scale, 0.0, 1.0) for panel in panels], axis=1)[None].astype(
+        np.float32)
+
+
+class GenesisPreviews(ReconstructionPreviews):
+    """TensorBoard pictures of Models Genesis training: corrupted input | restoration | clean target.
+
+    A ``train#handlers`` entry like :class:`shared.ssl.previews.ReconstructionPreviews` (same arguments);
+    the target comes from the iteration's batch (``engine.state.batch["target"]``).
+    """
+
+    def log_forward(self, engine: Any) -> None:
+        self(engine)
+        if self._due():
+            output = engine.state.output
+            target = engine.state.batch["target"][0][0]  # a stacked batch or the collated list of samples
+            picture = genesis_preview(output["image"][0, 0], output["pred"]["reconstruction"][0, 0], target)
+            self.writer.add_image(GENESIS_TAG, picture, self.iteration, dataformats="CHW")
+            self.writer.flush()
+
+
+def restore_scans(network: nn.Module, images: Sequence[str | Sequence[str]], output_dir: str | os.PathLike, *,
+                  plan: dict[str, Any], patch_size: Sequence[int], seed: int = 0,
+                  device: str | torch.device = "cpu", overlap: float = 0.5) -> list[dict[str, Any]]:
+    """Corrupt every whole scan as in pre-training (no flip), restore it; writes NIfTI files and ``restorations.json``.
+
+    Args:
+        network: the restoration network (C → C channels).
+        images: scans (one path, or one per channel).
+        output_dir: where ``<case>_input``, ``<case>_corrupted`` and ``<case>_restored`` ``.nii.gz``
+            (first channel) go.
+        plan: ``target_spacing`` and ``channels`` (:func:`shared.ssl.inspection.plan_from_manifest`).
+        patch_size: sliding-window size, a multiple of the network's coarsest stride.
+        seed: seed of the corruptions (paper probabilities: a scan may come out uncorrupted).
+        device: where the network runs.
+        overlap: sliding-window overlap.
+
+    Returns:
+        One ``{"case", "mse", "corrupted_mse", "files"}`` per scan: the MSE of the restoration and of
+        the corrupted input against the clean scan.
+    """
+    from monai.inferers import sliding_window_inference
+
+    from shared.data.preprocess import preprocess_volume
+    from shared.data.validate import case_id
+    from shared.io.atomic import write_json
+    from shared.io.images import load_volume, save_nifti
+
+    output_dir = Path(output_dir)
+    network = network.to(device).eval()
+    corrupt = Compose(genesis_corruptions()[1:])  # the target copy and the corruptions
+    corrupt.set_random_state(seed=int(seed))
+    results = []
+    for image in images:
+        array, affine = preprocess_volume(load_volume(image), plan)
+        sample = corrupt({"image": torch.from_numpy(array)})
+        clean, corrupted = sample["target"][None].to(device), sample["image"][None].float().to(device)
+        with torch.no_grad():
+            restored = sliding_window_inference(corrupted, list(patch_size), 1, network, overlap=overlap,
+                                                padding_mode="constant")
+        case = case_id(image)
+        files = {name: str(save_nifti(output_dir / f"{case}_{name}.nii.gz", volume[0, 0].float().cpu().numpy(), affine))
+                 for name, volume in (("input", clean), ("corrupted", corrupted), ("restored", restored))}
+        results.append({"case": case, "mse": float(nn.functional.mse_loss(restored, clean)),
+                        "corrupted_mse": float(nn.functional.mse_loss(corrupted, clean)), "files": files})
+    write_json(output_dir / "restorations.json", results)
+    return results

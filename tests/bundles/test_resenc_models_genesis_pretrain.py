@@ -1,0 +1,83 @@
+"""The Models Genesis pre-training bundle end to end: train (tiny) on the JSON-listed corruptions, resume
+exactly, export, fine-tuning takes the encoder, inference restores corrupted scans."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from monai.bundle import ConfigParser
+
+from shared.bundles import check_metadata
+from shared.checkpoints.weights import load_weights
+from shared.networks.resenc_unet import ResEncUNet
+from shared.ssl import models_genesis
+from shared.ssl.models_genesis import GENESIS_TAG
+from tests.bundles._pretraining import (REPOSITORY, TINY, assert_encoder_export, assert_fine_tuning_takes_the_whole_encoder,
+                                        assert_same_weights, preview_steps, run_workflow, train_tiny_and_resume)
+
+CONFIGS = REPOSITORY / "bundles" / "resenc_models_genesis_pretrain" / "configs"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("genesis")
+    train_tiny_and_resume(CONFIGS, root)
+    run_workflow(CONFIGS, ["inference.json", "quick.json"],
+                 {"encoder": TINY, "patch_size": [32, 32, 32], "dataset_dir": str(root / "data"),
+                  "model_dir": str(root / "out"), "prediction_dir": str(root / "restorations")}, root, "infer")
+    return root
+
+
+def test_the_corruptions_are_the_papers_in_order_after_the_target_copy():
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "train.json"))
+    corruptions = parser.get_parsed_content("corruptions")
+    assert [type(t).__name__ for t in corruptions] == ["RandGenesisFlipd", "CopyItemsd", "RandLocalShuffled",
+                                                      "RandBezierIntensityd", "RandInOutPaintd"]
+    assert [getattr(t, "prob", None) for t in corruptions] == [0.4, None, 0.5, 0.9, 0.9]
+    assert corruptions[4].inpaint_prob == 0.2 and corruptions[3].invert_prob == 0.5
+    assert parser["train"]["preprocessing"]["transforms"].endswith("@corruptions")
+
+
+def test_the_step_passes_the_clean_target():
+    batch = {"image": torch.ones(2, 1, 4, 4, 4), "target": [torch.zeros(1, 4, 4, 4)] * 2}  # collated as a list
+    images, target = models_genesis.prepare_genesis_batch(batch, "cpu")
+    assert torch.equal(images, batch["image"]) and target.shape == (2, 1, 4, 4, 4) and not target.any()
+    with pytest.raises(KeyError, match="CopyItemsd"):
+        models_genesis.prepare_genesis_batch({"image": batch["image"]}, "cpu")
+
+
+def test_exported_encoder_and_its_manifest(trained):
+    assert_encoder_export(trained / "out", "models_genesis")
+    manifest = json.loads((trained / "out" / "encoder.json").read_text())
+    assert "RandLocalShuffled" in json.dumps(manifest["method_settings"]["augmentation"])
+
+
+def test_a_run_stopped_and_started_again_ends_with_the_same_weights(trained):
+    assert (trained / "resumed" / "checkpoints" / "last_checkpoint_4.pt").is_file()
+    assert preview_steps(trained / "resumed" / "logs", GENESIS_TAG) == [1, 2, 4]  # went on from iteration 2
+    assert_same_weights(trained / "out" / "model_final.pt", trained / "resumed" / "model_final.pt")
+    assert_same_weights(trained / "out" / "encoder.pt", trained / "resumed" / "encoder.pt")
+
+
+def test_model_loads_into_network_def_and_logs_hold_previews(trained):
+    load_weights(ResEncUNet(1, 1, encoder_spec=TINY), trained / "out" / "model.pt")
+    assert preview_steps(trained / "out" / "logs", GENESIS_TAG) == [1, 2, 4]
+
+
+def test_fine_tuning_takes_the_whole_encoder(trained):
+    assert_fine_tuning_takes_the_whole_encoder(trained / "out")
+
+
+def test_inference_writes_restorations(trained):
+    results = json.loads((trained / "restorations" / "restorations.json").read_text())
+    assert [result["case"] for result in results] == ["lung_ct_un_000", "lung_ct_un_001"]
+    assert all(Path(path).is_file() for result in results for path in result["files"].values())
+    assert all(result["mse"] >= 0 and result["corrupted_mse"] >= 0 for result in results)
+
+
+def test_metadata():
+    check_metadata(CONFIGS / "metadata.json")
