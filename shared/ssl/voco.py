@@ -20,6 +20,7 @@ and the loss is known not to fall (nnssl issue #22).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -181,23 +182,42 @@ class VolumeContrast(nn.Module):
         with torch.no_grad():
             return self.embed(self.teacher.module["encoder"], self.teacher.module["projector"], crops)
 
-    def forward(self, base_crops: torch.Tensor, target_crops: torch.Tensor, overlaps: torch.Tensor, *,
-                return_similarity: bool = False) -> dict[str, torch.Tensor]:
+    def forward(self, base_crops: torch.Tensor, target_crops: torch.Tensor | Mapping[str, torch.Tensor] | None = None,
+                overlaps: torch.Tensor | None = None, *,
+                return_similarity: bool = False) -> dict[str, torch.Tensor] | torch.Tensor:
         """Embeds the crops and scores the predicted overlaps.
+
+        Three calls:
+
+        - ``model(base_crops, target_crops, overlaps)``: the losses;
+        - ``model(base_crops, {"target_crops": ..., "overlaps": ...})``: the trainer's call, the
+          detectors' ``network(inputs, targets)`` (:func:`prepare_voco_batch`); the losses and the
+          predicted overlaps, which the trainer drops and :class:`shared.ssl.voco_previews.VoCoPreviews`
+          draws;
+        - ``model(crops)`` with (B, C, X, Y, Z) crops: the student's pooled encoder features of each crop,
+          (B, Σ C_l): what the encoder learnt, independent of the batch (the projector's batch norm is
+          not). The Model Zoo's ``verify_net_in_out`` and the traced export use this call.
 
         Args:
             base_crops: each volume's base crops.
-            target_crops: each volume's target crops.
+            target_crops: each volume's target crops, or the mapping of them and the overlaps.
             overlaps: the labels, target crop × base crop.
             return_similarity: also return the predicted overlaps (detached) under ``"similarity"``.
 
         Returns:
             ``{"loss", "positive_loss", "negative_loss", "regularization_loss"}`` scalars (and
-            ``"similarity"`` (B, T, N) when asked).
+            ``"similarity"`` (B, T, N) when asked or given a mapping).
 
         Shape:
             base_crops: (B, N, C, X, Y, Z); target_crops: (B, T, C, X, Y, Z); overlaps: (B, T, N).
         """
+        if target_crops is None and overlaps is None and base_crops.ndim == 5:
+            return pooled_features(self.encoder(base_crops))
+        if isinstance(target_crops, Mapping):
+            target_crops, overlaps, return_similarity = target_crops["target_crops"], target_crops["overlaps"], True
+        if target_crops is None or overlaps is None:
+            raise ValueError("VolumeContrast needs base crops, target crops and overlaps (or crops (B, C, X, Y, Z) "
+                             f"alone for their features), got base crops {tuple(base_crops.shape)} alone")
         batch, num_bases, num_targets = self._check(base_crops, target_crops, overlaps)
         crops = torch.cat([base_crops.flatten(0, 1), target_crops.flatten(0, 1)])
         student = self.embed(self.encoder, self.projector, crops)
@@ -241,3 +261,20 @@ class VolumeContrast(nn.Module):
 def voco_forward(model: nn.Module, batch: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
     """Trainer step for :class:`VolumeContrast`: the batched output of ``VoCoCropsd`` goes in."""
     return model(batch["base_crops"].to(device), batch["target_crops"].to(device), batch["overlaps"].to(device))
+
+
+def prepare_voco_batch(batch: dict[str, Any], device: str | torch.device | None = None, non_blocking: bool = False,
+                       **kwargs: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``prepare_batch`` of :class:`shared.engines.trainer.LossDictTrainer` for :class:`VolumeContrast`.
+
+    Returns:
+        ``(base_crops, {"target_crops", "overlaps"})``: the trainer calls ``network(base_crops, targets)``.
+
+    Shape:
+        batch: ``VoCoCropsd``'s keys, batched: base_crops (B, N, C, X, Y, Z), target_crops
+        (B, T, C, X, Y, Z), overlaps (B, T, N).
+    """
+    def move(value: torch.Tensor) -> torch.Tensor:
+        return value.to(device, non_blocking=non_blocking)
+
+    return move(batch["base_crops"]), {"target_crops": move(batch["target_crops"]), "overlaps": move(batch["overlaps"])}

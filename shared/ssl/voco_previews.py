@@ -1,7 +1,7 @@
 """Watching VoCo learn: the crop layout and the true vs predicted overlap matrix as TensorBoard images.
 
-Like :mod:`shared.ssl.previews`, :class:`VoCoPreviews` is both the trainer's ``forward`` (only scalar
-losses leave the step) and an iteration handler (it learns the iteration number from the engine);
+Like :mod:`shared.ssl.previews`, :class:`VoCoPreviews` is a ``train#handlers`` entry that draws what the
+trainer's forward produced (and, for a hand-written step, that step: only scalar losses leave it);
 every ``every`` iterations it draws the batch's first volume:
 
 - the layout: the middle Z slice of the region (stitched from the base crops, which tile it) with the
@@ -100,8 +100,9 @@ def overlap_matrix_image(overlaps: torch.Tensor, similarity: torch.Tensor, *, ce
 class VoCoPreviews:
     """VoCo training step (``forward``) that logs the layout and overlaps every ``every`` iterations.
 
-    Use ``forward=previews.forward`` and ``iteration_handlers=[previews]`` in
-    :class:`shared.engines.trainer.Trainer` (the handler must run before the step it labels).
+    List it in the bundle's ``train#handlers`` (:meth:`attach`: it draws what the iteration of
+    :class:`shared.engines.trainer.LossDictTrainer` produced, with :func:`shared.ssl.voco.prepare_voco_batch`);
+    ``forward`` and calling it with the engine remain for a hand-written step.
 
     Args:
         log_dir: TensorBoard folder (the trainer's is ``output_dir/logs``).
@@ -118,6 +119,21 @@ class VoCoPreviews:
     def __call__(self, engine: Any) -> None:
         """Iteration handler: remember which iteration the next step is."""
         self.iteration = int(engine.state.iteration)
+
+    def attach(self, engine: Any) -> None:
+        """Trainer handler (``train#handlers``): draws after the iteration's forward.
+
+        At ``FORWARD_COMPLETED`` the batch (crops, positions, overlaps, on the CPU) is
+        ``engine.state.batch`` and the predicted overlaps are ``engine.state.output["pred"]["similarity"]``.
+        """
+        from monai.engines.utils import IterationEvents
+
+        engine.add_event_handler(IterationEvents.FORWARD_COMPLETED, self.log_forward)
+
+    def log_forward(self, engine: Any) -> None:
+        self(engine)
+        if self._due():
+            self.log(engine.state.batch, engine.state.output["pred"]["similarity"], self.iteration)
 
     def forward(self, model: nn.Module, batch: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
         """Run VoCo on the batch's crops; only the scalar losses leave the step."""

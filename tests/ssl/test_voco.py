@@ -20,6 +20,7 @@ from shared.ssl.voco import (
     overlap_similarity,
     pooled_features,
     prediction_loss,
+    prepare_voco_batch,
     voco_forward,
 )
 from shared.ssl.voco_crops import VoCoCropsd
@@ -192,3 +193,27 @@ def test_mismatched_shapes_raise():
         model(batch["base_crops"][0], batch["target_crops"], batch["overlaps"])
     with pytest.raises(ValueError, match="overlaps"):
         model(batch["base_crops"], batch["target_crops"], batch["overlaps"].transpose(1, 2))
+
+
+def test_the_trainer_call_gives_the_same_losses_and_the_predicted_overlaps():
+    model = tiny_model()
+    batch = crop_batches(1)[0]
+    inputs, targets = prepare_voco_batch(batch, torch.device("cpu"))
+    assert set(targets) == {"target_crops", "overlaps"} and inputs is not None
+    through_trainer = model(inputs, targets)
+    explicit = model(batch["base_crops"], batch["target_crops"], batch["overlaps"], return_similarity=True)
+    assert set(through_trainer) == set(explicit) == {"loss", "positive_loss", "negative_loss", "regularization_loss",
+                                                     "similarity"}
+    for name in explicit:
+        torch.testing.assert_close(through_trainer[name], explicit[name])
+
+
+def test_crops_alone_give_the_students_pooled_features_whatever_the_batch():
+    model = tiny_model().eval()
+    crops = torch.randn(3, 1, 4, 4, 4)
+    features = model(crops)
+    assert features.shape == (3, 4 + 8)
+    torch.testing.assert_close(features, pooled_features(model.encoder(crops)))
+    torch.testing.assert_close(model(crops[:1]), features[:1])
+    with pytest.raises(ValueError, match="target crops"):
+        model(crops[None])
