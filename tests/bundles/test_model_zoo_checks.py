@@ -29,8 +29,10 @@ from monai.bundle import ConfigParser, ckpt_export, verify_metadata, verify_net_
 from shared.bundles import SCHEMA_PATH
 
 REPOSITORY = Path(__file__).resolve().parents[2]
-BUNDLES = ["retina_unet_detection", "resenc_retina_unet_detection", "resenc_mae_pretrain"]
-DETECTORS = ("retina_unet_detection", "resenc_retina_unet_detection")
+BUNDLES = ["retina_unet_detection", "resenc_retina_unet_detection", "deformable_detr_detection",
+           "resenc_deformable_detr_detection", "resenc_mae_pretrain", "resenc_voco_pretrain"]
+DETECTORS = ("retina_unet_detection", "resenc_retina_unet_detection", "deformable_detr_detection",
+             "resenc_deformable_detr_detection")
 MAX_KB = 1024  # check-added-large-files --maxkb=1024
 PRIVATE_KEY_MARKERS = ("BEGIN RSA PRIVATE KEY", "BEGIN DSA PRIVATE KEY", "BEGIN EC PRIVATE KEY",
                        "BEGIN OPENSSH PRIVATE KEY", "BEGIN PRIVATE KEY", "PuTTY-User-Key-File-2")

@@ -26,18 +26,24 @@ from shared.data.synthetic.dataset import make_dataset
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 BUNDLES = REPOSITORY / "bundles"
-DETECTORS = ["retina_unet_detection", "resenc_retina_unet_detection"]
+DETECTORS = ["retina_unet_detection", "resenc_retina_unet_detection", "deformable_detr_detection",
+             "resenc_deformable_detr_detection"]
+TINY_DETR = {"num_levels": 2, "hidden_channels": 32, "num_heads": 2, "num_points": 1, "encoder_layers": 1,
+             "decoder_layers": 1, "feedforward_channels": 32, "minimum_queries": 4}
 
 
 def _tiny_detector(bundle: str) -> dict:
     encoder = "resenc" if bundle.startswith("resenc") else "plain"
-    return {"encoder": {"name": encoder, "preset": "tiny"}, "decoder_channels": 16, "detection_strides": [4, 8],
+    sizes = TINY_DETR if "deformable_detr" in bundle else {"decoder_channels": 16, "detection_strides": [4, 8]}
+    return {"encoder": {"name": encoder, "preset": "tiny"}, **sizes,
             "patch_size": [32, 32, 32], "batch_size": 2, "iterations_per_epoch": 2, "epochs": 1,
             "lr_warmup_iterations": 1, "checkpoint_every": 2}
 
 
 TINY_MAE = {"encoder": {"name": "resenc", "preset": "tiny"}, "patch_size": [32, 32, 32], "batch_size": 2,
             "iterations_per_epoch": 2, "epochs": 1, "num_workers": 0, "max_scans": 1}
+TINY_VOCO = {"encoder": {"name": "resenc", "preset": "tiny"}, "crop_size": [16, 16, 16], "projector_channels": 16,
+             "batch_size": 2, "iterations_per_epoch": 2, "epochs": 1, "num_workers": 0}
 
 
 @pytest.fixture(scope="module")
@@ -96,10 +102,11 @@ def test_detector_inference_defines_monai_infer_properties(bundle, configs, data
     assert _check(bundle, configs, "infer", overrides, tmp_path) == []
 
 
-def test_pretraining_defines_monai_train_properties(data, tmp_path, monkeypatch):
+@pytest.mark.parametrize("bundle, tiny", [("resenc_mae_pretrain", TINY_MAE), ("resenc_voco_pretrain", TINY_VOCO)])
+def test_pretraining_defines_monai_train_properties(bundle, tiny, data, tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "excepthook", sys.excepthook)
-    overrides = {**TINY_MAE, "dataset_dir": str(data / "data"), "output_dir": str(tmp_path / "out"), "amp": False}
-    assert _check("resenc_mae_pretrain", ["train.json"], "train", overrides, tmp_path) == []
+    overrides = {**tiny, "dataset_dir": str(data / "data"), "output_dir": str(tmp_path / "out"), "amp": False}
+    assert _check(bundle, ["train.json"], "train", overrides, tmp_path) == []
 
 
 def test_pretraining_inference_defines_monai_infer_properties(data, tmp_path, monkeypatch):
