@@ -23,11 +23,13 @@ from typing import Any
 import numpy as np
 import torch
 from monai.config import KeysCollection
+from monai.inferers import Inferer
 from monai.transforms import Compose, MapTransform, RandomizableTransform
 from monai.utils import convert_to_dst_type, convert_to_tensor
 from torch import nn
 
 from shared.ssl import corruptions
+from shared.ssl.inspection import ReconstructionWriter
 from shared.ssl.previews import ReconstructionPreviews
 
 SEED_LIMIT = 2**31 - 1
@@ -305,49 +307,121 @@ class GenesisPreviews(ReconstructionPreviews):
             self.writer.flush()
 
 
+class RestorationInferer(Inferer):
+    """A MONAI inferer that corrupts a whole scan as in pre-training and restores it from its patches.
+
+    The corruptions are the pipeline's after the flip (local shuffle, Bézier intensity, in/out-painting,
+    each with the paper's probability, so a scan may come out untouched), drawn on the CPU from a
+    generator seeded once: the n-th scan of a run always gets the same corruption. The corrupted scan
+    goes through the network by a sliding window of ``patch_size`` tiles.
+
+    Args:
+        patch_size: sliding-window tile, a multiple of the network's coarsest stride.
+        seed: seed of the corruptions.
+        overlap: sliding-window overlap.
+        sw_batch_size: tiles per network call.
+    """
+
+    def __init__(self, patch_size: Sequence[int], *, seed: int = 0, overlap: float = 0.5, sw_batch_size: int = 1):
+        super().__init__()
+        self.patch_size = [int(size) for size in patch_size]
+        self.overlap, self.sw_batch_size = float(overlap), int(sw_batch_size)
+        self.corrupt = Compose(genesis_corruptions()[1:])  # the clean copy into "target", then the corruptions
+        self.corrupt.set_random_state(seed=int(seed))
+
+    def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """Corrupt and restore one scan.
+
+        Args:
+            inputs: the preprocessed scan.
+            network: the restoration network (C → C channels).
+
+        Returns:
+            ``input``, ``corrupted``, ``restored`` (1, C, X, Y, Z), ``mse`` (restored vs input) and
+            ``corrupted_mse`` (corrupted vs input), floats.
+
+        Shape:
+            inputs: (1, C, X, Y, Z).
+        """
+        from monai.inferers import sliding_window_inference
+
+        if inputs.ndim != 5 or inputs.shape[0] != 1:
+            raise ValueError(f"the inferer takes one scan (1, C, X, Y, Z), got {tuple(inputs.shape)}")
+        sample = self.corrupt({"image": inputs[0].detach().float().cpu()})
+        clean = sample["target"][None].to(inputs.device)
+        corrupted = torch.as_tensor(sample["image"])[None].float().to(inputs.device)
+        with torch.no_grad():
+            restored = sliding_window_inference(corrupted, self.patch_size, self.sw_batch_size, network,
+                                                overlap=self.overlap)
+        return {"input": clean, "corrupted": corrupted, "restored": restored,
+                "mse": float(nn.functional.mse_loss(restored, clean)),
+                "corrupted_mse": float(nn.functional.mse_loss(corrupted, clean))}
+
+
+class RestorationWriter(ReconstructionWriter):
+    """Handler: each scan's restoration as NIfTI files, and ``restorations.json`` at the end.
+
+    Per scan (the output of :class:`RestorationInferer` with the scan's ``affine`` and ``sources``):
+    ``<case>_input``, ``<case>_corrupted`` and ``<case>_restored`` ``.nii.gz`` (first channel, float32)
+    on the preprocessed grid; ``restorations.json`` lists ``{"case", "mse", "corrupted_mse", "files"}``.
+
+    Args:
+        output_dir: where the files go.
+    """
+
+    def _write_case(self, engine: Any) -> None:
+        self.results.append(write_restoration(engine.state.output, self.output_dir, affine_key=self.affine_key,
+                                              sources_key=self.sources_key))
+
+    def _write_summary(self, engine: Any) -> None:
+        from shared.io.atomic import write_json
+
+        write_json(self.output_dir / "restorations.json", self.results)
+
+
+def write_restoration(output: dict[str, Any], output_dir: str | os.PathLike, *, affine_key: str = "affine",
+                      sources_key: str = "sources") -> dict[str, Any]:
+    """One scan's three NIfTI files (see :class:`RestorationWriter`); returns its ``restorations.json`` entry."""
+    from shared.data.validate import case_id
+    from shared.io.images import save_nifti
+
+    case = case_id(output[sources_key])
+    affine = np.asarray(output[affine_key], dtype=np.float64)
+    files = {name: str(save_nifti(Path(output_dir) / f"{case}_{name}.nii.gz",
+                                  torch.as_tensor(output[name])[0, 0].detach().float().cpu().numpy(), affine))
+             for name in ("input", "corrupted", "restored")}
+    return {"case": case, "mse": float(output["mse"]), "corrupted_mse": float(output["corrupted_mse"]), "files": files}
+
+
 def restore_scans(network: nn.Module, images: Sequence[str | Sequence[str]], output_dir: str | os.PathLike, *,
                   plan: dict[str, Any], patch_size: Sequence[int], seed: int = 0,
                   device: str | torch.device = "cpu", overlap: float = 0.5) -> list[dict[str, Any]]:
-    """Corrupt every whole scan as in pre-training (no flip), restore it; writes NIfTI files and ``restorations.json``.
+    """Corrupt and restore every scan in plain Python (the bundle's infer workflow without MONAI's engine).
 
     Args:
         network: the restoration network (C → C channels).
         images: scans (one path, or one per channel).
-        output_dir: where ``<case>_input``, ``<case>_corrupted`` and ``<case>_restored`` ``.nii.gz``
-            (first channel) go.
+        output_dir: where the files of :class:`RestorationWriter` go.
         plan: ``target_spacing`` and ``channels`` (:func:`shared.ssl.inspection.plan_from_manifest`).
         patch_size: sliding-window size, a multiple of the network's coarsest stride.
-        seed: seed of the corruptions (paper probabilities: a scan may come out uncorrupted).
+        seed: seed of the corruptions.
         device: where the network runs.
         overlap: sliding-window overlap.
 
     Returns:
-        One ``{"case", "mse", "corrupted_mse", "files"}`` per scan: the MSE of the restoration and of
-        the corrupted input against the clean scan.
+        One ``{"case", "mse", "corrupted_mse", "files"}`` per scan.
     """
-    from monai.inferers import sliding_window_inference
-
     from shared.data.preprocess import preprocess_volume
-    from shared.data.validate import case_id
     from shared.io.atomic import write_json
-    from shared.io.images import load_volume, save_nifti
+    from shared.io.images import load_volume
 
-    output_dir = Path(output_dir)
     network = network.to(device).eval()
-    corrupt = Compose(genesis_corruptions()[1:])  # the target copy and the corruptions
-    corrupt.set_random_state(seed=int(seed))
+    inferer = RestorationInferer(patch_size, seed=seed, overlap=overlap)
     results = []
     for image in images:
-        array, affine = preprocess_volume(load_volume(image), plan)
-        sample = corrupt({"image": torch.from_numpy(array)})
-        clean, corrupted = sample["target"][None].to(device), sample["image"][None].float().to(device)
-        with torch.no_grad():
-            restored = sliding_window_inference(corrupted, list(patch_size), 1, network, overlap=overlap,
-                                                padding_mode="constant")
-        case = case_id(image)
-        files = {name: str(save_nifti(output_dir / f"{case}_{name}.nii.gz", volume[0, 0].float().cpu().numpy(), affine))
-                 for name, volume in (("input", clean), ("corrupted", corrupted), ("restored", restored))}
-        results.append({"case": case, "mse": float(nn.functional.mse_loss(restored, clean)),
-                        "corrupted_mse": float(nn.functional.mse_loss(corrupted, clean)), "files": files})
-    write_json(output_dir / "restorations.json", results)
+        volume = load_volume(image)
+        array, affine = preprocess_volume(volume, plan)
+        found = inferer(torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None].to(device), network)
+        results.append(write_restoration({**found, "affine": affine, "sources": volume.sources}, output_dir))
+    write_json(Path(output_dir) / "restorations.json", results)
     return results

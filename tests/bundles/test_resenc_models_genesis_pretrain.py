@@ -14,6 +14,7 @@ from shared.bundles import check_metadata
 from shared.checkpoints.weights import load_weights
 from shared.networks.resenc_unet import ResEncUNet
 from shared.ssl import models_genesis
+from shared.ssl.inspection import plan_from_manifest
 from shared.ssl.models_genesis import GENESIS_TAG
 from tests.bundles._pretraining import (REPOSITORY, TINY, assert_encoder_export, assert_fine_tuning_takes_the_whole_encoder,
                                         assert_same_weights, preview_steps, run_workflow, train_tiny_and_resume)
@@ -77,6 +78,15 @@ def test_inference_writes_restorations(trained):
     assert [result["case"] for result in results] == ["lung_ct_un_000", "lung_ct_un_001"]
     assert all(Path(path).is_file() for result in results for path in result["files"].values())
     assert all(result["mse"] >= 0 and result["corrupted_mse"] >= 0 for result in results)
+    # the plain-Python path draws the same corruptions and restores the same way
+    images = [entry["image"] for entry in json.loads((trained / "data" / "datalist.json").read_text())["unlabelled"]]
+    images = [image if Path(image).is_absolute() else str(trained / "data" / image) for image in images]
+    network = load_weights(ResEncUNet(1, 1, encoder_spec=TINY), trained / "out" / "model.pt")
+    again = models_genesis.restore_scans(network, images, trained / "again", plan=plan_from_manifest(trained / "out"),
+                                         patch_size=[32, 32, 32])
+    for first, second in zip(results, again):
+        assert first["case"] == second["case"]
+        assert first["mse"] == pytest.approx(second["mse"]) and first["corrupted_mse"] == second["corrupted_mse"]
 
 
 def test_metadata():
