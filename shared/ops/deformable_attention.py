@@ -126,7 +126,9 @@ def multi_scale_deformable_attention(
         # The fast path saves time per sampled point but costs more small operations and a few copies of
         # the value: measured on CPU it wins from about half a million points (docs/deformable_attention.md),
         # where the reference's memory starts to count too.
-        implementation = "fast" if attention_weights.numel() >= AUTO_FAST_MIN_POINTS else "reference"
+        # A trace (TorchScript export) cannot hold the fast path's Python autograd function.
+        fast = attention_weights.numel() >= AUTO_FAST_MIN_POINTS and not torch.jit.is_tracing()
+        implementation = "fast" if fast else "reference"
     if implementation == "reference":
         return reference_deformable_attention(
             value, spatial_shapes, level_start_index, sampling_locations, attention_weights
