@@ -30,7 +30,8 @@ from shared.bundles import SCHEMA_PATH
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 BUNDLES = ["retina_unet_detection", "resenc_retina_unet_detection", "deformable_detr_detection",
-           "resenc_deformable_detr_detection", "resenc_mae_pretrain", "resenc_voco_pretrain"]
+           "resenc_deformable_detr_detection", "resenc_mae_pretrain", "resenc_voco_pretrain", "resenc_spark_pretrain",
+           "resenc_models_genesis_pretrain"]
 DETECTORS = ("retina_unet_detection", "resenc_retina_unet_detection", "deformable_detr_detection",
              "resenc_deformable_detr_detection")
 MAX_KB = 1024  # check-added-large-files --maxkb=1024

@@ -102,7 +102,9 @@ def test_detector_inference_defines_monai_infer_properties(bundle, configs, data
     assert _check(bundle, configs, "infer", overrides, tmp_path) == []
 
 
-@pytest.mark.parametrize("bundle, tiny", [("resenc_mae_pretrain", TINY_MAE), ("resenc_voco_pretrain", TINY_VOCO)])
+@pytest.mark.parametrize("bundle, tiny", [("resenc_mae_pretrain", TINY_MAE), ("resenc_voco_pretrain", TINY_VOCO),
+                                          ("resenc_spark_pretrain", TINY_MAE),
+                                          ("resenc_models_genesis_pretrain", TINY_MAE)])
 def test_pretraining_defines_monai_train_properties(bundle, tiny, data, tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "excepthook", sys.excepthook)
     overrides = {**tiny, "dataset_dir": str(data / "data"), "output_dir": str(tmp_path / "out"), "amp": False}
@@ -125,6 +127,24 @@ def test_pretraining_inference_defines_monai_infer_properties(data, tmp_path, mo
                  "dataset_dir": str(data / "data"), "model_dir": str(models),
                  "prediction_dir": str(tmp_path / "reconstructions")}
     assert _check("resenc_mae_pretrain", ["inference.json"], "infer", overrides, tmp_path) == []
+
+
+@pytest.mark.parametrize("bundle", ["resenc_spark_pretrain", "resenc_models_genesis_pretrain"])
+def test_spark_and_genesis_inference_define_monai_infer_properties(bundle, data, tmp_path, monkeypatch):
+    """Their viewers too (SparK: masked reconstruction through the sparse path; Models Genesis: restoration)."""
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+    overrides = {"encoder": TINY_MAE["encoder"], "patch_size": [32, 32, 32], "max_scans": 1,
+                 "dataset_dir": str(data / "data"), "prediction_dir": str(tmp_path / "predictions")}
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLES / bundle / "configs" / "inference.json"))
+    parser.update({"encoder": overrides["encoder"]})
+    models = tmp_path / "models"
+    models.mkdir()
+    import torch
+
+    torch.save(parser.get_parsed_content("network_def").state_dict(), models / "model.pt")  # random weights
+    (models / "encoder.json").write_text(json.dumps({"modality": "CT", "in_channels": 1, "spacing": [1.5] * 3}))
+    assert _check(bundle, ["inference.json"], "infer", {**overrides, "model_dir": str(models)}, tmp_path) == []
 
 
 def test_bundle_root_is_the_folder_of_the_config_being_run(tmp_path, monkeypatch):
