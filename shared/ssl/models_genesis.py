@@ -11,6 +11,11 @@ The transforms are MONAI map transforms: ``keys``, ``prob``, ``allow_missing_key
 ``set_random_state``; every key of one call gets the same corruption. They take (C, X, Y, Z) tensors,
 arrays or MetaTensors and return the input's type; spatial metadata is not updated by the flip (the
 pre-training never reads it). The maths is in :mod:`shared.ssl.corruptions`.
+
+For the bundle (``bundles/resenc_models_genesis_pretrain``): :func:`prepare_genesis_batch` is the
+trainer's ``prepare_batch`` (corrupted images and clean target to the model), :class:`GenesisPreviews`
+the TensorBoard previews handler, and :class:`RestorationInferer` / :class:`RestorationWriter` (or
+:func:`restore_scans` in plain Python) its ``inference.json``: whole scans corrupted and restored.
 """
 
 from __future__ import annotations

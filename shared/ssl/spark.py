@@ -9,7 +9,8 @@ context into the filled positions. The loss is the MSE over the hidden voxels on
 
 The encoder is used through its own modules (nothing renamed), so what is exported is the ordinary
 dense encoder, with the keys of MAE's export. Levels coarser than the mask grid are all active and
-get no mask token.
+get no mask token. :class:`SparKReconstructor` is the trained model as a plain network (hidden blocks
+read from the input's all-zero blocks), for the bundle's ``inference.json``.
 """
 
 from __future__ import annotations

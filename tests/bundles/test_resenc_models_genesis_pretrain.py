@@ -16,8 +16,9 @@ from shared.networks.resenc_unet import ResEncUNet
 from shared.ssl import models_genesis
 from shared.ssl.inspection import plan_from_manifest
 from shared.ssl.models_genesis import GENESIS_TAG
-from tests.bundles._pretraining import (REPOSITORY, TINY, assert_encoder_export, assert_fine_tuning_takes_the_whole_encoder,
-                                        assert_same_weights, preview_steps, run_workflow, train_tiny_and_resume)
+from tests.bundles._pretraining import (REPOSITORY, TINY, assert_encoder_export,
+                                        assert_fine_tuning_takes_the_whole_encoder, assert_same_weights,
+                                        preview_steps, run_workflow, train_tiny_and_resume)
 
 CONFIGS = REPOSITORY / "bundles" / "resenc_models_genesis_pretrain" / "configs"
 

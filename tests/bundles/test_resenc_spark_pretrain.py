@@ -14,8 +14,9 @@ from shared.checkpoints.weights import load_weights
 from shared.networks.resenc_unet import ResEncUNet
 from shared.ssl.previews import TAG
 from shared.ssl.spark import SparKPretraining, SparKReconstructor
-from tests.bundles._pretraining import (REPOSITORY, TINY, assert_encoder_export, assert_fine_tuning_takes_the_whole_encoder,
-                                        assert_same_weights, preview_steps, run_workflow, train_tiny_and_resume)
+from tests.bundles._pretraining import (REPOSITORY, TINY, assert_encoder_export,
+                                        assert_fine_tuning_takes_the_whole_encoder, assert_same_weights,
+                                        preview_steps, run_workflow, train_tiny_and_resume)
 
 CONFIGS = REPOSITORY / "bundles" / "resenc_spark_pretrain" / "configs"
 
