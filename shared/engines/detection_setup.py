@@ -9,6 +9,12 @@ With ``spacing: "median"`` (the paper's "default" arm) the data's spacing is usu
 :func:`plan_encoder` gives the encoder per-axis strides and kernel sizes planned from it
 (:mod:`shared.encoders.planning`) before the network is built; the planned spec is recorded in the
 model plan's ``"encoder"``.
+
+The model plan also records how the training preprocessed the image (``"image_preprocessing"``: the
+description, :func:`shared.data.cache_key.describe_transform`, of each transform of the chain acting on
+``"image"``). Inference rebuilds its chain from the plan's values, but a transform a user added to the
+training chain by an override file (a CT window) is only there if the same override is given again:
+:func:`check_inference_preprocessing` compares the two and refuses a chain that differs.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import torch
 
 from shared.bundles.network import network_spec
 from shared.data.cache import read_case
+from shared.data.cache_key import describe_transform
 from shared.data.plan import parse_spacing, plan_dataset
 from shared.data.preprocess import Transform, preprocess
 from shared.encoders import build_encoder
@@ -34,6 +41,7 @@ from shared.io.errors import InputError
 from shared.layers.strides import compact, per_axis
 
 MODEL_PLAN = "model_plan.json"
+IMAGE_PREPROCESSING = "image_preprocessing"
 
 
 @dataclass
@@ -188,6 +196,7 @@ def prepare_detection_data(
     record = {key: value for key, value in asdict(data).items() if key not in left_out}
     if network is not None:  # the whole network spec (shared.bundles.network): inference rebuilds it from here
         record["network"] = network
+    record[IMAGE_PREPROCESSING] = image_preprocessing(preprocessing)
     write_json(Path(output_dir) / MODEL_PLAN, record)
     return data
 
@@ -227,6 +236,84 @@ def read_model_plan(path: str | os.PathLike) -> dict[str, Any]:
         raise InputError(path, "no model plan: train the bundle first (it writes model_plan.json next to "
                                "the weights), or point model_dir at a trained model")
     return json.loads(path.read_text())
+
+
+def image_preprocessing(preprocessing: Any, *, image_key: str = "image") -> list[Any]:
+    """The description of each transform of a chain that acts on ``image_key``, in order (JSON values).
+
+    A transform acts on the image when its ``keys`` hold ``image_key`` (MONAI's ``MapTransform``); one
+    without ``keys`` is counted as acting on it. A ``Compose`` is read through.
+    """
+    described = [describe_transform(transform) for transform in _flattened(preprocessing)
+                 if image_key in _transform_keys(transform, image_key)]
+    return json.loads(json.dumps(described))  # tuples become lists, as in the model plan's file
+
+
+def check_inference_preprocessing(model_dir: str | os.PathLike, preprocessing: Any, *,
+                                  image_key: str = "image") -> None:
+    """Refuse an inference chain that does not preprocess the image as the training did.
+
+    Compares :func:`image_preprocessing` of ``preprocessing`` with the model plan's record. A plan
+    written before the record existed is not checked, nor a ``model_dir`` without a plan (reading the
+    model reports that, with what to do).
+
+    Raises:
+        InputError: naming ``model_plan.json`` and the first transform that differs, when they differ.
+    """
+    path = Path(model_dir) / MODEL_PLAN if Path(model_dir).is_dir() else Path(model_dir)
+    if not path.is_file():
+        return
+    recorded = read_model_plan(path).get(IMAGE_PREPROCESSING)
+    if recorded is None:
+        return
+    current = image_preprocessing(preprocessing, image_key=image_key)
+    if current == recorded:
+        return
+    index = next((i for i, (a, b) in enumerate(zip(recorded, current)) if a != b), min(len(recorded), len(current)))
+    if index >= len(current):
+        what = f"the training also ran {_transform_name(recorded[index])} on the {image_key!r}, this chain does not"
+    elif index >= len(recorded):
+        what = f"this chain runs {_transform_name(current[index])} on the {image_key!r}, the training did not"
+    else:
+        what = f"transform {index + 1} on the {image_key!r} is {_transform_name(current[index])} here but " \
+               f"{_transform_name(recorded[index])} in training{_differing_arguments(recorded[index], current[index])}"
+    raise InputError(path, f"the inference preprocessing differs from the training's: {what}; pass the same "
+                           "override file(s) as training (e.g. the one adding a CT window) to this command too")
+
+
+def _flattened(transform: Any) -> list[Any]:
+    inner = getattr(transform, "transforms", None)
+    if isinstance(inner, (list, tuple)):
+        return [item for child in inner for item in _flattened(child)]
+    return [transform]
+
+
+def _transform_keys(transform: Any, image_key: str) -> tuple[Any, ...]:
+    keys = getattr(transform, "keys", None)
+    if keys is None or callable(keys):
+        return (image_key,)
+    return (keys,) if isinstance(keys, str) else tuple(keys)
+
+
+def _transform_name(description: Any) -> str:
+    target = description.get("_target_") if isinstance(description, dict) else None
+    return str(target or description).rsplit(".", 1)[-1]
+
+
+def _differing_arguments(recorded: Any, current: Any) -> str:
+    same_class = isinstance(recorded, dict) and isinstance(current, dict) and \
+        recorded.get("_target_") == current.get("_target_")
+    if not same_class:
+        return ""
+    return f" ({', '.join(_differing_paths(recorded, current, '')[:3])} differ)"
+
+
+def _differing_paths(recorded: Any, current: Any, prefix: str) -> list[str]:
+    """Dotted paths of the values that differ between two descriptions (the leaves)."""
+    if isinstance(recorded, dict) and isinstance(current, dict):
+        return [path for key in sorted(set(recorded) | set(current)) if recorded.get(key) != current.get(key)
+                for path in _differing_paths(recorded.get(key), current.get(key), f"{prefix}{key}.")]
+    return [prefix.rstrip(".") or "the value"]
 
 
 def record_network(output_dir: str | os.PathLike, network: torch.nn.Module) -> torch.nn.Module:

@@ -1,4 +1,7 @@
-"""prepare_detection_data refuses a patch the network cannot take, before it preprocesses anything."""
+"""prepare_detection_data refuses a patch the network cannot take, before it preprocesses anything; the model
+plan records the training's image preprocessing and inference refuses a chain that differs."""
+
+import json
 
 import pytest
 
@@ -6,7 +9,8 @@ from shared.networks.retina_unet import RetinaUNetNetwork
 from shared.data.plan import plan_dataset
 from shared.data.transforms_chains import preprocessing_chain
 from shared.detectors.planning import plan_retina_unet
-from shared.engines.detection_setup import plan_encoder, prepare_detection_data, read_model_plan, trained_encoder
+from shared.engines.detection_setup import (check_inference_preprocessing, plan_encoder, prepare_detection_data,
+                                            read_model_plan, trained_encoder)
 from shared.io.errors import InputError
 from tests._cases import spaced_affine, write_dataset
 
@@ -104,3 +108,73 @@ def test_the_detector_bundles_plan_the_encoder_for_median_spacing_and_inference_
     assert rebuilt.encoder.strides == network.encoder.strides
     shapes = {k: v.shape for k, v in network.state_dict().items()}
     assert {k: v.shape for k, v in rebuilt.state_dict().items()} == shapes
+
+
+# a second CT window after the plan's normalisation, as tests/bundles/test_json_transforms.py adds it
+WINDOW = {"_target_": "monai.transforms.ScaleIntensityRanged", "keys": "image", "a_min": -1.0, "a_max": 1.0,
+          "b_min": 0.0, "b_max": 1.0, "clip": True}
+
+
+def test_the_model_plan_records_the_image_preprocessing_and_inference_refuses_another(tmp_path, rng):
+    from monai.transforms import Compose, ScaleIntensityRanged
+
+    datalist = write_dataset(tmp_path / "raw", rng=rng, training=2, validation=1)
+    plan = plan_dataset(datalist, tmp_path / "cache", spacing="fixed")
+    arguments = {key: value for key, value in WINDOW.items() if key != "_target_"}
+    windowed = Compose([*preprocessing_chain(plan).transforms, ScaleIntensityRanged(**arguments)])
+    prepare_detection_data(datalist, tmp_path / "cache", tmp_path / "out", preprocessing=windowed, plan=plan,
+                           in_channels=1, num_classes=2, patch_size=[32, 32, 32], detection_strides=[4, 8])
+    recorded = read_model_plan(tmp_path / "out")["image_preprocessing"]
+    # the transforms acting on "image" only: the label map and box transforms are left out
+    assert [entry["_target_"].rsplit(".", 1)[-1] for entry in recorded] == \
+        ["LoadVolumed", "ResampleToSpacingd", "NormalizeChannelsd", "ScaleIntensityRanged"]
+    assert recorded[1]["pixdim"] == plan["target_spacing"] and recorded[3]["scaler"]["a_max"] == 1.0
+
+    check_inference_preprocessing(tmp_path / "out", Compose([*preprocessing_chain(plan).transforms,
+                                                            ScaleIntensityRanged(**arguments)]))
+    with pytest.raises(InputError, match=r"model_plan.json: .*training also ran ScaleIntensityRanged .*pass the "
+                                         r"same override file"):
+        check_inference_preprocessing(tmp_path / "out", preprocessing_chain(plan))
+    other = ScaleIntensityRanged(**{**arguments, "a_max": 2.0})
+    with pytest.raises(InputError, match=r"transform 4 .* ScaleIntensityRanged here but ScaleIntensityRanged in "
+                                         r"training \(scaler.a_max differ\)"):
+        check_inference_preprocessing(tmp_path / "out", Compose([*preprocessing_chain(plan).transforms, other]))
+    # a model plan from before the record, or none at all: nothing to compare
+    untracked = {key: value for key, value in read_model_plan(tmp_path / "out").items() if key != "image_preprocessing"}
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "model_plan.json").write_text(json.dumps(untracked))
+    check_inference_preprocessing(tmp_path / "old", preprocessing_chain(plan))
+    check_inference_preprocessing(tmp_path / "untrained", preprocessing_chain(plan))
+
+
+def test_inference_json_refuses_a_model_trained_with_a_ct_window_override_unless_given_it(tmp_path, rng):
+    from pathlib import Path
+
+    from monai.bundle import ConfigParser
+
+    configs = Path(__file__).resolve().parents[2] / "bundles" / "retina_unet_detection" / "configs"
+    write_dataset(tmp_path / "raw", rng=rng, training=2, validation=1)
+    (tmp_path / "window.json").write_text(json.dumps({"+preprocessing_transforms": [WINDOW]}))
+    settings = {"dataset_dir": str(tmp_path / "raw"), "output_dir": str(tmp_path / "out"), "patch_size": [32, 32, 32],
+                "encoder": ISOTROPIC, "decoder_channels": 16, "detection_strides": [4, 8], "num_workers": 0}
+    train = ConfigParser()
+    train.read_config([configs / "train.json", tmp_path / "window.json"])
+    train.update(settings)
+    train.get_parsed_content("data")  # writes model_plan.json
+
+    def initialize(*overrides):
+        inference = ConfigParser()
+        inference.read_config([configs / "inference.json", *overrides])
+        inference.update({"dataset_dir": settings["dataset_dir"], "model_dir": settings["output_dir"],
+                          "prediction_dir": str(tmp_path / "predictions")})
+        # the run's first step, before the evaluator (a bare bundle folder without a model still initialises)
+        assert inference["run"][0] == \
+            "$shared.engines.detection_setup.check_inference_preprocessing(@model_dir, @preprocessing)"
+        return inference.get_parsed_content("run#0")
+
+    with pytest.raises(RuntimeError) as raised:  # MONAI wraps what an expression raises
+        initialize()
+    assert isinstance(raised.value.__cause__, InputError)
+    assert "model_plan.json: the inference preprocessing differs from the training's: the training also ran " \
+           "ScaleIntensityRanged" in str(raised.value.__cause__)
+    initialize(tmp_path / "window.json")  # the same override: the same chain
