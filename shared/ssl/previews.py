@@ -1,10 +1,10 @@
-"""Watching a masked autoencoder learn: the trainer step that also writes reconstructions to TensorBoard.
+"""Watching a masked autoencoder learn: reconstructions in TensorBoard during training.
 
-The trainer logs what its forward returns as scalars, so the reconstruction and the mask must not
-leave the step; :class:`ReconstructionPreviews` is both the trainer's ``forward`` (it returns only
-the loss) and one of its iteration handlers (it learns the iteration number from the engine), and
-every ``every`` iterations writes one picture: the middle Z slice of the first sample as input,
-masked input and reconstruction side by side, all three in the input's intensity window.
+The trainer logs only the scalar losses, so the reconstruction and the mask are drawn by a handler:
+:class:`ReconstructionPreviews` is a ``train#handlers`` entry that, every ``every`` iterations, writes
+one picture of what the iteration's forward produced: the middle Z slice of the first sample as input,
+masked input and reconstruction side by side, all three in the input's intensity window. (Its
+``forward`` remains the step of a hand-written loop, returning only the loss.)
 """
 
 from __future__ import annotations

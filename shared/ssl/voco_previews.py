@@ -98,7 +98,7 @@ def overlap_matrix_image(overlaps: torch.Tensor, similarity: torch.Tensor, *, ce
 
 
 class VoCoPreviews:
-    """VoCo training step (``forward``) that logs the layout and overlaps every ``every`` iterations.
+    """Trainer handler that logs the crop layout and the overlaps every ``every`` iterations.
 
     List it in the bundle's ``train#handlers`` (:meth:`attach`: it draws what the iteration of
     :class:`shared.engines.trainer.LossDictTrainer` produced, with :func:`shared.ssl.voco.prepare_voco_batch`);
