@@ -104,3 +104,21 @@ def test_record_network_adds_the_spec_of_a_network_built_after_the_plan(tmp_path
     rebuilt = build_network("shared.networks.deformable_detr.DeformableDETRNetwork", plan=tmp_path, in_channels=1,
                             num_classes=2, encoder={"name": "plain", "preset": "paper"}, num_queries=100)
     assert rebuilt.num_queries == 5 and rebuilt.hidden_channels == 32
+
+
+@pytest.mark.parametrize("encoder, num_levels", [({"name": "plain", "preset": "paper"}, 4),
+                                                 ({"name": "resenc", "preset": "tiny"}, 2),
+                                                 ({"name": "plain", "preset": "small", "strides": [1, 2, 2, [2, 2, 1], 2]},
+                                                  3)])
+def test_level_strides_are_the_networks_detection_strides(encoder, num_levels):
+    import torch
+
+    from shared.detectors.deformable_detr import level_strides
+    from shared.networks.deformable_detr import DeformableDETRNetwork
+
+    with torch.device("meta"):
+        network = DeformableDETRNetwork(1, 2, encoder=encoder, num_levels=num_levels)
+    expected = [stride if isinstance(stride, int) else list(stride) for stride in network.detection_strides]
+    assert level_strides(encoder, num_levels) == expected
+    with pytest.raises(ValueError, match="num_levels must be"):
+        level_strides(encoder, 99)
