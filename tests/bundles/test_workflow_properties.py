@@ -3,8 +3,8 @@
 MONAI Label, FL and Deploy drive a bundle through the properties of ``monai.bundle.properties``
 (``train#trainer``, ``train#trainer#max_epochs``, ``train#dataset``, ``train#inferer``; ``dataset``,
 ``evaluator``, ``inferer``, ``network_def`` in inference), so every train config and every
-inference/evaluation config (the pre-training bundle's reconstruction viewer included) must define them, and optional properties that the config refers to must
-sit at their ids. ``check_properties`` resolves each required property, so the workflows run their
+inference/evaluation config (the pre-training bundle's reconstruction viewer included) must define
+them, and optional properties that the config refers to must sit at their ids. ``check_properties`` resolves each required property, so the workflows run their
 ``initialize`` on tiny generated data (and the inference ones on a tiny trained model), from a working
 directory that is not the bundle.
 """
