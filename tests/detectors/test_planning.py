@@ -74,8 +74,8 @@ def test_the_planning_hook_gets_the_boxes_per_case_and_the_patch(tmp_path, rng):
         seen.update(pooled=training_boxes, cases=case_boxes, patch_size=patch_size, strides=detection_strides)
         return {"num_queries": len(case_boxes)}
 
-    data = prepare_detection_data(datalist, tmp_path / "cache", tmp_path / "out", preprocessing=preprocessing_chain(plan),
-                                  plan=plan, in_channels=1, num_classes=2, patch_size=[16, 16, 16],
+    data = prepare_detection_data(datalist, tmp_path / "cache", tmp_path / "out",
+                                  preprocessing=preprocessing_chain(plan), plan=plan, in_channels=1, num_classes=2, patch_size=[16, 16, 16],
                                   detection_strides=[4, 8], plan_detector=hook)
     assert len(seen["cases"]) == 3 and all(boxes.shape == (2, 6) for boxes in seen["cases"])
     np.testing.assert_array_equal(seen["pooled"], np.concatenate(seen["cases"]))
@@ -106,10 +106,11 @@ def test_record_network_adds_the_spec_of_a_network_built_after_the_plan(tmp_path
     assert rebuilt.num_queries == 5 and rebuilt.hidden_channels == 32
 
 
+ANISOTROPIC = {"name": "plain", "preset": "small", "strides": [1, 2, 2, [2, 2, 1], 2]}
+
+
 @pytest.mark.parametrize("encoder, num_levels", [({"name": "plain", "preset": "paper"}, 4),
-                                                 ({"name": "resenc", "preset": "tiny"}, 2),
-                                                 ({"name": "plain", "preset": "small", "strides": [1, 2, 2, [2, 2, 1], 2]},
-                                                  3)])
+                                                 ({"name": "resenc", "preset": "tiny"}, 2), (ANISOTROPIC, 3)])
 def test_level_strides_are_the_networks_detection_strides(encoder, num_levels):
     import torch
 
