@@ -75,8 +75,8 @@ def test_the_planning_hook_gets_the_boxes_per_case_and_the_patch(tmp_path, rng):
         return {"num_queries": len(case_boxes)}
 
     data = prepare_detection_data(datalist, tmp_path / "cache", tmp_path / "out",
-                                  preprocessing=preprocessing_chain(plan), plan=plan, in_channels=1, num_classes=2, patch_size=[16, 16, 16],
-                                  detection_strides=[4, 8], plan_detector=hook)
+                                  preprocessing=preprocessing_chain(plan), plan=plan, in_channels=1, num_classes=2,
+                                  patch_size=[16, 16, 16], detection_strides=[4, 8], plan_detector=hook)
     assert len(seen["cases"]) == 3 and all(boxes.shape == (2, 6) for boxes in seen["cases"])
     np.testing.assert_array_equal(seen["pooled"], np.concatenate(seen["cases"]))
     assert seen["patch_size"] == [16, 16, 16] and seen["strides"] == [4, 8]
