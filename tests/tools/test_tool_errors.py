@@ -28,7 +28,7 @@ def _work_started(*args, **kwargs):
 
 # (module, the function that does the work, a call of the tool with output location OUT)
 TOOLS = {
-    "preprocess": (tools.preprocess, "preprocess", lambda out: tools.preprocess.main("d.json", str(out / "cache"))),
+    "preprocess": (tools.preprocess, "preprocess_datalist", lambda out: tools.preprocess.main("d.json", str(out / "cache"))),
     "baseline": (tools.baseline, "read_split", lambda out: tools.baseline.main("d.json", str(out / "p.json"))),
     "nndetection_to_datalist": (tools.convert, "import_nndetection",
                                 lambda out: tools.convert.nndetection_to_datalist("raw", str(out / "d.json"))),
