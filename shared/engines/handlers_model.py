@@ -73,8 +73,10 @@ class ModelSaver:
         logger.info("epoch %d validation %s = %.4f (best %.4f)", validator.state.epoch, name, score, best)
         if math.isfinite(score) and score > best:
             save_torch(self.network.state_dict(), self.output_dir / MODEL_NAME)
+            # a class missing from the validation split has NaN metrics: null keeps the record strict JSON
+            finite = {key: value if math.isfinite(value) else None for key, value in metrics.items()}
             write_json(self.output_dir / BEST_RECORD, {"key_metric": name, "value": score, "iteration": iteration,
-                                                       "metrics": metrics})
+                                                       "metrics": finite})
 
     def completed(self, engine: Any = None) -> None:
         """At the end (also of a finished run started again): the final weights, and ``model.pt`` if no best."""
