@@ -96,12 +96,13 @@ def assert_fine_tuning_takes_the_whole_encoder(out: Path) -> None:
 
 
 def preview_steps(log_dir: Path, tag: str) -> list[int]:
-    """The iterations of every TensorBoard picture under ``tag`` in ``log_dir``'s preview files, file by file."""
+    """The iterations of every TensorBoard picture under ``tag`` in ``log_dir``'s preview files, in the order they
+    were written (two starts within one second name their files in process-id order, not in time order)."""
     from tensorboard.backend.event_processing.event_accumulator import IMAGES, EventAccumulator
 
-    steps = []
-    for path in sorted(log_dir.glob("*.previews")):
+    pictures = []
+    for path in log_dir.glob("*.previews"):
         events = EventAccumulator(str(path), size_guidance={IMAGES: 0})
         events.Reload()
-        steps += [event.step for event in events.Images(tag)] if tag in events.Tags()[IMAGES] else []
-    return steps
+        pictures += [(event.wall_time, event.step) for event in events.Images(tag)] if tag in events.Tags()[IMAGES] else []
+    return [step for _, step in sorted(pictures)]
