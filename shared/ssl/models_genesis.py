@@ -35,7 +35,7 @@ from torch import nn
 
 from shared.ssl import corruptions
 from shared.ssl.inspection import ReconstructionWriter
-from shared.ssl.previews import ReconstructionPreviews
+from shared.ssl.previews import TrainingPreviews
 
 SEED_LIMIT = 2**31 - 1
 
@@ -295,11 +295,15 @@ def genesis_preview(corrupted: torch.Tensor, restored: torch.Tensor, target: tor
         np.float32)
 
 
-class GenesisPreviews(ReconstructionPreviews):
+class GenesisPreviews(TrainingPreviews):
     """TensorBoard pictures of Models Genesis training: corrupted input | restoration | clean target.
 
     A ``train#handlers`` entry like :class:`shared.ssl.previews.ReconstructionPreviews` (same arguments);
     the target comes from the iteration's batch (``engine.state.batch["target"]``).
+
+    Args:
+        log_dir: TensorBoard folder (the trainer's is ``output_dir/logs``).
+        every: iterations between pictures; the first iteration is always shown.
     """
 
     def log_forward(self, engine: Any) -> None:

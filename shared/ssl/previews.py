@@ -43,12 +43,12 @@ def preview_image(image: torch.Tensor, mask: torch.Tensor, reconstruction: torch
     return picture[None].astype(np.float32)
 
 
-class ReconstructionPreviews:
-    """Masked-autoencoder training step (``forward``) that logs reconstructions every ``every`` iterations.
+class TrainingPreviews:
+    """Base of the trainer handlers that draw TensorBoard pictures every ``every`` iterations.
 
-    List it in the bundle's ``train#handlers`` (:meth:`attach`: it logs from the iteration of
-    :class:`shared.engines.trainer.LossDictTrainer`); ``forward`` and calling it with the engine remain
-    for a hand-written step.
+    It keeps the iteration count, the schedule (rank 0 only; the first iteration and every ``every``-th)
+    and the lazily opened writer; a subclass draws in :meth:`log_forward`, which :meth:`attach` calls
+    after each forward of :class:`shared.engines.trainer.LossDictTrainer`.
 
     Args:
         log_dir: TensorBoard folder (the trainer's is ``output_dir/logs``).
@@ -67,17 +67,46 @@ class ReconstructionPreviews:
         self.iteration = int(engine.state.iteration)
 
     def attach(self, engine: Any) -> None:
-        """Trainer handler (``train#handlers``): logs from what the iteration's forward produced.
-
-        :class:`shared.engines.trainer.LossDictTrainer` fires ``FORWARD_COMPLETED`` with the images in
-        ``engine.state.output["image"]`` and the model's outputs (``"mask"``, ``"reconstruction"``) in
-        ``engine.state.output["pred"]``.
-        """
+        """Trainer handler (``train#handlers``): :meth:`log_forward` after each iteration's forward."""
         from monai.engines.utils import IterationEvents
 
         engine.add_event_handler(IterationEvents.FORWARD_COMPLETED, self.log_forward)
 
     def log_forward(self, engine: Any) -> None:
+        """Draw from ``engine.state`` at ``FORWARD_COMPLETED`` when a picture is due."""
+        raise NotImplementedError
+
+    def _due(self) -> bool:
+        return idist.get_rank() == 0 and (self.iteration == 1 or self.iteration % self.every == 0)
+
+    @property
+    def writer(self):
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(log_dir=self.log_dir, filename_suffix=".previews")
+        return self._writer
+
+
+class ReconstructionPreviews(TrainingPreviews):
+    """Masked-autoencoder training step (``forward``) that logs reconstructions every ``every`` iterations.
+
+    List it in the bundle's ``train#handlers`` (:meth:`attach`: it logs from the iteration of
+    :class:`shared.engines.trainer.LossDictTrainer`); ``forward`` and calling it with the engine remain
+    for a hand-written step.
+
+    Args:
+        log_dir: TensorBoard folder (the trainer's is ``output_dir/logs``).
+        every: iterations between pictures; the first iteration is always shown.
+    """
+
+    def log_forward(self, engine: Any) -> None:
+        """Log from what the iteration's forward produced.
+
+        :class:`shared.engines.trainer.LossDictTrainer` fires ``FORWARD_COMPLETED`` with the images in
+        ``engine.state.output["image"]`` and the model's outputs (``"mask"``, ``"reconstruction"``) in
+        ``engine.state.output["pred"]``.
+        """
         self(engine)
         if self._due():
             output = engine.state.output
@@ -99,14 +128,3 @@ class ReconstructionPreviews:
         picture = preview_image(images[0, 0], mask[0, 0].to(images.device), reconstruction[0, 0].to(images.device))
         self.writer.add_image(TAG, picture, step, dataformats="CHW")
         self.writer.flush()
-
-    def _due(self) -> bool:
-        return idist.get_rank() == 0 and (self.iteration == 1 or self.iteration % self.every == 0)
-
-    @property
-    def writer(self):
-        if self._writer is None:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._writer = SummaryWriter(log_dir=self.log_dir, filename_suffix=".previews")
-        return self._writer

@@ -12,13 +12,13 @@ every ``every`` iterations it draws the batch's first volume:
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
-import ignite.distributed as idist
 import numpy as np
 import torch
 from torch import nn
+
+from shared.ssl.previews import TrainingPreviews
 
 LAYOUT_TAG = "voco/crop_layout"
 OVERLAP_TAG = "voco/overlaps_true_predicted"
@@ -97,7 +97,7 @@ def overlap_matrix_image(overlaps: torch.Tensor, similarity: torch.Tensor, *, ce
     return np.kron(matrix, np.ones((cell, cell), dtype=np.float32))[None].astype(np.float32)
 
 
-class VoCoPreviews:
+class VoCoPreviews(TrainingPreviews):
     """Trainer handler that logs the crop layout and the overlaps every ``every`` iterations.
 
     List it in the bundle's ``train#handlers`` (:meth:`attach`: it draws what the iteration of
@@ -109,28 +109,12 @@ class VoCoPreviews:
         every: iterations between pictures; the first iteration is always shown.
     """
 
-    def __init__(self, log_dir: str | os.PathLike, *, every: int = 100):
-        if every < 1:
-            raise ValueError(f"every must be a positive number of iterations, got {every}")
-        self.log_dir, self.every = os.fspath(log_dir), int(every)
-        self.iteration = 0
-        self._writer = None
-
-    def __call__(self, engine: Any) -> None:
-        """Iteration handler: remember which iteration the next step is."""
-        self.iteration = int(engine.state.iteration)
-
-    def attach(self, engine: Any) -> None:
-        """Trainer handler (``train#handlers``): draws after the iteration's forward.
+    def log_forward(self, engine: Any) -> None:
+        """Draw after the iteration's forward.
 
         At ``FORWARD_COMPLETED`` the batch (crops, positions, overlaps, on the CPU) is
         ``engine.state.batch`` and the predicted overlaps are ``engine.state.output["pred"]["similarity"]``.
         """
-        from monai.engines.utils import IterationEvents
-
-        engine.add_event_handler(IterationEvents.FORWARD_COMPLETED, self.log_forward)
-
-    def log_forward(self, engine: Any) -> None:
         self(engine)
         if self._due():
             self.log(engine.state.batch, engine.state.output["pred"]["similarity"], self.iteration)
@@ -155,14 +139,3 @@ class VoCoPreviews:
         self.writer.add_image(OVERLAP_TAG, overlap_matrix_image(batch["overlaps"][0], similarity[0]), step,
                               dataformats="CHW")
         self.writer.flush()
-
-    def _due(self) -> bool:
-        return idist.get_rank() == 0 and (self.iteration == 1 or self.iteration % self.every == 0)
-
-    @property
-    def writer(self):
-        if self._writer is None:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._writer = SummaryWriter(log_dir=self.log_dir, filename_suffix=".previews")
-        return self._writer
