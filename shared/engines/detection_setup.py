@@ -36,6 +36,7 @@ from shared.data.plan import parse_spacing, plan_dataset
 from shared.data.preprocess import Transform, preprocess
 from shared.encoders import build_encoder
 from shared.encoders.planning import plan_strides_and_kernels
+from shared.inference.domain import fingerprint_datalist
 from shared.io.atomic import write_json
 from shared.io.errors import InputError
 from shared.layers.strides import compact, per_axis
@@ -197,6 +198,8 @@ def prepare_detection_data(
     if network is not None:  # the whole network spec (shared.bundles.network): inference rebuilds it from here
         record["network"] = network
     record[IMAGE_PREPROCESSING] = image_preprocessing(preprocessing)
+    # what the training scans looked like: inference warns on a scan far outside it (shared.inference.domain)
+    record["domain"] = fingerprint_datalist(datalist, [channel["modality"] for channel in plan["channels"]])
     write_json(Path(output_dir) / MODEL_PLAN, record)
     return data
 

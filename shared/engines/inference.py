@@ -2,7 +2,8 @@
 world millimetres → files.
 
 Per scan it writes ``<case>.json`` (the bundle output format: ``{"image", "box" (world mm, cccwhd),
-"label", "label_scores"}``) and, if asked, ``<case>_boxes.nii.gz`` (a label map of the boxes on the
+"label", "label_scores"}``, plus ``"warnings"`` when the scan was compared with the training domain,
+:mod:`shared.inference.domain`) and, if asked, ``<case>_boxes.nii.gz`` (a label map of the boxes on the
 scan's own grid, value = class + 1, for viewers). Over all scans it writes ``predictions.json`` (the
 list that ``tools.evaluate`` reads) and ``candidates.csv`` (LUNA16 style). Every file is written
 atomically, and a scan that fails to read stops the run before ``predictions.json`` is replaced.
@@ -34,6 +35,7 @@ from shared.boxes.convention import boxes_voxel_to_world, boxes_world_to_voxel
 from shared.boxes.rasterize import rasterize_boxes
 from shared.data.preprocess import preprocess_volume
 from shared.data.validate import case_id
+from shared.inference.domain import check_scan
 from shared.inference.sliding_window import predict_volume
 from shared.io.atomic import write_json
 from shared.io.datalist import read_split
@@ -55,6 +57,8 @@ class ScanPredictor:
         patch_size: sliding-window tile size.
         inference: keyword arguments of :func:`shared.inference.sliding_window.predict_volume`.
         device: where the networks run.
+        domain: the model plan's ``"domain"`` (:mod:`shared.inference.domain`): each scan is compared with
+            it and its entry gets ``"warnings"``; None compares nothing.
     """
 
     def __init__(
@@ -65,7 +69,9 @@ class ScanPredictor:
         patch_size: Sequence[int],
         inference: dict[str, Any] | None = None,
         device: str | torch.device = "cpu",
+        domain: dict[str, Any] | None = None,
     ):
+        self.domain = domain
         self.models = [models] if isinstance(models, nn.Module) else list(models)
         self.plan, self.patch_size = plan, tuple(int(size) for size in patch_size)
         self.inference = dict(inference or {})
@@ -93,8 +99,11 @@ class ScanPredictor:
         """One scan (a file or one file per channel) → one entry of the bundle output format."""
         volume = load_volume(image)
         found = self.predict_volume(volume)
-        return {"image": image, "box": found["boxes"].tolist(), "label": found["labels"].tolist(),
-                "label_scores": found["scores"].tolist()}
+        entry = {"image": image, "box": found["boxes"].tolist(), "label": found["labels"].tolist(),
+                 "label_scores": found["scores"].tolist()}
+        if self.domain is not None:
+            entry["warnings"] = check_scan(volume.array, volume.affine, self.domain, source=volume.sources[0])
+        return entry
 
 
 def predict_scans(
@@ -227,11 +236,16 @@ class PredictionWriter:
     Args:
         output_dir: where the files go.
         write_box_maps: also write ``<case>_boxes.nii.gz`` label maps.
+        warnings_key: where the training-domain check
+            (:class:`shared.inference.domain.CheckTrainingDomaind`) put its problems; written as the
+            entry's ``"warnings"`` (an empty list: checked, in domain), left out when it did not run.
     """
 
     def __init__(self, output_dir: str | os.PathLike, *, write_box_maps: bool = False, boxes_key: str = "boxes",
-                 labels_key: str = "labels", scores_key: str = "scores", sources_key: str = "sources"):
+                 labels_key: str = "labels", scores_key: str = "scores", sources_key: str = "sources",
+                 warnings_key: str = "domain_warnings"):
         self.output_dir, self.write_box_maps = Path(output_dir), write_box_maps
+        self.warnings_key = warnings_key
         self.keys = (boxes_key, labels_key, scores_key, sources_key)
         self.predictions: list[dict[str, Any]] = []
 
@@ -253,6 +267,8 @@ class PredictionWriter:
             "label": _array(output[labels_key], np.int64).tolist(),
             "label_scores": _array(output[scores_key], np.float64).tolist(),
         })
+        if self.warnings_key in output:  # the training-domain check ran (shared.inference.domain)
+            self.predictions[-1]["warnings"] = list(output[self.warnings_key])
 
     def _write(self, engine: Engine) -> None:
         write_predictions(self.predictions, self.output_dir, write_box_maps=self.write_box_maps)
