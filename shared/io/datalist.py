@@ -31,12 +31,7 @@ def read_datalist(path: str | os.PathLike) -> dict[str, Any]:
             (N, 6) with positive sizes, labels not matching boxes, or non-integer classes.
     """
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputError(path, "datalist not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise InputError(path, f"not a readable JSON datalist ({error})") from error
+    data = read_json_input(path, "datalist")
     if not isinstance(data, dict) or not any(split in data for split in SPLITS):
         raise InputError(path, f"a datalist is a JSON object with at least one of the lists {SPLITS}")
     root = path.parent
@@ -46,6 +41,24 @@ def read_datalist(path: str | os.PathLike) -> dict[str, Any]:
             raise InputError(path, f"'{split}' must be a list of entries")
         data[split] = [_checked_entry(path, root, split, index, entry) for index, entry in enumerate(entries)]
     return data
+
+
+def read_json_input(path: str | os.PathLike, what: str) -> Any:
+    """The parsed JSON of a file a user named; a missing or unreadable file is an error naming it.
+
+    Args:
+        path: the file.
+        what: what the file should be, for the message (``"datalist"``, ``"multi-dataset datalist"``).
+
+    Raises:
+        InputError: ``<path>: <what> not found`` or ``<path>: not a readable JSON <what> (<why>)``.
+    """
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise InputError(path, f"{what} not found") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InputError(path, f"not a readable JSON {what} ({error})") from error
 
 
 def read_split(path: str | os.PathLike, split: str) -> list[dict[str, Any]]:

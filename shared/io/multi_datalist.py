@@ -26,7 +26,6 @@ file, the data set and the entry; :func:`tasks_of` gives the network's task spec
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Mapping
@@ -34,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.io.atomic import write_json
+from shared.io.datalist import read_json_input
 from shared.io.errors import InputError
 
 SPLITS = ("training", "validation")
@@ -56,13 +56,7 @@ def read_multi_datalist(path: str | os.PathLike, *, check_files: bool = False) -
         InputError: naming the file, the data set and the entry (see the module docstring).
     """
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputError(path, "multi-dataset datalist not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise InputError(path, f"not a readable JSON multi-dataset datalist ({error})") from None
-    return check_multi_datalist(data, path, check_files=check_files)
+    return check_multi_datalist(read_json_input(path, "multi-dataset datalist"), path, check_files=check_files)
 
 
 def check_multi_datalist(data: Any, path: str | os.PathLike, *, check_files: bool = False) -> dict[str, Any]:
