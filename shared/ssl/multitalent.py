@@ -15,17 +15,23 @@ so that fine-tuning takes a stem by id (``stem_id``) or by channel count (``stem
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import ignite.distributed as idist
 import numpy as np
 import torch
+from ignite.engine import Engine, Events
 from monai.config import KeysCollection
+from monai.inferers import Inferer, SlidingWindowInferer
 from monai.transforms import MapTransform
 from torch import nn
 
 from shared.checkpoints.manifest import PretrainedEncoder, StateDict, new_manifest, save_pretrained
+from shared.data.validate import case_id
+from shared.io.atomic import write_json
+from shared.io.images import save_nifti
 from shared.losses.multitalent import MultiTalentLoss, deep_supervision_weights, downsample_labels
 from shared.networks.multitalent import MultiTalentNetwork
 
@@ -91,16 +97,20 @@ class MultiTalent(nn.Module):
         """The shared encoder (without stem)."""
         return self.network.encoder
 
-    def forward(self, images: torch.Tensor, labels: torch.Tensor, datasets: Any) -> dict[str, torch.Tensor]:
+    def forward(self, images: torch.Tensor, labels: torch.Tensor | Mapping[str, Any], datasets: Any = None
+                ) -> dict[str, torch.Tensor]:
         """Args:
             images: (B, C_max, X, Y, Z).
-            labels: (B, 1, X, Y, Z) integer maps in each sample's own labels.
-            datasets: per sample its data set name (or index).
+            labels: (B, 1, X, Y, Z) integer maps in each sample's own labels, or the trainer's targets
+                ``{"label", "dataset"}`` (:func:`prepare_multitalent_batch`).
+            datasets: per sample its data set name (or index); inside ``labels`` when that is a mapping.
 
         Returns:
             ``{"loss", "loss/<data set>", "dice/<data set>"}`` for the data sets in the batch; the
             per-data-set entries are the finest output's.
         """
+        if isinstance(labels, Mapping):  # the trainer passes one target argument
+            labels, datasets = labels["label"], labels["dataset"]
         indices = self.network.dataset_indices(datasets, images.shape[0])
         outputs = self.network(images, indices)
         losses = self.loss(outputs["seg_logits"], labels, indices)
@@ -119,6 +129,106 @@ class MultiTalent(nn.Module):
 def multitalent_forward(model: nn.Module, batch: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
     """Trainer step for :class:`MultiTalent`: a batch with ``"image"``, ``"label"`` and ``"dataset"``."""
     return model(batch["image"].to(device), batch["label"].to(device), batch["dataset"])
+
+
+def prepare_multitalent_batch(batch: dict[str, Any], device: str | torch.device | None = None,
+                              non_blocking: bool = False, **kwargs: Any) -> tuple[torch.Tensor, dict[str, Any]]:
+    """``LossDictTrainer``'s ``prepare_batch``: the images and the targets ``{"label", "dataset"}``.
+
+    Shape:
+        batch["image"]: (B, C_max, X, Y, Z) float; batch["label"]: (B, 1, X, Y, Z) integer; batch["dataset"]:
+        B data set ids.
+    """
+    labels = torch.as_tensor(batch["label"]).to(device, dtype=torch.long, non_blocking=non_blocking)
+    images = torch.as_tensor(batch["image"]).to(device, dtype=torch.float32, non_blocking=non_blocking)
+    return images, {"label": labels, "dataset": list(batch["dataset"])}
+
+
+class DatasetSegmenter(nn.Module):
+    """One data set's segmentation network cut from a trained :class:`MultiTalent` (inference, export).
+
+    Holds the MultiTalent network under the same key (``network.``), so the pre-training's ``model.pt``
+    loads into it; a scan of that data set goes through its stem, and the output is its block of logits.
+
+    Args:
+        tasks, encoder_spec, decoder_convs_per_stage, deep_supervision: as the trained :class:`MultiTalent`.
+        dataset: the data set (a ``softmax`` one: the output is its background and classes).
+
+    Shape:
+        (B, C_d, X, Y, Z) → (B, K_d + 1, X, Y, Z), C_d the data set's channels.
+    """
+
+    def __init__(self, tasks: list[dict[str, Any]], dataset: str, *, encoder_spec: dict[str, Any] | None = None,
+                 decoder_convs_per_stage: int = 1, deep_supervision: bool = False):
+        super().__init__()
+        self.network = MultiTalentNetwork(tasks, encoder_spec=encoder_spec,
+                                          decoder_convs_per_stage=decoder_convs_per_stage,
+                                          deep_supervision=deep_supervision)
+        if dataset not in self.network.task_names:
+            raise ValueError(f"dataset {dataset!r}: not one of the network's data sets {self.network.task_names}")
+        self.task = self.network.tasks[self.network.task_names.index(dataset)]
+        if self.task.kind != "softmax":
+            raise ValueError(f"dataset {dataset!r}: segmentation is written for softmax data sets, this one has "
+                             f"{self.task.kind!r}")
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        padded = pad_channels(images.transpose(0, 1), self.network.max_in_channels).transpose(0, 1)
+        logits = self.network(padded, [self.task.name] * images.shape[0])["seg_logits"]
+        return logits[:, self.network.channel_slices[self.task.name]]
+
+
+class SegmentationInferer(Inferer):
+    """Sliding window over a whole scan, then the label map: ``{"segmentation": (B, 1, X, Y, Z)}`` (argmax).
+
+    Args:
+        patch_size: the window, a multiple of the encoder's coarsest stride.
+        overlap: window overlap (Gaussian weighting, as nnU-Net).
+    """
+
+    def __init__(self, patch_size: Sequence[int], *, overlap: float = 0.5):
+        super().__init__()
+        self.window = SlidingWindowInferer(list(patch_size), sw_batch_size=1, overlap=overlap, mode="gaussian")
+
+    def __call__(self, inputs: torch.Tensor, network: nn.Module, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+        return {"segmentation": self.window(inputs, network, *args, **kwargs).argmax(1, keepdim=True)}
+
+
+class SegmentationWriter:
+    """Handler: each scan's label map as ``<case>_segmentation.nii.gz`` (preprocessed grid) and, when the
+    scan has a ``label``, its Dice per class; ``segmentations.json`` lists them when the run completes.
+
+    Args:
+        output_dir: where the files go.
+        classes: the data set's class names (labels 1..K).
+    """
+
+    def __init__(self, output_dir: str | os.PathLike, classes: Sequence[str]):
+        self.output_dir, self.classes = Path(output_dir), list(classes)
+        self.results: list[dict[str, Any]] = []
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, lambda _: self.results.clear())
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._write_case)
+        engine.add_event_handler(Events.COMPLETED, lambda _: write_json(self.output_dir / "segmentations.json",
+                                                                        self.results))
+
+    def _write_case(self, engine: Engine) -> None:
+        output = engine.state.output
+        segmentation = torch.as_tensor(output["segmentation"])[0, 0].cpu().numpy().astype(np.uint8)
+        case = case_id(output["sources"])
+        path = save_nifti(self.output_dir / f"{case}_segmentation.nii.gz", segmentation, np.asarray(output["affine"]))
+        result: dict[str, Any] = {"case": case, "file": str(path)}
+        if output.get("label") is not None:
+            label = np.asarray(output["label"]).reshape(segmentation.shape)
+            result["dice"] = {name: class_dice(segmentation == index, label == index)
+                              for index, name in enumerate(self.classes, start=1)}
+        self.results.append(result)
+
+
+def class_dice(predicted: np.ndarray, target: np.ndarray) -> float | None:
+    """Dice of two binary maps; ``None`` when both are empty (nothing to score)."""
+    total = int(predicted.sum()) + int(target.sum())
+    return None if total == 0 else 2.0 * int((predicted & target).sum()) / total
 
 
 def multitalent_encoder_weights(network: MultiTalentNetwork | MultiTalent, main_stem: str | None = None
@@ -168,8 +278,10 @@ def export_multitalent_encoder(
         data: what it saw (the tasks' classes are added under ``"datasets"``).
 
     Returns:
-        The manifest's path.
+        The manifest's path (written by rank 0 only; the other ranks of a distributed run return it too).
     """
+    if idist.get_rank() != 0:
+        return Path(out_dir) / "encoder.json"
     bare = getattr(network, "network", network)
     architecture = bare.encoder_spec if architecture is None else architecture
     state, stems = multitalent_encoder_weights(bare, main_stem)
