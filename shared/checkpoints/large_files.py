@@ -3,10 +3,16 @@
 MONAI's ``download_large_files`` skips the hash check when an entry has no hash, and keeps a file
 that is already there only if its hash matches; we require a sha256 on every entry and check every
 file again afterwards, deleting one that does not match so that a bad file is never used or kept.
+
+A bundle may also ship small weights in its own ``models/`` folder (committed with it, see
+``tools.ship_weights``). Reading any weight file from a bundle's ``models/`` goes through
+:func:`check_shipped_file`: a listed file whose sha256 differs from the listing is refused (and kept,
+since it may be the user's own file). An all-zero sha256 marks a file that is not published yet.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -14,9 +20,16 @@ from typing import Any
 import yaml
 
 from shared.checkpoints.safe_load import sha256_file
+from shared.io.atomic import write_text
 from shared.io.errors import InputError
 
 LARGE_FILES_NAME = "large_files.yml"
+MODELS_FOLDER = "models"
+PLACEHOLDER_HASH = "0" * 64
+HEADER = ("# The bundle's weights: path inside the bundle, where to get the file, its sha256. An entry whose file\n"
+          "# is in the bundle's models/ folder is shipped with the bundle (tools.ship_weights writes it); an\n"
+          "# all-zero sha256 marks a file that is not published yet. Download and verify with\n"
+          "# shared.checkpoints.large_files.fetch_large_files; a shipped file is verified whenever it is read.\n")
 
 
 def read_large_files(bundle_dir: str | os.PathLike) -> list[dict[str, Any]]:
@@ -98,3 +111,61 @@ def fetch_large_files(bundle_dir: str | os.PathLike) -> list[Path]:
     except OSError as error:
         raise InputError(Path(bundle_dir) / LARGE_FILES_NAME, f"download failed ({error})") from None
     return verify_large_files(bundle_dir, entries)
+
+
+def check_shipped_file(path: str | os.PathLike) -> None:
+    """Refuses a weight file in a bundle's ``models/`` whose sha256 differs from its ``large_files.yml`` entry.
+
+    Files outside a ``models/`` folder, bundles without a listing, files the listing does not name and
+    placeholder entries (all-zero sha256) are not checked.
+
+    Args:
+        path: the weight file about to be read.
+
+    Raises:
+        InputError: naming the file, both hashes and what to do, when the file was changed or replaced.
+    """
+    path = Path(path).absolute()
+    if path.parent.name != MODELS_FOLDER or not (path.parent.parent / LARGE_FILES_NAME).is_file():
+        return
+    bundle = path.parent.parent
+    for entry in read_large_files(bundle):
+        if (bundle / entry["path"]).absolute() != path:
+            continue
+        expected = str(entry["hash_val"]).lower()
+        if expected == PLACEHOLDER_HASH:
+            return
+        found = sha256_file(path)
+        if found != expected:
+            raise InputError(path, f"sha256 {found} differs from {expected} that {bundle / LARGE_FILES_NAME} lists "
+                                   "for this shipped file: it was changed or replaced. Restore it (git checkout), "
+                                   "ship the new file with python -m tools.ship_weights, or give your own model "
+                                   "with --model_dir")
+        return
+
+
+def write_large_file_entry(bundle_dir: str | os.PathLike, path: str, url: str, sha256: str) -> Path:
+    """Creates or replaces the ``large_files.yml`` entry of ``path``; the other entries stay as they are.
+
+    Args:
+        bundle_dir: the bundle's root folder.
+        path: the file's path inside the bundle (``models/model.pt``).
+        url: where the file comes from.
+        sha256: its sha256 (64 hex digits).
+
+    Returns:
+        Path of the listing.
+    """
+    listing = Path(bundle_dir) / LARGE_FILES_NAME
+    entries = read_large_files(bundle_dir) if listing.is_file() else []
+    entry = {"path": path, "url": url, "hash_val": sha256.lower(), "hash_type": "sha256"}
+    replaced = [entry if existing["path"] == path else existing for existing in entries]
+    if entry not in replaced:
+        replaced.append(entry)
+    lines = [HEADER.rstrip("\n"), "large_files:"]
+    for item in replaced:
+        values = [(key, item[key]) for key in ("path", "url", "hash_val", "hash_type") if key in item]
+        values += [(key, value) for key, value in item.items() if key not in ("path", "url", "hash_val", "hash_type")]
+        for number, (key, value) in enumerate(values):
+            lines.append(f"{'  - ' if number == 0 else '    '}{key}: {json.dumps(str(value))}")
+    return write_text(listing, "\n".join(lines) + "\n")

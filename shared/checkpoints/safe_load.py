@@ -57,6 +57,9 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "no such file")
+    from shared.checkpoints.large_files import check_shipped_file  # imports this module
+
+    check_shipped_file(path)  # a bundle's shipped weights must match their listed sha256
     try:
         with torch.serialization.safe_globals(list(PLAIN_CONTAINERS)):
             return torch.load(path, map_location="cpu", weights_only=True)
