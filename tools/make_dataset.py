@@ -1,6 +1,7 @@
 """Generate an embedded synthetic detection data set (see docs/data.md).
 
     python -m tools.make_dataset lung_ct --out data/lung_ct --preset quick --seed 0
+    python -m tools.make_dataset lung_nodules --out data/lung_nodules --workers 2
     python -m tools.make_dataset brain_mri --out data/brain_mri --num_training 8 --shape "[48,48,32]"
 """
 
@@ -17,7 +18,7 @@ def main(task: str, out: str, preset: str = "quick", seed: int = 0, num_training
     """Write ``OUT/datalist.json``, ``imagesTr``, ``labelsTr``, ``imagesUnlabelled`` and ``previews``.
 
     Args:
-        task: lung_ct or brain_mri.
+        task: lung_ct (benign / malignant nodules), lung_nodules (the same scans, one class) or brain_mri.
         out: output folder.
         preset: quick (small volumes; lung_ct 96/6/10, brain_mri 24/6/10, + 16 unlabelled) or full (realistic scan sizes).
         seed: same seed, same bytes.

@@ -19,13 +19,13 @@ from tqdm import tqdm
 from shared.boxes.convention import boxes_from_instance_mask, boxes_voxel_to_world
 from shared.data.synthetic.brain_mri import BRAIN_MRI
 from shared.data.synthetic.case import Case, TaskSpec
-from shared.data.synthetic.lung_ct import LUNG_CT
+from shared.data.synthetic.lung_ct import LUNG_CT, LUNG_NODULES
 from shared.data.synthetic.previews import save_case_preview, save_mosaic, thumbnail
 from shared.io.datalist import write_datalist
 from shared.io.errors import InputError
 from shared.io.images import save_nifti
 
-TASKS: dict[str, TaskSpec] = {LUNG_CT.name: LUNG_CT, BRAIN_MRI.name: BRAIN_MRI}
+TASKS: dict[str, TaskSpec] = {spec.name: spec for spec in (LUNG_CT, LUNG_NODULES, BRAIN_MRI)}
 SPLITS = ("training", "validation", "test", "unlabelled")
 _CODES = {"training": "tr", "validation": "va", "test": "ts", "unlabelled": "un"}
 

@@ -12,6 +12,8 @@ The ``quick`` grid is a chest *section* (96 x 96 x 56 at 1.4 x 1.4 x 2.5 mm, cen
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 from scipy import ndimage
 
@@ -159,3 +161,14 @@ def _scanner(rng: np.random.Generator, hu: np.ndarray, grid: Grid) -> np.ndarray
 LUNG_CT = TaskSpec(name="lung_ct", classes=CLASSES, channels=("CT",), modality="CT", grids=GRIDS,
                    counts=COUNTS, generate=generate_lung_case, credits=CREDIT,
                    label_sets={"lung": ("lungs", "vessels", "nodules"), "chest": ("heart and great vessels", "bone")})
+
+
+def generate_nodule_case(rng: np.random.Generator, shape, spacing, preset: str = "quick", empty: bool = False) -> Case:
+    """The ``lung_ct`` case of the same generator, every nodule in one class (LUNA16's nodule detection)."""
+    case = generate_lung_case(rng, shape, spacing, preset, empty)
+    case.labels = [0] * len(case.labels)
+    return case
+
+
+#: the same scans as ``lung_ct`` (same seeds, same case indices), one class: nodule vs background
+LUNG_NODULES = replace(LUNG_CT, name="lung_nodules", classes=("nodule",), generate=generate_nodule_case)

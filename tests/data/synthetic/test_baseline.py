@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 
@@ -18,7 +19,7 @@ def test_baseline_writes_valid_predictions(tiny_lung, tmp_path):
         boxes = np.asarray(prediction["box"]).reshape(-1, 6)
         scores = np.asarray(prediction["label_scores"])
         assert len(boxes) == len(scores) == len(prediction["label"]) <= 100
-        assert (boxes[:, 3:] > 0).all() and np.all(np.diff(scores) <= 0)
+        assert (boxes[:, 3:] > 0).all() and np.all(np.diff(scores) <= 0) and ((scores > 0) & (scores < 1)).all()
         assert set(prediction["label"]) <= {0, 1}
     assert 0.0 <= ap <= 1.0
 
@@ -56,3 +57,14 @@ def test_average_precision_ignores_a_class_without_ground_truth():
     found[1]["label_scores"] = [0.95]
     found[0]["box"][1], found[0]["label"][1], found[0]["label_scores"][1] = [30, 30, 30, 4, 4, 4], 1, 0.99
     assert abs(average_precision_at(found, truths, 2) - 2 / 3) < 1e-6
+
+
+def test_baseline_labels_every_blob_a_nodule_when_the_task_has_one_class(tmp_path):
+    from tools.baseline import predict
+    from tools.make_dataset import main as make_dataset_cli
+
+    datalist = make_dataset_cli("lung_nodules", str(tmp_path / "data"), num_training=1, num_validation=1, num_test=2,
+                                num_unlabelled=0, shape=(40, 40, 24), previews=False)
+    predictions = predict(datalist, "test")
+    assert [p["image"] for p in predictions] == [e["image"] for e in json.loads(Path(datalist).read_text())["test"]]
+    assert {label for p in predictions for label in p["label"]} == {0}

@@ -116,3 +116,11 @@ def test_every_preset_has_a_count_per_split():
     for spec in TASKS.values():
         assert spec.counts.keys() == spec.grids.keys(), spec.name
         assert all(len(counts) == len(SPLITS) for counts in spec.counts.values()), spec.name
+
+
+def test_lung_nodules_is_lung_ct_with_every_nodule_in_one_class():
+    for split, index in (("training", 0), ("test", 1)):
+        scans, nodules = (make_case(task, split, index, shape=(40, 40, 24)) for task in ("lung_ct", "lung_nodules"))
+        assert np.array_equal(scans.image, nodules.image) and np.array_equal(scans.instances, nodules.instances)
+        assert nodules.labels == [0] * len(scans.labels) and len(scans.labels) > 0
+    assert TASKS["lung_nodules"].classes == ("nodule",)
