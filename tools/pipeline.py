@@ -1,8 +1,14 @@
-"""The main job: embedded data → MAE pre-training → fine-tuning (pre-trained and from scratch, same seed
-and budget) → inference and evaluation on the test split → a report comparing the two.
+"""The main job: embedded data → classical baseline → fine-tuning from a pre-trained encoder and from
+scratch (same seed and budget) → inference and evaluation on the test split → a report comparing them.
 
     python -m tools.pipeline --out runs/quickstart
+    python -m tools.pipeline --out runs/quickstart --encoder pretrain      # pre-train a new MAE encoder first
     python -m tools.pipeline --out runs/quickstart --stages "[finetune,evaluate,report]" --force True
+
+By default the pre-trained side is the encoder the MAE bundle ships (pre-trained for far longer than this
+job could, on the same kind of scans; its bundle docs give the command); ``--encoder pretrain`` trains a
+new one in the ``pretrain`` stage, ``--encoder path/to/encoder.json`` takes any other (e.g. one made by
+``tools.import_encoder``).
 
 Each stage runs the project's bundles the way a user would (``python -m monai.bundle run ...`` in a
 subprocess), shows its progress, writes under ``--out`` and marks itself done in
@@ -30,42 +36,50 @@ from shared.io.atomic import write_json
 from shared.io.errors import InputError
 from tools._cli import check_writable_folder, run_cli
 
-STAGES = ("data", "pretrain", "finetune", "evaluate", "report")
+STAGES = ("data", "baseline", "pretrain", "finetune", "evaluate", "report")
 PRETRAIN_BUNDLE = "resenc_mae_pretrain"
 DETECTOR_BUNDLE = "resenc_retina_unet_detection"
-VARIANTS = ("scratch", "mae")
+VARIANTS = ("scratch", "pretrained")
 BUNDLES = Path(__file__).resolve().parents[1] / "bundles"
+#: ``--encoder`` value that pre-trains a new encoder in the ``pretrain`` stage
+PRETRAIN = "pretrain"
 
 logger = logging.getLogger("pipeline")
 
 #: stages that write one folder of --out and are forced into a fresh one, swapped in when complete
 STAGE_FOLDERS = {"pretrain": "pretrain", "finetune": "finetune"}
 
-#: the quick profiles shrunk further so the whole job fits in about 15 minutes on 2 CPU cores; a real
-#: comparison needs the bundles' own quick (or paper) settings: pass overrides to get them
+#: the quick profiles shrunk further so the whole job fits in 15 minutes on 2 CPU cores (pip included);
+#: the bundles' own quick (or paper) settings are overrides away
 PRETRAIN_PROFILE = {"patch_size": [48, 48, 48], "iterations_per_epoch": 20, "epochs": 3}
 FINETUNE_PROFILE = {"patch_size": [48, 48, 48], "iterations_per_epoch": 40, "epochs": 3, "validate_every": 3}
-#: per embedded task: bundle overrides its scans need (channels, classes, spacing) for (pre-training, fine-tuning)
+#: per embedded task: bundle overrides its scans need (channels, classes, spacing) for (pre-training,
+#: fine-tuning), the encoder a bundle ships for it (None: pre-trained in the pipeline), and whether the
+#: classical LoG baseline applies (lung CT)
 TASKS = {
-    "lung_ct": ({}, {}),
+    "lung_nodules": ({}, {"num_classes": 1}, "resenc_mae_pretrain/models/encoder.json", True),
+    "lung_ct": ({}, {}, "resenc_mae_pretrain/models/encoder.json", True),
     "brain_mri": ({"in_channels": 2, "spacing": [2.0, 2.0, 2.0]},
-                  {"in_channels": 2, "num_classes": 1, "spacing": [2.0, 2.0, 2.0]}),
+                  {"in_channels": 2, "num_classes": 1, "spacing": [2.0, 2.0, 2.0]}, None, False),
 }
 
 
 def main(out: str = "runs/quickstart", stages: Sequence[str] = STAGES, force: bool = False, seed: int = 0,
-         task: str = "lung_ct",
+         task: str = "lung_nodules", encoder: str | None = None,
          num_training: int | None = None, pretrain_overrides: dict | None = None,
          finetune_overrides: dict | None = None, bootstrap: int = 1000, data_overrides: dict | None = None) -> None:
     """Run the pipeline's stages in order and print where the report is.
 
     Args:
         out: output folder; every stage writes below it.
-        stages: which stages to run (default all): data, pretrain, finetune, evaluate, report.
+        stages: which stages to run (default all): data, baseline, pretrain, finetune, evaluate, report.
         force: run the stages again from nothing, even those done (training stages replace their old
             outputs only once the new ones are complete).
         seed: data, pre-training and fine-tuning seed (the two fine-tunings share it).
-        task: embedded data set, ``lung_ct`` (default) or ``brain_mri`` (two MRI channels, one class).
+        task: embedded data set: ``lung_nodules`` (default; chest CT, nodule vs background, LUNA16's
+            task), ``lung_ct`` (the same scans, benign vs malignant) or ``brain_mri`` (two MRI channels).
+        encoder: the pre-trained encoder's ``encoder.json``; default: the one shipped for the task (the
+            MAE bundle's, for the lung tasks), ``pretrain`` to pre-train a new one in the pretrain stage.
         num_training: labelled training scans (default: the quick preset's); the label budget.
         pretrain_overrides, finetune_overrides: bundle overrides on top of :data:`PRETRAIN_PROFILE` and
             :data:`FINETUNE_PROFILE`, e.g. "{'epochs': 10}".
@@ -81,13 +95,15 @@ def main(out: str = "runs/quickstart", stages: Sequence[str] = STAGES, force: bo
         raise InputError(None, f"unknown task {task!r}; tasks are {list(TASKS)}")
     root = check_writable_folder(Path(out).resolve(), what="--out")
     _recover_stage_folders(root)
-    pretrain_task, finetune_task = TASKS[task]
-    settings = dict(seed=seed, task=task, num_training=num_training, bootstrap=bootstrap,
+    pretrain_task, finetune_task, shipped, has_baseline = TASKS[task]
+    encoder = _encoder(encoder, shipped, root, task, check="finetune" in stages)
+    settings = dict(seed=seed, task=task, encoder=encoder, num_training=num_training, bootstrap=bootstrap,
                     data_overrides=data_overrides or {},
                     pretrain_overrides={**PRETRAIN_PROFILE, **pretrain_task, **(pretrain_overrides or {})},
                     finetune_overrides={**FINETUNE_PROFILE, **finetune_task, **(finetune_overrides or {})})
+    skipped = {"pretrain": encoder != str(root / "pretrain" / "encoder.json"), "baseline": not has_baseline}
     for stage in STAGES:
-        if stage not in stages:
+        if stage not in stages or skipped.get(stage):
             continue
         marker = root / "stages" / f"{stage}.json"
         if marker.exists() and not force:
@@ -101,6 +117,20 @@ def main(out: str = "runs/quickstart", stages: Sequence[str] = STAGES, force: bo
         logger.info("stage %s: done in %.0f s", stage, time.perf_counter() - start)
     report = root / "report" / "report.md"
     print(f"\nreport: {report}" if report.exists() else f"\noutputs: {root}")
+
+
+def _encoder(encoder: str | None, shipped: str | None, root: Path, task: str, check: bool) -> str:
+    """The encoder.json the pre-trained variant starts from (see :func:`main`'s ``encoder``); ``check``:
+    refuse a missing one now rather than after the stages before fine-tuning."""
+    if encoder == PRETRAIN or (encoder is None and shipped is None):
+        return str(root / "pretrain" / "encoder.json")
+    path = Path(encoder) if encoder is not None else BUNDLES / shipped
+    if check and not path.is_file():
+        hint = ("the bundle ships it: is the clone complete?" if encoder is None
+                else "give an encoder.json (an export or a tools.import_encoder output), or --encoder pretrain")
+        raise InputError(path, f"no such encoder manifest for task {task}; {hint}")
+    logger.info("pre-trained variant: fine-tuned from %s", path)
+    return str(path.resolve())
 
 
 def _mark_not_done(root: Path, stages: Sequence[str]) -> None:
@@ -151,13 +181,31 @@ def _recover_stage_folders(root: Path) -> None:
         shutil.rmtree(root / f".{name}.fresh", ignore_errors=True)
 
 
-def make_data(root: Path, *, seed: int, task: str, num_training: int | None, data_overrides: dict, **_) -> None:
+def make_data(root: Path, *, seed: int, task: str, encoder: str, num_training: int | None, data_overrides: dict,
+              **_) -> None:
     from shared.data.synthetic import make_dataset
 
-    settings = {"preset": "quick", "seed": seed, **data_overrides}
+    settings = {"preset": "quick", "seed": seed, "workers": min(2, os.cpu_count() or 1), **data_overrides}
+    counts = dict(settings.get("counts", {}))
     if num_training is not None:
-        settings["counts"] = {**settings.get("counts", {}), "training": int(num_training)}
-    make_dataset(task, root / "data", **settings)
+        counts["training"] = int(num_training)
+    if encoder != str(root / "pretrain" / "encoder.json"):
+        counts.setdefault("unlabelled", 0)  # no pre-training here: the unlabelled scans would go unread
+    make_dataset(task, root / "data", **{**settings, "counts": counts})
+
+
+def baseline(root: Path, *, bootstrap: int, **_) -> None:
+    """The classical LoG blob detector on the test split, evaluated like the models (``baseline/``)."""
+    from shared.metrics.evaluation import evaluate_detections
+    from tools.baseline import predict
+
+    datalist = root / "data" / "datalist.json"
+    predictions = root / "baseline" / "predictions.json"
+    write_json(predictions, predict(datalist, "test"))
+    shutil.rmtree(root / "baseline" / "evaluation", ignore_errors=True)
+    evaluate_detections(predictions, datalist, root / "baseline" / "evaluation", split="test",
+                        class_names=json.loads(datalist.read_text()).get("classes"), bootstrap=bootstrap,
+                        data_root=datalist.parent)
 
 
 def pretrain(root: Path, *, seed: int, pretrain_overrides: dict, out_dir: Path | None = None, **_) -> None:
@@ -165,12 +213,12 @@ def pretrain(root: Path, *, seed: int, pretrain_overrides: dict, out_dir: Path |
                output_dir=out_dir or root / "pretrain", seed=seed, **pretrain_overrides)
 
 
-def finetune(root: Path, *, seed: int, finetune_overrides: dict, out_dir: Path | None = None, **_) -> None:
+def finetune(root: Path, *, seed: int, encoder: str, finetune_overrides: dict, out_dir: Path | None = None,
+             **_) -> None:
     for variant in VARIANTS:
-        encoder = str(root / "pretrain" / "encoder.json") if variant == "mae" else None
         run_bundle(DETECTOR_BUNDLE, ["train.json", "quick.json"], dataset_dir=root / "data",
-                   output_dir=(out_dir or root / "finetune") / variant, pretrained_encoder=encoder, seed=seed,
-                   **finetune_overrides)
+                   output_dir=(out_dir or root / "finetune") / variant,
+                   pretrained_encoder=encoder if variant == "pretrained" else None, seed=seed, **finetune_overrides)
 
 
 def evaluate(root: Path, *, finetune_overrides: dict, bootstrap: int, **_) -> None:
@@ -179,32 +227,90 @@ def evaluate(root: Path, *, finetune_overrides: dict, bootstrap: int, **_) -> No
                    output_dir=root / "finetune" / variant, bootstrap=bootstrap, **finetune_overrides)
 
 
-def report(root: Path, *, bootstrap: int, task: str = "lung_ct", **_) -> None:
+def report(root: Path, *, bootstrap: int, task: str = "lung_nodules", encoder: str | None = None,
+           finetune_overrides: dict | None = None, **_) -> None:
     from shared.metrics.evaluation import compare_runs
 
-    runs = [root / "finetune" / variant / "evaluation" for variant in VARIANTS]
-    compare_runs([str(run) for run in runs], str(root / "report" / "ranking"), names=list(VARIANTS), draws=bootstrap)
-    metrics = {variant: json.loads((run / "metrics.json").read_text()) for variant, run in zip(VARIANTS, runs)}
-    write_report(root, metrics, task)
+    runs = {variant: root / "finetune" / variant / "evaluation" for variant in VARIANTS}
+    if (root / "baseline" / "evaluation" / "metrics.json").exists():
+        runs["LoG baseline"] = root / "baseline" / "evaluation"
+    compare_runs([str(run) for run in runs.values()], str(root / "report" / "ranking"), names=list(runs),
+                 draws=bootstrap)
+    metrics = {name: json.loads((run / "metrics.json").read_text()) for name, run in runs.items()}
+    write_report(root, metrics, task, encoder=encoder, budget=_budget(finetune_overrides or {}))
 
 
-def write_report(root: Path, metrics: dict[str, dict], task: str = "lung_ct") -> None:
-    """The pipeline's summary: one row per variant with bootstrap intervals, links to the plots."""
+def _budget(overrides: dict) -> dict:
+    """The fine-tuning budget the quick configuration gets with the pipeline's overrides."""
+    quick = json.loads((BUNDLES / DETECTOR_BUNDLE / "configs" / "quick.json").read_text())
+    merged = {**quick, **overrides}
+    return {"iterations": merged["iterations_per_epoch"] * merged["epochs"],
+            "frozen encoder iterations (pretrained)": merged["iterations_per_epoch"] * merged.get("freeze_epochs", 0),
+            "patch": merged["patch_size"], "batch": merged["batch_size"], "encoder": merged["encoder"]}
+
+
+#: a model "has learned" at this multiple of the classical baseline's AP@0.1 on the same test scans
+LEARNED_FACTOR = 2.0
+KEYS = ("AP_IoU_0.10_MaxDet_100", "mAP_IoU_0.10_0.50_0.05_MaxDet_100", "FROC_score_IoU_0.10")
+
+
+def write_report(root: Path, metrics: dict[str, dict], task: str = "lung_nodules", *, encoder: str | None = None,
+                 budget: dict | None = None) -> None:
+    """The pipeline's summary: one row per model with bootstrap intervals, the baseline check, what
+    the comparison can show, links to the plots."""
     from shared.io.atomic import write_text
 
-    keys = ("AP_IoU_0.10_MaxDet_100", "mAP_IoU_0.10_0.50_0.05_MaxDet_100", "FROC_score_IoU_0.10")
-    lines = [f"# Pre-trained (MAE) vs from scratch: ResEnc Retina U-Net on the embedded {task} data", "",
-             "| model | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
-    for variant, values in metrics.items():
-        cells = [_with_interval(values, key) for key in keys]
-        lines.append(f"| {variant} | " + " | ".join(cells) + " |")
-    lines += ["", "Intervals: 95% bootstrap over test images.", "",
-              (root / "report" / "ranking" / "report.md").read_text().replace("# ", "## ", 1), "", "## Plots", ""]
-    for variant in metrics:
-        plots = sorted(path.name for path in (root / "finetune" / variant / "evaluation").glob("*.png"))
-        lines.append(f"- {variant}: " + ", ".join(f"`finetune/{variant}/evaluation/{name}`" for name in plots))
+    lines = [f"# Pre-trained vs from scratch: ResEnc Retina U-Net on the embedded {task} data", "",
+             "| model | " + " | ".join(KEYS) + " |", "|---" * (len(KEYS) + 1) + "|"]
+    for name, values in metrics.items():
+        lines.append(f"| {name} | " + " | ".join(_with_interval(values, key) for key in KEYS) + " |")
+    lines += ["", "Values in [0, 1]; brackets: 95% bootstrap interval over the test scans "
+              f"({_count(metrics, 'images')} scans, {_count(metrics, 'ground_truth')} objects).", ""]
+    lines += _learned_lines(metrics) + [""] + _setting_lines(encoder, budget)
+    lines += ["", (root / "report" / "ranking" / "report.md").read_text().replace("# ", "## ", 1), "", "## Plots", ""]
+    for name in metrics:
+        folder = (root / "finetune" / name) if name in VARIANTS else (root / "baseline")
+        plots = sorted(path.name for path in (folder / "evaluation").glob("*.png"))
+        lines.append(f"- {name}: " + ", ".join(f"`{(folder / 'evaluation' / plot).relative_to(root)}`" for plot in plots))
     lines.append("- rank histograms: `report/ranking/rank_histograms.png`")
     write_text(root / "report" / "report.md", "\n".join(lines) + "\n")
+
+
+def _count(metrics: dict[str, dict], what: str) -> str:
+    values = {values.get(f"count/{what}") for values in metrics.values()} - {None}
+    return str(values.pop()) if len(values) == 1 else "?"
+
+
+def _learned_lines(metrics: dict[str, dict]) -> list[str]:
+    """Whether every model reached :data:`LEARNED_FACTOR` times the baseline's AP@0.1."""
+    base = metrics.get("LoG baseline", {}).get(KEYS[0])
+    if base is None:
+        return ["No classical baseline for this task: the table alone says how far the models got."]
+    bar = LEARNED_FACTOR * base
+    verdicts = [f"{name} {values[KEYS[0]]:.3f} {'≥' if values[KEYS[0]] >= bar else '<'} {bar:.3f}"
+                for name, values in metrics.items() if name in VARIANTS]
+    learned = all(values[KEYS[0]] >= bar for name, values in metrics.items() if name in VARIANTS)
+    head = ("Both models learned" if learned else "**Not every model learned**")
+    return [f"{head}: AP@0.1 against {LEARNED_FACTOR:g}× the classical baseline's {base:.3f} on the same "
+            f"scans ({'; '.join(verdicts)})."]
+
+
+def _setting_lines(encoder: str | None, budget: dict | None) -> list[str]:
+    lines = ["## What was compared", ""]
+    if budget:
+        lines.append(f"Both fine-tunings: {budget['iterations']} iterations, patch {budget['patch']}, batch "
+                     f"{budget['batch']}, encoder {budget['encoder']}, same seed; the pre-trained one first "
+                     f"trains {budget['frozen encoder iterations (pretrained)']} more with its encoder frozen "
+                     "(the paper's warm-up).")
+    if encoder and Path(encoder).is_file():
+        manifest = json.loads(Path(encoder).read_text())
+        lines.append(f"Pre-trained encoder: `{encoder}` (method {manifest.get('method')}, "
+                     f"{json.dumps(manifest.get('method_settings', {}))}, data {json.dumps(manifest.get('data', {}))}).")
+    lines += ["", "What this can show: whether each model detects the nodules far better than a blob filter, and "
+              "how far apart the two are relative to the bootstrap intervals over this small test split. What "
+              "it cannot: a difference inside the intervals, from one seed, is not evidence that pre-training "
+              "helps or hurts; the lung comparison over several seeds is in docs/pretraining_results.md."]
+    return lines
 
 
 def _with_interval(values: dict, key: str) -> str:
@@ -238,8 +344,8 @@ def _cli_value(value) -> str:
     return str(value)
 
 
-STAGE_FUNCTIONS = {"data": make_data, "pretrain": pretrain, "finetune": finetune, "evaluate": evaluate,
-                   "report": report}
+STAGE_FUNCTIONS = {"data": make_data, "baseline": baseline, "pretrain": pretrain, "finetune": finetune,
+                   "evaluate": evaluate, "report": report}
 
 if __name__ == "__main__":
     run_cli(main)

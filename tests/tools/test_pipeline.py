@@ -1,5 +1,5 @@
 """The main job end to end at smoke-test size: every stage runs, marks itself done, and the report
-compares the two fine-tuned models."""
+compares the two fine-tuned models with the classical baseline."""
 
 import json
 
@@ -17,14 +17,15 @@ TINY_FINETUNE = {"encoder": TINY_ENCODER, "decoder_channels": 16, "detection_str
 
 def test_pipeline_runs_every_stage_and_writes_the_report(tmp_path, capsys):
     out = tmp_path / "run"
-    main(str(out), data_overrides=TINY_DATA, pretrain_overrides=TINY_PRETRAIN, finetune_overrides=TINY_FINETUNE,
-         bootstrap=20)
+    main(str(out), encoder="pretrain", data_overrides=TINY_DATA, pretrain_overrides=TINY_PRETRAIN,
+         finetune_overrides=TINY_FINETUNE, bootstrap=20)
     assert f"report: {out / 'report' / 'report.md'}" in capsys.readouterr().out
     assert all((out / "stages" / f"{stage}.json").exists() for stage in STAGES)
     assert (out / "pretrain" / "encoder.pt").exists()
     report = (out / "report" / "report.md").read_text()
-    assert "| scratch |" in report and "| mae |" in report and "mean rank" in report
-    for variant in ("scratch", "mae"):
+    assert all(f"| {name} |" in report for name in ("scratch", "pretrained", "LoG baseline")) and "mean rank" in report
+    assert "classical baseline" in report and "Both fine-tunings: 2 iterations" in report
+    for variant in ("scratch", "pretrained"):
         metrics = json.loads((out / "finetune" / variant / "evaluation" / "metrics.json").read_text())
         assert "AP_IoU_0.10_MaxDet_100" in metrics
 
@@ -70,10 +71,10 @@ def test_force_trains_a_stage_from_nothing_and_replaces_its_outputs_once_complet
     out = tmp_path / "run"
     calls = []
     monkeypatch.setattr(pipeline, "run_bundle", fake_training(calls))
-    main(str(out), stages=["finetune"])
-    (out / "finetune" / "mae" / "checkpoints").mkdir()
-    (out / "finetune" / "mae" / "checkpoints" / "last_checkpoint_6.pt").write_text("a finished run's")
-    old_models = {variant: (out / "finetune" / variant / "model.pt").read_text() for variant in ("scratch", "mae")}
+    main(str(out), stages=["finetune"], encoder="pretrain")
+    (out / "finetune" / "pretrained" / "checkpoints").mkdir()
+    (out / "finetune" / "pretrained" / "checkpoints" / "last_checkpoint_6.pt").write_text("a finished run's")
+    old_models = {variant: (out / "finetune" / variant / "model.pt").read_text() for variant in ("scratch", "pretrained")}
 
     calls.clear()
 
@@ -83,11 +84,11 @@ def test_force_trains_a_stage_from_nothing_and_replaces_its_outputs_once_complet
 
     fake = fake_training(calls)
     monkeypatch.setattr(pipeline, "run_bundle", check_old_outputs_stay)
-    main(str(out), stages=["finetune"], force=True)
+    main(str(out), stages=["finetune"], force=True, encoder="pretrain")
     assert [(output.parent.name, found) for output, found in calls] == [(".finetune.fresh", [])] * 2
     assert (out / "finetune" / "scratch" / "model.pt").read_text() == "call 1"
-    assert (out / "finetune" / "mae" / "model.pt").read_text() == "call 2"
-    assert not (out / "finetune" / "mae" / "checkpoints").exists()
+    assert (out / "finetune" / "pretrained" / "model.pt").read_text() == "call 2"
+    assert not (out / "finetune" / "pretrained" / "checkpoints").exists()
     assert sorted(path.name for path in out.iterdir()) == ["finetune", "stages"]
 
 
@@ -99,26 +100,26 @@ def test_a_forced_stage_that_fails_leaves_the_old_outputs(tmp_path, monkeypatch)
     out = tmp_path / "run"
     calls = []
     monkeypatch.setattr(pipeline, "run_bundle", fake_training(calls))
-    main(str(out), stages=["finetune"])
+    main(str(out), stages=["finetune"], encoder="pretrain")
     marker = (out / "stages" / "finetune.json").read_text()
-    monkeypatch.setattr(pipeline, "run_bundle", fake_training(calls, fail_on="mae"))
+    monkeypatch.setattr(pipeline, "run_bundle", fake_training(calls, fail_on="pretrained"))
     with pytest.raises(SystemExit):
-        main(str(out), stages=["finetune"], force=True)
+        main(str(out), stages=["finetune"], force=True, encoder="pretrain")
     assert (out / "finetune" / "scratch" / "model.pt").read_text() == "call 1"
-    assert (out / "finetune" / "mae" / "model.pt").read_text() == "call 2"
+    assert (out / "finetune" / "pretrained" / "model.pt").read_text() == "call 2"
     assert (out / "stages" / "finetune.json").read_text() == marker
 
-    main(str(out), stages=["finetune"])  # done before: skipped; the unfinished fresh folder is removed
+    main(str(out), stages=["finetune"], encoder="pretrain")  # done before: skipped; the unfinished fresh folder is removed
     assert len(calls) == 4 and sorted(path.name for path in out.iterdir()) == ["finetune", "stages"]
 
 
 def test_outputs_set_aside_by_a_killed_swap_are_put_back(tmp_path):
     out = tmp_path / "run"
-    (out / ".finetune.replaced" / "mae").mkdir(parents=True)
-    (out / ".finetune.replaced" / "mae" / "model.pt").write_text("old")
-    (out / ".finetune.fresh" / "mae").mkdir(parents=True)
+    (out / ".finetune.replaced" / "pretrained").mkdir(parents=True)
+    (out / ".finetune.replaced" / "pretrained" / "model.pt").write_text("old")
+    (out / ".finetune.fresh" / "pretrained").mkdir(parents=True)
     main(str(out), stages=[])
-    assert (out / "finetune" / "mae" / "model.pt").read_text() == "old"
+    assert (out / "finetune" / "pretrained" / "model.pt").read_text() == "old"
     assert sorted(path.name for path in out.iterdir()) == ["finetune"]
 
 
@@ -127,9 +128,50 @@ def test_a_stage_that_runs_again_takes_the_done_mark_off_the_later_stages(tmp_pa
 
     out = tmp_path / "run"
     monkeypatch.setattr(pipeline, "run_bundle", fake_training([]))
-    main(str(out), stages=["finetune"])
+    main(str(out), stages=["finetune"], encoder="pretrain")
     for later in ("evaluate", "report"):
         (out / "stages" / f"{later}.json").write_text("{}")
     (out / "stages" / "data.json").write_text("{}")
-    main(str(out), stages=["finetune"], force=True)
+    main(str(out), stages=["finetune"], force=True, encoder="pretrain")
     assert sorted(path.name for path in (out / "stages").iterdir()) == ["data.json", "finetune.json"]
+
+
+def test_the_pretrained_side_starts_from_the_shipped_given_or_pretrained_encoder(tmp_path, monkeypatch):
+    import pytest
+
+    import tools.pipeline as pipeline
+
+    calls = []
+    monkeypatch.setattr(pipeline, "run_bundle", lambda bundle, configs, **overrides: calls.append((bundle, overrides)))
+    manifest = tmp_path / "imported" / "encoder.json"
+    manifest.parent.mkdir()
+    manifest.write_text("{}")
+    main(str(tmp_path / "given"), stages=["pretrain", "finetune"], encoder=str(manifest))
+    assert [call[0] for call in calls] == [pipeline.DETECTOR_BUNDLE] * 2  # no pre-training
+    assert [call[1]["pretrained_encoder"] for call in calls] == [None, str(manifest.resolve())]
+    assert calls[0][1]["num_classes"] == 1  # lung_nodules: one class
+
+    calls.clear()
+    main(str(tmp_path / "new"), stages=["pretrain", "finetune"], encoder="pretrain")
+    assert [call[0] for call in calls] == [pipeline.PRETRAIN_BUNDLE] + [pipeline.DETECTOR_BUNDLE] * 2
+    assert calls[2][1]["pretrained_encoder"] == str(tmp_path / "new" / "pretrain" / "encoder.json")
+
+    with pytest.raises(InputError, match="no such encoder manifest"):
+        main(str(tmp_path / "missing"), stages=["finetune"], encoder=str(tmp_path / "nothing.json"))
+
+
+def test_the_report_says_whether_every_model_beat_twice_the_baseline(tmp_path):
+    from tools.pipeline import write_report
+
+    (tmp_path / "report" / "ranking").mkdir(parents=True)
+    (tmp_path / "report" / "ranking" / "report.md").write_text("# Ranking\n")
+
+    def metrics(ap):
+        return {"AP_IoU_0.10_MaxDet_100": ap, "AP_IoU_0.10_MaxDet_100_ci95": [ap / 2, ap], "count/images": 10,
+                "count/ground_truth": 18}
+
+    write_report(tmp_path, {"scratch": metrics(0.5), "pretrained": metrics(0.3), "LoG baseline": metrics(0.1)})
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "Both models learned" in report and "0.300 ≥ 0.200" in report and "(10 scans, 18 objects)" in report
+    write_report(tmp_path, {"scratch": metrics(0.5), "pretrained": metrics(0.15), "LoG baseline": metrics(0.1)})
+    assert "**Not every model learned**" in (tmp_path / "report" / "report.md").read_text()
