@@ -199,7 +199,8 @@ def prepare_detection_data(
         record["network"] = network
     record[IMAGE_PREPROCESSING] = image_preprocessing(preprocessing)
     # what the training scans looked like: inference warns on a scan far outside it (shared.inference.domain)
-    record["domain"] = fingerprint_datalist(datalist, [channel["modality"] for channel in plan["channels"]])
+    record["domain"] = fingerprint_datalist(datalist, [channel["modality"] for channel in plan["channels"]],
+                                            cache_dir=cache_dir)
     write_json(Path(output_dir) / MODEL_PLAN, record)
     return data
 

@@ -238,3 +238,26 @@ def test_scan_predictor_adds_the_warnings_to_its_entries(trained):
     unchecked = ScanPredictor([], trained["plan"], patch_size=[32, 32, 16])
     unchecked.predict_volume = predictor.predict_volume
     assert "warnings" not in unchecked.predict_scan(trained["scans"]["head"])
+
+
+def test_the_fingerprint_is_kept_in_the_cache_and_redone_when_the_datalist_changes(trained, tmp_path, monkeypatch):
+    import shared.inference.domain as domain
+
+    datalist = trained["root"] / "raw" / "datalist.json"
+    first = domain.fingerprint_datalist(datalist, ["CT"], cache_dir=tmp_path)
+    assert first == read_model_plan(trained["model"])["domain"]
+    assert json.loads((tmp_path / "domain.json").read_text())["fingerprint"] == first
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("read the scans again")
+
+    monkeypatch.setattr(domain, "fingerprint_training_scans", refuse)
+    assert domain.fingerprint_datalist(datalist, ["CT"], cache_dir=tmp_path) == first  # no scan read
+    content = json.loads(datalist.read_text())
+    content["training"] = content["training"][:2]
+    shorter = datalist.with_name("shorter.json")  # beside the scans: the datalist names them relative to it
+    shorter.write_text(json.dumps(content))
+    with pytest.raises(AssertionError, match="read the scans again"):
+        domain.fingerprint_datalist(shorter, ["CT"], cache_dir=tmp_path)
+    with pytest.raises(AssertionError, match="read the scans again"):
+        domain.fingerprint_datalist(datalist, ["CT"], cache_dir=tmp_path, max_scans=2)
