@@ -10,25 +10,19 @@ encoder, 2 levels, a 32-wide 1-layer transformer, 32³ patches, 2 iterations.
 from __future__ import annotations
 
 import json
-import os
-import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from shared.bundles import build_network
-from shared.checkpoints.manifest import export_encoder
 from shared.checkpoints.weights import load_weights
 from shared.data.cache import read_case
 from shared.data.synthetic.dataset import make_dataset
 from shared.detectors.deformable_detr import objects_per_patch, plan_queries
-from shared.networks.resenc_unet import ResEncUNet
+from tests.bundles._detector_bundles import fine_tune_from_exported_encoder
+from tests.bundles._pretraining import REPOSITORY, TINY, config_list, run_bundle
 
-REPOSITORY = Path(__file__).resolve().parents[2]
 PLAIN = REPOSITORY / "bundles" / "deformable_detr_detection" / "configs"
 RESENC = REPOSITORY / "bundles" / "resenc_deformable_detr_detection" / "configs"
 TRANSFORMER = {"num_levels": 2, "hidden_channels": 32, "num_heads": 2, "num_points": 1, "encoder_layers": 1,
@@ -40,18 +34,6 @@ TRAIN = ["--patch_size", "[32,32,32]", "--batch_size", "2", "--iterations_per_ep
 def _tiny(encoder_name: str) -> list[str]:
     sizes = {"encoder": {"name": encoder_name, "preset": "tiny"}, **TRANSFORMER}
     return [item for key, value in sizes.items() for item in (f"--{key}", json.dumps(value))]
-
-
-def _bundle(*arguments: str, cwd: Path) -> subprocess.CompletedProcess:
-    environment = {**os.environ, "PYTHONPATH": str(REPOSITORY), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-m", "monai.bundle", *arguments], cwd=cwd, env=environment,
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    return result
-
-
-def _configs(folder: Path, *names: str) -> str:
-    return "[" + ",".join(f"'{folder / name}'" for name in names) + "]"
 
 
 def _planned_network(out: Path):
@@ -67,8 +49,8 @@ def trained(tmp_path_factory) -> Path:
     counts = {"training": 3, "validation": 1, "test": 1, "unlabelled": 0}
     make_dataset("lung_ct", root / "data", counts=counts, shape=(40, 40, 24), previews=False, progress=False)
     (root / "elsewhere").mkdir()
-    _bundle("run", "--config_file", _configs(PLAIN, "train.json", "quick.json"), "--dataset_dir",
-            str(root / "data"), "--output_dir", str(root / "out"), *_tiny("plain"), *TRAIN, cwd=root / "elsewhere")
+    run_bundle("run", "--config_file", config_list(PLAIN, "train.json", "quick.json"), "--dataset_dir",
+               str(root / "data"), "--output_dir", str(root / "out"), *_tiny("plain"), *TRAIN, cwd=root / "elsewhere")
     return root
 
 
@@ -90,28 +72,28 @@ def test_training_plans_the_queries_and_records_the_network(trained):
 
 
 def test_training_resumes_from_its_checkpoint(trained):
-    result = _bundle("run", "--config_file", _configs(PLAIN, "train.json", "quick.json"), "--dataset_dir",
-                     str(trained / "data"), "--output_dir", str(trained / "out"), *_tiny("plain"), *TRAIN[:-4],
-                     "--epochs", "2", "--checkpoint_every", "2", cwd=trained)
+    result = run_bundle("run", "--config_file", config_list(PLAIN, "train.json", "quick.json"), "--dataset_dir",
+                        str(trained / "data"), "--output_dir", str(trained / "out"), *_tiny("plain"), *TRAIN[:-4],
+                        "--epochs", "2", "--checkpoint_every", "2", cwd=trained)
     assert "resuming from" in result.stdout + result.stderr
     assert (trained / "out" / "checkpoints" / "last_checkpoint_4.pt").is_file()
     _planned_network(trained / "out")
 
 
 def test_evaluate_and_inference_json_alone_use_the_trained_network(trained, tmp_path):
-    _bundle("run", "--config_file", _configs(PLAIN, "train.json", "quick.json", "evaluate.json"), "--dataset_dir",
-            str(trained / "data"), "--output_dir", str(trained / "out"), *_tiny("plain"), "--bootstrap", "10",
-            "--tile_score_threshold", "0.0", cwd=trained / "elsewhere")
+    run_bundle("run", "--config_file", config_list(PLAIN, "train.json", "quick.json", "evaluate.json"),
+               "--dataset_dir", str(trained / "data"), "--output_dir", str(trained / "out"), *_tiny("plain"),
+               "--bootstrap", "10", "--tile_score_threshold", "0.0", cwd=trained / "elsewhere")
     evaluation = trained / "out" / "evaluation"
     metrics = json.loads((evaluation / "metrics.json").read_text())
     evaluated = json.loads((evaluation / "predictions" / "predictions.json").read_text())
     assert metrics["count/images"] == 1 and metrics["count/predictions"] == len(evaluated[0]["box"]) > 0
     # the plain inference config, told only where the model is: the plan's network (a paper-size network
     # would not load the tiny weights), and the same boxes as the evaluation (same settings, no mirroring)
-    result = _bundle("run", "--config_file", str(PLAIN / "inference.json"), "--dataset_dir", str(trained / "data"),
-                     "--model_dir", str(trained / "out"), "--prediction_dir", str(tmp_path / "alone"),
-                     "--tile_score_threshold", "0.0", "--inference#mirror", "False", "--inference#batch_size", "2",
-                     cwd=tmp_path)
+    result = run_bundle("run", "--config_file", str(PLAIN / "inference.json"), "--dataset_dir", str(trained / "data"),
+                        "--model_dir", str(trained / "out"), "--prediction_dir", str(tmp_path / "alone"),
+                        "--tile_score_threshold", "0.0", "--inference#mirror", "False", "--inference#batch_size",
+                        "2", cwd=tmp_path)
     assert "num_queries as trained" in result.stdout + result.stderr
     alone = json.loads((tmp_path / "alone" / "predictions.json").read_text())
     assert len(alone) == 1
@@ -120,20 +102,8 @@ def test_evaluate_and_inference_json_alone_use_the_trained_network(trained, tmp_
 
 
 def test_resenc_bundle_fine_tunes_from_an_exported_encoder(trained, tmp_path):
-    torch.manual_seed(1)
-    pretrained = ResEncUNet(1, 1, encoder_spec={"name": "resenc", "preset": "tiny"})
-    manifest = export_encoder(pretrained, tmp_path / "encoder", architecture={"name": "resenc", "preset": "tiny"},
-                              in_channels=1, modality="CT", spacing=[1.5, 1.5, 1.5], normalization="ct",
-                              method="mae")
-    result = _bundle("run", "--config_file", _configs(RESENC, "train.json", "quick.json"), "--dataset_dir",
-                     str(trained / "data"), "--output_dir", str(tmp_path / "out"), *_tiny("resenc"), *TRAIN,
-                     "--cache_dir", str(trained / "out" / "cache"), "--pretrained_encoder", str(manifest),
-                     cwd=tmp_path)
-    output = result.stdout + result.stderr
-    found = re.search(r"transferred (\d+) tensors from (\S+) \(mode encoder, stem random\); (\d+) skipped", output)
-    assert found and found.group(2) == str(manifest), output[-3000:]
-    assert int(found.group(1)) + int(found.group(3)) == len(pretrained.encoder.state_dict())
+    fine_tune_from_exported_encoder(RESENC, trained, tmp_path, *_tiny("resenc"), *TRAIN)
     # the warm-up phase (freeze_epochs 1 of quick.json: 2 iterations with the encoder frozen) then 2 more
     assert (tmp_path / "out" / "checkpoints" / "last_checkpoint_4.pt").is_file()
     network = _planned_network(tmp_path / "out")
-    assert network.network_spec["arguments"]["encoder"] == {"name": "resenc", "preset": "tiny"}
+    assert network.network_spec["arguments"]["encoder"] == TINY

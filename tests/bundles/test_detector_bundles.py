@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -22,14 +21,13 @@ import pytest
 import torch
 
 from shared.bundles import check_metadata
-from shared.checkpoints.manifest import export_encoder
 from shared.checkpoints.weights import load_weights
 from shared.data.synthetic.baseline import average_precision_at
 from shared.data.synthetic.dataset import make_dataset
 from shared.detectors.export import split_dense_output
 from shared.detectors.retina_unet import RetinaUNetDetector
 from shared.networks.retina_unet import RetinaUNetNetwork
-from shared.networks.resenc_unet import ResEncUNet
+from tests.bundles._detector_bundles import fine_tune_from_exported_encoder
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 PLAIN = REPOSITORY / "bundles" / "retina_unet_detection" / "configs"
@@ -274,21 +272,8 @@ def test_resenc_bundle_metadata_and_network_in_out(tmp_path):
 
 
 def test_resenc_bundle_fine_tunes_from_an_exported_encoder(trained, tmp_path):
-    torch.manual_seed(1)
-    pretrained = ResEncUNet(1, 1, encoder_spec={"name": "resenc", "preset": "tiny"})
-    manifest = export_encoder(pretrained, tmp_path / "encoder", architecture={"name": "resenc", "preset": "tiny"},
-                              in_channels=1, modality="CT", spacing=[1.5, 1.5, 1.5], normalization="ct",
-                              method="mae")
-    result = _bundle("run", "--config_file", _configs(RESENC, "train.json", "quick.json"), "--dataset_dir",
-                     str(trained / "data"), "--output_dir", str(tmp_path / "out"), *_tiny("resenc"), *TRAIN,
-                     "--cache_dir", str(trained / "out" / "cache"), "--pretrained_encoder", str(manifest),
-                     cwd=tmp_path)
-    found = re.search(r"transferred (\d+) tensors from (\S+) \(mode encoder, stem random\); (\d+) skipped",
-                      result.stdout + result.stderr)
-    assert found and found.group(2) == str(manifest), (result.stdout + result.stderr)[-3000:]
-    # every encoder tensor is either transferred or, with the random stem strategy, a skipped stem tensor
-    assert int(found.group(1)) + int(found.group(3)) == len(pretrained.encoder.state_dict())
-    assert int(found.group(3)) > 0
+    skipped = fine_tune_from_exported_encoder(RESENC, trained, tmp_path, *_tiny("resenc"), *TRAIN)
+    assert skipped > 0
     load_weights(_network("resenc"), tmp_path / "out" / "model.pt")
 
 
