@@ -52,7 +52,7 @@ STAGE_FOLDERS = {"pretrain": "pretrain", "finetune": "finetune"}
 #: the quick profiles shrunk further so the whole job fits in 15 minutes on 2 CPU cores (pip included);
 #: the bundles' own quick (or paper) settings are overrides away
 PRETRAIN_PROFILE = {"patch_size": [48, 48, 48], "iterations_per_epoch": 20, "epochs": 3}
-FINETUNE_PROFILE = {"patch_size": [48, 48, 48], "iterations_per_epoch": 40, "epochs": 3, "validate_every": 3}
+FINETUNE_PROFILE = {"patch_size": [48, 48, 48], "iterations_per_epoch": 25, "epochs": 10, "validate_every": 10}
 #: per embedded task: bundle overrides its scans need (channels, classes, spacing) for (pre-training,
 #: fine-tuning), the encoder a bundle ships for it (None: pre-trained in the pipeline), and whether the
 #: classical LoG baseline applies (lung CT)
@@ -215,16 +215,18 @@ def pretrain(root: Path, *, seed: int, pretrain_overrides: dict, out_dir: Path |
 
 def finetune(root: Path, *, seed: int, encoder: str, finetune_overrides: dict, out_dir: Path | None = None,
              **_) -> None:
-    for variant in VARIANTS:
+    folder = out_dir or root / "finetune"
+    for variant in VARIANTS:  # one preprocessing cache for both: same scans, same preprocessing
         run_bundle(DETECTOR_BUNDLE, ["train.json", "quick.json"], dataset_dir=root / "data",
-                   output_dir=(out_dir or root / "finetune") / variant,
+                   output_dir=folder / variant, cache_dir=folder / "cache",
                    pretrained_encoder=encoder if variant == "pretrained" else None, seed=seed, **finetune_overrides)
 
 
 def evaluate(root: Path, *, finetune_overrides: dict, bootstrap: int, **_) -> None:
     for variant in VARIANTS:
         run_bundle(DETECTOR_BUNDLE, ["train.json", "evaluate.json", "quick.json"], dataset_dir=root / "data",
-                   output_dir=root / "finetune" / variant, bootstrap=bootstrap, **finetune_overrides)
+                   output_dir=root / "finetune" / variant, cache_dir=root / "finetune" / "cache", bootstrap=bootstrap,
+                   **finetune_overrides)
 
 
 def report(root: Path, *, bootstrap: int, task: str = "lung_nodules", encoder: str | None = None,
