@@ -58,6 +58,7 @@ class AnchorGenerator(nn.Module):
         self.axis_strides = level_strides(strides)  # (L, 3)
         self.strides = [compact(s) for s in self.axis_strides.astype(int).tolist()]
         self._cache: dict[tuple, list[Tensor]] = {}
+        self._joined: dict[tuple, Tensor] = {}
 
     @property
     def num_anchors(self) -> int:
@@ -86,6 +87,17 @@ class AnchorGenerator(nn.Module):
             self._cache[key] = [self._level_anchors(level, g, device, dtype) for level, g in enumerate(key[0])]
         return self._cache[key]
 
+    def all_anchors(self, grid_sizes: Sequence[Sequence[int]], device=None, dtype=torch.float32) -> Tensor:
+        """The anchors of every level in one (Σ_l X_l·Y_l·Z_l·A, 6) tensor, cached per feature-map shape.
+
+        The same tensor comes back for the same shapes, so the matcher can cache what it derives from it
+        (the anchors' centres) instead of concatenating ~400,000 anchors every training step.
+        """
+        key = (tuple(tuple(int(v) for v in g) for g in grid_sizes), str(device), dtype)
+        if key not in self._joined:
+            self._joined[key] = torch.cat(self.anchors_per_level(grid_sizes, device=device, dtype=dtype))
+        return self._joined[key]
+
     def _level_anchors(self, level: int, grid: Sequence[int], device, dtype) -> Tensor:
         axes = [(torch.arange(n, dtype=torch.float64) + 0.5) * float(s) for n, s in zip(grid, self.axis_strides[level])]
         centres = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, 1, 3)
@@ -111,3 +123,34 @@ def flatten_head_outputs(outputs: Sequence[Tensor], channels_per_anchor: int) ->
         out = out.reshape(batch, num_anchors, channels_per_anchor, -1)  # (B, A, C, XYZ)
         flat.append(out.permute(0, 3, 1, 2).reshape(batch, -1, channels_per_anchor))
     return torch.cat(flat, dim=1)
+
+
+def gather_head_outputs(outputs: Sequence[Tensor], channels_per_anchor: int, image: int, rows: Tensor) -> Tensor:
+    """Rows of one image of :func:`flatten_head_outputs`, read in place instead of flattening every anchor.
+
+    The regression loss needs the deltas of a few dozen positive anchors out of ~400,000; the values (and
+    the gradients flowing back) are those of ``flatten_head_outputs(outputs, C)[image, rows]``.
+
+    Args:
+        outputs: list over levels of (B, A·C, X_l, Y_l, Z_l) with channel ``a·C + c``.
+        channels_per_anchor: C.
+        image: index in the batch.
+        rows: (P,) int64 anchor indices in anchor order (level → x → y → z → anchor).
+
+    Returns:
+        (P, C), row ``i`` for anchor ``rows[i]``.
+    """
+    gathered, order, start = [], [], 0
+    for out in outputs:
+        num_anchors = out.shape[1] // channels_per_anchor
+        stop = start + num_anchors * out[0, 0].numel()
+        inside = torch.nonzero((rows >= start) & (rows < stop)).flatten()
+        local = rows[inside] - start
+        level = out[image].reshape(num_anchors, channels_per_anchor, -1)  # (A, C, XYZ), a view
+        gathered.append(level[local % num_anchors, :, local // num_anchors])  # (P_l, C)
+        order.append(inside)
+        start = stop
+    values, order = torch.cat(gathered), torch.cat(order)
+    if torch.equal(order, torch.arange(len(order), device=order.device)):  # rows sorted: already in place
+        return values
+    return values[torch.argsort(order)]

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from shared.detectors.anchors import AnchorGenerator, flatten_head_outputs
+from shared.detectors.anchors import AnchorGenerator, flatten_head_outputs, gather_head_outputs
 from shared.detectors.box_coder import BOX_DELTAS, BoxCoder
 from shared.detectors.export import DenseOutputNetwork, split_dense_output
 from shared.detectors.interface import Detector, ExportedOutput, OutputSpec
@@ -168,15 +168,16 @@ class RetinaUNetDetector(Detector):
         """
         # losses in float32 even when the network ran under autocast
         cls_logits = flatten_head_outputs(outputs["cls_logits"], self.num_classes).float()  # (B, M, K)
-        deltas = flatten_head_outputs(outputs["box_regression"], BOX_DELTAS).float()  # (B, M, 6)
         grids = [tuple(level.shape[2:]) for level in outputs["cls_logits"]]
-        anchors = torch.cat(self.anchor_generator.anchors_per_level(grids, device=cls_logits.device))
+        anchors = self.anchor_generator.all_anchors(grids, device=cls_logits.device)
         positions = [g[0] * g[1] * g[2] for g in grids]
         classes, positive_deltas, positive_anchors, positive_boxes = [], [], [], []
         for image, (boxes, labels) in enumerate(zip(targets["boxes"], targets["labels"])):
             image_classes, positive, matched_boxes = self._match_image(image, boxes, labels, anchors, positions)
             classes.append(image_classes)
-            positive_deltas.append(deltas[image][positive])
+            # the positives' deltas only: flattening all (B, M, 6) deltas cost more than the matching
+            rows = torch.nonzero(positive).flatten()
+            positive_deltas.append(gather_head_outputs(outputs["box_regression"], BOX_DELTAS, image, rows).float())
             positive_anchors.append(anchors[positive])
             positive_boxes.append(matched_boxes)
         losses = {"classification": self.classification_loss(cls_logits, torch.stack(classes))}

@@ -62,7 +62,9 @@ class FocalClassificationLoss:
         """
         valid = anchor_classes >= -1
         targets = one_hot_targets(anchor_classes, logits.shape[-1], logits.dtype)
-        loss = sigmoid_focal_loss(logits[valid], targets[valid], alpha=self.alpha, gamma=self.gamma).sum()
+        if not bool(valid.all()):  # ATSS ignores nothing: skip copying ~400,000 anchors' logits (and back)
+            logits, targets = logits[valid], targets[valid]
+        loss = sigmoid_focal_loss(logits, targets, alpha=self.alpha, gamma=self.gamma).sum()
         num_positive = (anchor_classes >= 0).sum().clamp(min=1)
         return loss / num_positive
 

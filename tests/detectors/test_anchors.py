@@ -85,3 +85,30 @@ def test_box_coder_round_trip_on_an_anisotropic_level():
     boxes = torch.cat([low, low + 1 + torch.rand(len(anchors), 3, generator=generator, dtype=torch.float64) * 6], 1)
     coder = BoxCoder()
     torch.testing.assert_close(coder.decode(coder.encode(boxes, anchors), anchors), boxes)
+
+
+def test_gather_head_outputs_reads_the_rows_of_the_flattened_outputs_with_their_gradients():
+    from shared.detectors.anchors import flatten_head_outputs, gather_head_outputs
+
+    generator = torch.Generator().manual_seed(0)
+    grids, num_anchors, channels = [(4, 3, 2), (2, 2, 1)], 5, 6
+    outputs = [torch.randn(2, num_anchors * channels, *g, generator=generator, requires_grad=True) for g in grids]
+    total = sum(g[0] * g[1] * g[2] for g in grids) * num_anchors
+    for rows in (torch.tensor([0, 7, 119, 120, 139]), torch.tensor([135, 3, 121, 60]), torch.zeros(0, dtype=torch.long)):
+        assert rows.numel() == 0 or rows.max() < total
+        expected = flatten_head_outputs(outputs, channels)[1, rows]
+        gathered = gather_head_outputs(outputs, channels, 1, rows)
+        assert torch.equal(gathered, expected)
+        weights = torch.randn(expected.shape, generator=generator)
+        expected_grads = torch.autograd.grad((expected * weights).sum(), outputs, allow_unused=True)
+        grads = torch.autograd.grad((gathered * weights).sum(), outputs, allow_unused=True)
+        for ours, reference in zip(grads, expected_grads):
+            assert (ours is None and reference is None) or torch.equal(ours, reference)
+
+
+def test_all_anchors_is_the_concatenation_and_is_cached():
+    generator = AnchorGenerator([[4.0, 6.0, 8.0]] * 3, [4, 8])
+    grids = [(4, 4, 4), (2, 2, 2)]
+    joined = generator.all_anchors(grids)
+    assert torch.equal(joined, torch.cat(generator.anchors_per_level(grids)))
+    assert generator.all_anchors(grids) is joined

@@ -123,3 +123,52 @@ def test_overfits_one_image_with_one_box(stand_in):
     best = detector.eval()(image)[0]
     assert len(best["boxes"]) >= 1
     assert box_iou(best["boxes"][:1], truth).item() > 0.5
+
+
+def _losses_as_before_the_speed_ups(detector, outputs, targets):
+    """The loss terms computed as the detector did before issue 19's speed-ups: MONAI's ATSS matcher over
+    freshly concatenated anchors, every anchor's deltas flattened, the focal loss on masked logits."""
+    from monai.apps.detection.utils.ATSS_matcher import ATSSMatcher as MonaiATSSMatcher
+
+    from shared.detectors.anchors import flatten_head_outputs
+    from shared.losses.classification import one_hot_targets, sigmoid_focal_loss
+
+    logits = flatten_head_outputs(outputs["cls_logits"], detector.num_classes)
+    deltas = flatten_head_outputs(outputs["box_regression"], 6)
+    grids = [tuple(level.shape[2:]) for level in outputs["cls_logits"]]
+    anchors = torch.cat(detector.anchor_generator.anchors_per_level(grids))
+    positions = [g[0] * g[1] * g[2] for g in grids]
+    matcher = MonaiATSSMatcher(num_candidates=4, center_in_gt=False)
+    classes, predicted, encoded = [], [], []
+    for image, (boxes, labels) in enumerate(zip(targets["boxes"], targets["labels"])):
+        matches = (matcher(boxes, anchors, positions, 27)[1] if len(boxes)
+                   else torch.full((len(anchors),), -1, dtype=torch.int64))
+        positive = matches >= 0
+        classes.append(torch.where(positive, labels[matches.clamp(min=0)], matches) if len(labels) else matches)
+        predicted.append(deltas[image][positive])
+        encoded.append(detector.box_coder.encode(boxes[matches[positive]], anchors[positive]))
+    classes = torch.stack(classes)
+    valid = classes >= -1
+    focal = sigmoid_focal_loss(logits[valid], one_hot_targets(classes, detector.num_classes, logits.dtype)[valid])
+    return {"classification": focal.sum() / (classes >= 0).sum().clamp(min=1),
+            "box_l1": torch.nn.functional.l1_loss(torch.cat(predicted), torch.cat(encoded), reduction="sum")
+            / max(len(torch.cat(predicted)), 1)}
+
+
+def test_losses_and_gradients_are_those_before_the_speed_ups(stand_in):
+    torch.manual_seed(0)
+    network = stand_in(num_classes=2, segmentation=False)
+    detector = RetinaUNetDetector(network, anchor_sizes=ANCHORS).train()
+    images = torch.randn(3, 1, 16, 16, 16)
+    targets = _targets([[[2, 3, 4, 8, 9, 9], [9.5, 1, 2, 15, 7.5, 6]], [], [[0, 0, 0, 5, 5, 5]]])
+    targets["labels"][0] = torch.tensor([1, 0])
+    for _ in range(2):  # the second step reuses the cached anchors and their centres
+        outputs = network(images)
+        losses = detector.compute_losses(outputs, targets, images.shape[2:])
+        expected = _losses_as_before_the_speed_ups(detector, outputs, targets)
+        for name in expected:
+            torch.testing.assert_close(losses[name], expected[name], rtol=1e-6, atol=0)
+        grads = torch.autograd.grad(losses["loss"], list(network.parameters()), retain_graph=True)
+        expected_grads = torch.autograd.grad(sum(expected.values()), list(network.parameters()))
+        for ours, reference in zip(grads, expected_grads):
+            torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-9)

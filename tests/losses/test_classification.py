@@ -68,3 +68,18 @@ def test_hard_negative_bce_on_an_empty_image_is_finite_and_differentiable():
     loss = HardNegativeBCELoss()(logits, torch.full((1, 10), -1))
     loss.backward()
     assert torch.isfinite(loss) and logits.grad.abs().sum() > 0
+
+
+def test_focal_classification_without_ignored_anchors_equals_the_masked_sum():
+    # the loss skips the boolean mask when nothing is ignored; the value and gradient stay those of the mask
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 500, 2, generator=generator, requires_grad=True)
+    classes = torch.randint(-1, 2, (2, 500), generator=generator)
+    loss = FocalClassificationLoss()(logits, classes)
+    valid = classes >= -1
+    targets = one_hot_targets(classes, 2, logits.dtype)
+    expected = sigmoid_focal_loss(logits[valid], targets[valid]).sum() / (classes >= 0).sum()
+    torch.testing.assert_close(loss, expected, rtol=1e-6, atol=0)
+    (grad,) = torch.autograd.grad(loss, logits)
+    (expected_grad,) = torch.autograd.grad(expected, logits)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-6, atol=1e-12)
