@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from monai.bundle import ConfigParser, ConfigWorkflow
@@ -21,7 +22,7 @@ from shared.encoders import build_encoder
 from shared.engines.finetune import load_pretrained_encoder
 from shared.io.multi_datalist import read_multi_datalist, tasks_of
 from shared.networks.retina_unet import RetinaUNetNetwork
-from shared.ssl.multitalent import DatasetSegmenter, MultiTalent
+from shared.ssl.multitalent import DatasetSegmenter, MultiTalent, class_dice
 from tests.bundles._pretraining import REPOSITORY, assert_same_weights, run_workflow
 
 BUNDLES = {"resenc_multitalent_pretrain": {"name": "resenc", "preset": "tiny"},
@@ -150,6 +151,12 @@ def test_inference_segments_a_scan_of_one_data_set_through_its_stem(trained, col
     with torch.no_grad():
         expected = model.network(images, ["brain_mri"] * 2)["seg_logits"][:, model.network.channel_slices["brain_mri"]]
         torch.testing.assert_close(segmenter(images), expected, rtol=0, atol=0)
+
+
+def test_the_written_dice_is_twice_the_overlap_over_the_sizes():
+    predicted, target = np.array([1, 1, 0, 0], bool), np.array([1, 0, 1, 1], bool)
+    assert class_dice(predicted, target) == pytest.approx(2 * 1 / 5)
+    assert class_dice(predicted, predicted) == 1.0 and class_dice(~predicted & predicted, target & False) is None
 
 
 @pytest.mark.parametrize("bundle", list(BUNDLES))
