@@ -53,7 +53,8 @@ def ship_weights(bundle_dir: str | os.PathLike, file: str | os.PathLike, *, as_n
         as_name: the path inside the bundle, ``models/<name>``; default ``models/<file's name>``.
         half: store float tensors in float16 (weight files only).
         url: where the file can be downloaded from; default its path in the repository
-            (``bundles/<bundle>/models/<name>``), since it is committed with the bundle.
+            (``bundles/<bundle>/models/<name>``), since it is committed with the bundle. For an
+            encoder manifest, its weight files are listed beside it (same URL folder).
 
     Returns:
         The shipped files, the named one last.
@@ -125,7 +126,8 @@ def _ship_encoder(bundle_dir: Path, manifest_file: Path, manifest: dict[str, Any
         if sha256_file(source) != entry.get("sha256"):
             raise InputError(source, f"does not match the sha256 that {manifest_file} records: refusing to ship it")
         weight_target = f"{MODELS_FOLDER}/{Path(entry['file']).name}"
-        shipped.append(_ship_file(bundle_dir, source, weight_target, half=half, url=None))
+        weight_url = None if url is None else f"{url.rsplit('/', 1)[0]}/{Path(entry['file']).name}"
+        shipped.append(_ship_file(bundle_dir, source, weight_target, half=half, url=weight_url))
         manifest[key] = {**entry, "file": Path(entry["file"]).name, "sha256": sha256_file(shipped[-1])}
         if half:
             manifest[key]["stored_as"] = "float16"
