@@ -52,7 +52,7 @@ STAGE_FOLDERS = {"pretrain": "pretrain", "finetune": "finetune"}
 #: the quick profiles shrunk further so the whole job fits in 15 minutes on 2 CPU cores (pip included);
 #: the bundles' own quick (or paper) settings are overrides away
 PRETRAIN_PROFILE = {"patch_size": [48, 48, 48], "iterations_per_epoch": 20, "epochs": 3}
-FINETUNE_PROFILE = {"patch_size": [48, 48, 48], "iterations_per_epoch": 25, "epochs": 10, "validate_every": 10}
+FINETUNE_PROFILE = {"patch_size": [48, 48, 48], "iterations_per_epoch": 25, "epochs": 7, "validate_every": 7}
 #: per embedded task: bundle overrides its scans need (channels, classes, spacing) for (pre-training,
 #: fine-tuning), the encoder a bundle ships for it (None: pre-trained in the pipeline), and whether the
 #: classical LoG baseline applies (lung CT)
@@ -301,17 +301,21 @@ def _setting_lines(encoder: str | None, budget: dict | None) -> list[str]:
     lines = ["## What was compared", ""]
     if budget:
         lines.append(f"Both fine-tunings: {budget['iterations']} iterations, patch {budget['patch']}, batch "
-                     f"{budget['batch']}, encoder {budget['encoder']}, same seed; the pre-trained one first "
+                     f"{budget['batch']}, encoder {json.dumps(budget['encoder'])}, same seed; the pre-trained one first "
                      f"trains {budget['frozen encoder iterations (pretrained)']} more with its encoder frozen "
                      "(the paper's warm-up).")
     if encoder and Path(encoder).is_file():
         manifest = json.loads(Path(encoder).read_text())
-        lines.append(f"Pre-trained encoder: `{encoder}` (method {manifest.get('method')}, "
-                     f"{json.dumps(manifest.get('method_settings', {}))}, data {json.dumps(manifest.get('data', {}))}).")
+        settings, data = manifest.get("method_settings", {}), manifest.get("data", {})
+        lines.append(f"Pre-trained encoder: `{encoder}`: {manifest.get('method')}, "
+                     f"{settings.get('iterations', '?')} iterations at patch {settings.get('patch_size', '?')}, batch "
+                     f"{settings.get('batch_size', '?')}, on {data.get('num_volumes', '?')} scans ({data.get('splits')} "
+                     "of its data set); the manifest has every setting.")
     lines += ["", "What this can show: whether each model detects the nodules far better than a blob filter, and "
               "how far apart the two are relative to the bootstrap intervals over this small test split. What "
               "it cannot: a difference inside the intervals, from one seed, is not evidence that pre-training "
-              "helps or hurts; the lung comparison over several seeds is in docs/pretraining_results.md."]
+              "helps or hurts: that needs several seeds (`--seed`) and longer fine-tuning (`--finetune_overrides`); "
+              "docs/pretraining_results.md has such comparisons."]
     return lines
 
 
