@@ -86,6 +86,10 @@ def test_an_encoder_manifest_ships_with_its_weights_and_stays_consistent(tmp_pat
     encoder = read_manifest_encoder(bundle / "models" / "encoder.json")
     assert encoder.state_dict and all(value.dtype == torch.float16 for value in encoder.state_dict.values()
                                       if value.is_floating_point())
+    # released elsewhere: the weights are listed beside the manifest's URL
+    ship_weights(bundle, manifest, url="https://releases.example/v1/encoder.json")
+    assert _listed(bundle)["models/encoder.pt"]["url"] == "https://releases.example/v1/encoder.pt"
+    assert _listed(bundle)["models/encoder.json"]["url"] == "https://releases.example/v1/encoder.json"
 
 
 def test_the_tool_refuses_what_it_cannot_ship(tmp_path):
