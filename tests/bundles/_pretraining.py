@@ -1,4 +1,5 @@
-"""What the pre-training bundle tests share: tiny data, running a bundle, an exact-resume run, the transfer check."""
+"""What the bundle tests share: running a bundle; for the pre-training bundles also tiny data, an exact-resume
+run, the export and transfer checks."""
 
 from __future__ import annotations
 
@@ -66,6 +67,25 @@ def train_tiny_and_resume(configs: Path, root: Path) -> None:
     run_workflow(configs, names, {**common, "output_dir": str(root / "resumed")}, root)
 
 
+def train_and_infer_tiny(configs: Path, root: Path, prediction_dir: str) -> Path:
+    """:func:`train_tiny_and_resume`, then the bundle's ``inference.json`` (with ``quick.json``) on the two scans
+    with the straight run's model, into ``root/prediction_dir``; returns ``root``."""
+    train_tiny_and_resume(configs, root)
+    run_workflow(configs, ["inference.json", "quick.json"],
+                 {"encoder": TINY, "patch_size": [32, 32, 32], "dataset_dir": str(root / "data"),
+                  "model_dir": str(root / "out"), "prediction_dir": str(root / prediction_dir)}, root, "infer")
+    return root
+
+
+def assert_resumed_like_the_straight_run(root: Path, preview_tag: str) -> None:
+    """The run of :func:`train_tiny_and_resume` stopped and started again went on from iteration 2 (a restart
+    would show pictures 1 and 2 again) and ends with the straight run's weights and encoder."""
+    assert (root / "resumed" / "checkpoints" / "last_checkpoint_4.pt").is_file()
+    assert preview_steps(root / "resumed" / "logs", preview_tag) == [1, 2, 4]
+    assert_same_weights(root / "out" / "model_final.pt", root / "resumed" / "model_final.pt")
+    assert_same_weights(root / "out" / "encoder.pt", root / "resumed" / "encoder.pt")
+
+
 def assert_same_weights(first: Path, second: Path) -> None:
     a, b = torch.load(first, weights_only=True), torch.load(second, weights_only=True)
     assert a.keys() == b.keys()
@@ -73,13 +93,14 @@ def assert_same_weights(first: Path, second: Path) -> None:
         assert torch.equal(a[key], b[key]), key
 
 
-def assert_encoder_export(out: Path, method: str) -> None:
-    """The manifest matches its weights and the run; the keys are the dense ResEnc encoder's."""
+def assert_encoder_export(out: Path, method: str, *, iterations: int = 4) -> None:
+    """The manifest matches its weights and a run of ``iterations`` on the two scans; the keys are the dense
+    ResEnc encoder's."""
     manifest = json.loads((out / "encoder.json").read_text())
     assert manifest["weights"]["sha256"] == sha256_file(out / "encoder.pt")
     assert manifest["architecture"] == TINY and manifest["method"] == method
     assert manifest["spacing"] == [1.5, 1.5, 1.5] and manifest["modality"] == "CT"
-    assert manifest["data"]["num_volumes"] == 2 and manifest["method_settings"]["iterations"] == 4
+    assert manifest["data"]["num_volumes"] == 2 and manifest["method_settings"]["iterations"] == iterations
     state = torch.load(out / "encoder.pt", weights_only=True)
     assert state.keys() == ResEncUNet(1, 1, encoder_spec=TINY).encoder.state_dict().keys()
 
@@ -104,5 +125,6 @@ def preview_steps(log_dir: Path, tag: str) -> list[int]:
     for path in log_dir.glob("*.previews"):
         events = EventAccumulator(str(path), size_guidance={IMAGES: 0})
         events.Reload()
-        pictures += [(event.wall_time, event.step) for event in events.Images(tag)] if tag in events.Tags()[IMAGES] else []
+        if tag in events.Tags()[IMAGES]:
+            pictures += [(event.wall_time, event.step) for event in events.Images(tag)]
     return [step for _, step in sorted(pictures)]

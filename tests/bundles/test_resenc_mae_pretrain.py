@@ -3,41 +3,22 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 
 from shared.bundles import check_metadata
-from shared.checkpoints.safe_load import sha256_file
 from shared.checkpoints.weights import load_weights
 from shared.data.synthetic.dataset import make_dataset
-from shared.networks.retina_unet import RetinaUNetNetwork
-from shared.engines.finetune import load_pretrained_encoder
 from shared.io.datalist import read_split
 from shared.networks.resenc_unet import ResEncUNet
 from shared.ssl.inspection import plan_from_manifest, reconstruct_scans
+from tests.bundles._pretraining import (REPOSITORY, TINY, assert_encoder_export,
+                                        assert_fine_tuning_takes_the_whole_encoder, config_list, run_bundle)
 
-REPOSITORY = Path(__file__).resolve().parents[2]
 CONFIGS = REPOSITORY / "bundles" / "resenc_mae_pretrain" / "configs"
-TINY = {"name": "resenc", "preset": "tiny"}
-
-
-def _bundle(*arguments: str, cwd: Path) -> subprocess.CompletedProcess:
-    environment = {**os.environ, "PYTHONPATH": str(REPOSITORY), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-m", "monai.bundle", *arguments], cwd=cwd, env=environment,
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result
-
-
-def _configs(*names: str) -> str:
-    return "[" + ",".join(f"'{CONFIGS / name}'" for name in names) + "]"
 
 
 @pytest.fixture(scope="module")
@@ -47,22 +28,15 @@ def trained(tmp_path_factory) -> Path:
     make_dataset("lung_ct", root / "data", counts=counts, shape=(40, 40, 24), previews=False, progress=False)
     tiny = ["--dataset_dir", str(root / "data"), "--output_dir", str(root / "out"), "--encoder", json.dumps(TINY),
             "--patch_size", "[32,32,32]"]
-    _bundle("run", "--config_file", _configs("train.json", "quick.json"), *tiny, "--iterations_per_epoch", "3",
-            "--epochs", "1", "--preview_every", "2", cwd=root)
-    _bundle("run", "--config_file", _configs("inference.json", "quick.json"), *tiny, "--model_dir", str(root / "out"),
-            "--prediction_dir", str(root / "reconstructions"), cwd=root)
+    run_bundle("run", "--config_file", config_list(CONFIGS, "train.json", "quick.json"), *tiny,
+               "--iterations_per_epoch", "3", "--epochs", "1", "--preview_every", "2", cwd=root)
+    run_bundle("run", "--config_file", config_list(CONFIGS, "inference.json", "quick.json"), *tiny,
+               "--model_dir", str(root / "out"), "--prediction_dir", str(root / "reconstructions"), cwd=root)
     return root
 
 
 def test_exported_encoder_loads_safely_and_matches_its_manifest(trained):
-    out = trained / "out"
-    manifest = json.loads((out / "encoder.json").read_text())
-    assert manifest["weights"]["sha256"] == sha256_file(out / "encoder.pt")
-    assert manifest["architecture"] == TINY and manifest["method"] == "mae"
-    assert manifest["spacing"] == [1.5, 1.5, 1.5] and manifest["modality"] == "CT"
-    assert manifest["data"]["num_volumes"] == 2 and manifest["method_settings"]["iterations"] == 3
-    state = torch.load(out / "encoder.pt", weights_only=True)
-    assert state.keys() == ResEncUNet(1, 1, encoder_spec=TINY).encoder.state_dict().keys()
+    assert_encoder_export(trained / "out", "mae", iterations=3)
 
 
 def test_model_loads_into_network_def_and_logs_hold_previews(trained):
@@ -72,14 +46,7 @@ def test_model_loads_into_network_def_and_logs_hold_previews(trained):
 
 
 def test_fine_tuning_takes_the_whole_encoder(trained):
-    network = RetinaUNetNetwork(1, 2, encoder=TINY, decoder_channels=16, detection_strides=[4, 8])
-    report = load_pretrained_encoder(network, str(trained / "out" / "encoder.json"), stem="matching",
-                                     expected_architecture=TINY)
-    assert not report.missing_keys and not report.unexpected_keys and not report.shape_mismatches
-    exported = torch.load(trained / "out" / "encoder.pt", weights_only=True)
-    assert len(report.transferred_keys) == len(exported)
-    for key, value in network.encoder.state_dict().items():
-        assert torch.equal(value, exported[key])
+    assert_fine_tuning_takes_the_whole_encoder(trained / "out")
 
 
 def test_inference_writes_reconstructions(trained, tmp_path):
@@ -102,5 +69,5 @@ def test_inference_writes_reconstructions(trained, tmp_path):
 
 def test_network_in_out_and_metadata(tmp_path):
     check_metadata(CONFIGS / "metadata.json")
-    _bundle("verify_net_in_out", "network_def", "--meta_file", str(CONFIGS / "metadata.json"),
-            "--config_file", _configs("train.json", "quick.json"), cwd=tmp_path)
+    run_bundle("verify_net_in_out", "network_def", "--meta_file", str(CONFIGS / "metadata.json"),
+               "--config_file", config_list(CONFIGS, "train.json", "quick.json"), cwd=tmp_path)

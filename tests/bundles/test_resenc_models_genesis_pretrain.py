@@ -17,20 +17,15 @@ from shared.ssl import models_genesis
 from shared.ssl.inspection import plan_from_manifest
 from shared.ssl.models_genesis import GENESIS_TAG
 from tests.bundles._pretraining import (REPOSITORY, TINY, assert_encoder_export,
-                                        assert_fine_tuning_takes_the_whole_encoder, assert_same_weights,
-                                        preview_steps, run_workflow, train_tiny_and_resume)
+                                        assert_fine_tuning_takes_the_whole_encoder,
+                                        assert_resumed_like_the_straight_run, preview_steps, train_and_infer_tiny)
 
 CONFIGS = REPOSITORY / "bundles" / "resenc_models_genesis_pretrain" / "configs"
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("genesis")
-    train_tiny_and_resume(CONFIGS, root)
-    run_workflow(CONFIGS, ["inference.json", "quick.json"],
-                 {"encoder": TINY, "patch_size": [32, 32, 32], "dataset_dir": str(root / "data"),
-                  "model_dir": str(root / "out"), "prediction_dir": str(root / "restorations")}, root, "infer")
-    return root
+    return train_and_infer_tiny(CONFIGS, tmp_path_factory.mktemp("genesis"), "restorations")
 
 
 def test_the_corruptions_are_the_papers_in_order_after_the_target_copy():
@@ -59,10 +54,7 @@ def test_exported_encoder_and_its_manifest(trained):
 
 
 def test_a_run_stopped_and_started_again_ends_with_the_same_weights(trained):
-    assert (trained / "resumed" / "checkpoints" / "last_checkpoint_4.pt").is_file()
-    assert preview_steps(trained / "resumed" / "logs", GENESIS_TAG) == [1, 2, 4]  # went on from iteration 2
-    assert_same_weights(trained / "out" / "model_final.pt", trained / "resumed" / "model_final.pt")
-    assert_same_weights(trained / "out" / "encoder.pt", trained / "resumed" / "encoder.pt")
+    assert_resumed_like_the_straight_run(trained, GENESIS_TAG)
 
 
 def test_model_loads_into_network_def_and_logs_hold_previews(trained):

@@ -15,20 +15,15 @@ from shared.networks.resenc_unet import ResEncUNet
 from shared.ssl.previews import TAG
 from shared.ssl.spark import SparKPretraining, SparKReconstructor
 from tests.bundles._pretraining import (REPOSITORY, TINY, assert_encoder_export,
-                                        assert_fine_tuning_takes_the_whole_encoder, assert_same_weights,
-                                        preview_steps, run_workflow, train_tiny_and_resume)
+                                        assert_fine_tuning_takes_the_whole_encoder,
+                                        assert_resumed_like_the_straight_run, preview_steps, train_and_infer_tiny)
 
 CONFIGS = REPOSITORY / "bundles" / "resenc_spark_pretrain" / "configs"
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("spark")
-    train_tiny_and_resume(CONFIGS, root)
-    run_workflow(CONFIGS, ["inference.json", "quick.json"],
-               {"encoder": TINY, "patch_size": [32, 32, 32], "dataset_dir": str(root / "data"),
-                "model_dir": str(root / "out"), "prediction_dir": str(root / "reconstructions")}, root, "infer")
-    return root
+    return train_and_infer_tiny(CONFIGS, tmp_path_factory.mktemp("spark"), "reconstructions")
 
 
 def test_exported_encoder_is_the_dense_encoder_with_its_manifest(trained):
@@ -36,11 +31,7 @@ def test_exported_encoder_is_the_dense_encoder_with_its_manifest(trained):
 
 
 def test_a_run_stopped_and_started_again_ends_with_the_same_weights(trained):
-    assert list((trained / "resumed" / "checkpoints").glob("last_checkpoint_4.pt"))
-    # the second start went on from iteration 2 (a restart would show pictures 1 and 2 again)
-    assert preview_steps(trained / "resumed" / "logs", TAG) == [1, 2, 4]
-    assert_same_weights(trained / "out" / "model_final.pt", trained / "resumed" / "model_final.pt")
-    assert_same_weights(trained / "out" / "encoder.pt", trained / "resumed" / "encoder.pt")
+    assert_resumed_like_the_straight_run(trained, TAG)
 
 
 def test_model_holds_the_densifying_layers_and_logs_hold_previews(trained):
