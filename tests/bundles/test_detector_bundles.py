@@ -122,13 +122,15 @@ def test_inference_json_alone_rebuilds_the_trained_network_from_its_plan(trained
 
 
 def test_a_copy_of_the_bundle_elsewhere_uses_its_own_model_and_writes_outside_it(trained, tmp_path):
-    # a downloaded bundle: its own models/ (the repository's bundle has none), run by its full config
-    # path from a third folder; nothing but the copy's files is read and nothing is written into it
+    # a downloaded bundle with its own model (shipped into it the documented way, replacing the repository's
+    # weights and their sha256), run by its full config path from a third folder; nothing but the copy's
+    # files is read and nothing is written into it
+    from shared.bundles.shipping import ship_weights
+
     copy = tmp_path / "downloaded" / "retina_unet_detection"
     shutil.copytree(PLAIN.parent, copy, ignore=shutil.ignore_patterns("models"))
-    (copy / "models").mkdir()
     for name in ("model.pt", "model_plan.json"):
-        shutil.copy(trained / "out" / name, copy / "models" / name)
+        ship_weights(copy, trained / "out" / name)
     shipped = sorted(path.relative_to(copy) for path in copy.rglob("*"))
     work = tmp_path / "work"
     work.mkdir()
@@ -142,7 +144,8 @@ def test_a_copy_of_the_bundle_elsewhere_uses_its_own_model_and_writes_outside_it
 def test_inference_writes_per_scan_and_combined_outputs_and_box_maps(trained):
     predictions = trained / "predictions"
     combined = json.loads((predictions / "predictions.json").read_text())
-    assert len(combined) == 1 and set(combined[0]) == {"image", "box", "label", "label_scores"}
+    assert len(combined) == 1 and set(combined[0]) == {"image", "box", "label", "label_scores", "warnings"}
+    assert combined[0]["warnings"] == []  # a scan like the training ones (shared.inference.domain)
     assert json.loads((predictions / "lung_ct_ts_000.json").read_text()) == combined[0]
     assert (predictions / "candidates.csv").read_text().startswith("seriesuid,coordX,coordY,coordZ,probability")
     box_map = nib.load(predictions / "lung_ct_ts_000_boxes.nii.gz")
