@@ -50,9 +50,15 @@ logger = logging.getLogger("pipeline")
 STAGE_FOLDERS = {"pretrain": "pretrain", "finetune": "finetune"}
 
 #: the quick profiles shrunk further so the whole job fits in 15 minutes on 2 CPU cores (pip included);
-#: the bundles' own quick (or paper) settings are overrides away
+#: the bundles' own quick (or paper) settings are overrides away. Fine-tuning: 250 iterations for both
+#: sides, no frozen-encoder warm-up (the budgets are equal); at 175 the model from scratch had not yet
+#: learned the nodules (test AP@0.1 0.061) while the pre-trained one had (0.473)
 PRETRAIN_PROFILE = {"patch_size": [48, 48, 48], "iterations_per_epoch": 20, "epochs": 3}
-FINETUNE_PROFILE = {"patch_size": [48, 48, 48], "iterations_per_epoch": 25, "epochs": 7, "validate_every": 7}
+FINETUNE_PROFILE = {"patch_size": [48, 48, 48], "iterations_per_epoch": 25, "epochs": 10, "validate_every": 10,
+                    "freeze_epochs": 0}
+#: test-split inference in one 96³ window per quick scan (the scans are about 90³ at 1.5 mm): 2.5x faster
+#: than 48³ windows at overlap 0.5, for an AP@0.1 lower by about 0.05 on one measured model
+EVALUATE_PROFILE = {"inferer#patch_size": [96, 96, 96]}
 #: per embedded task: bundle overrides its scans need (channels, classes, spacing) for (pre-training,
 #: fine-tuning), the encoder a bundle ships for it (None: pre-trained in the pipeline), and whether the
 #: classical LoG baseline applies (lung CT)
@@ -226,7 +232,7 @@ def evaluate(root: Path, *, finetune_overrides: dict, bootstrap: int, **_) -> No
     for variant in VARIANTS:
         run_bundle(DETECTOR_BUNDLE, ["train.json", "evaluate.json", "quick.json"], dataset_dir=root / "data",
                    output_dir=root / "finetune" / variant, cache_dir=root / "finetune" / "cache", bootstrap=bootstrap,
-                   **finetune_overrides)
+                   **{**finetune_overrides, **EVALUATE_PROFILE})
 
 
 def report(root: Path, *, bootstrap: int, task: str = "lung_nodules", encoder: str | None = None,
@@ -300,10 +306,11 @@ def _learned_lines(metrics: dict[str, dict]) -> list[str]:
 def _setting_lines(encoder: str | None, budget: dict | None) -> list[str]:
     lines = ["## What was compared", ""]
     if budget:
+        frozen = budget["frozen encoder iterations (pretrained)"]
         lines.append(f"Both fine-tunings: {budget['iterations']} iterations, patch {budget['patch']}, batch "
-                     f"{budget['batch']}, encoder {json.dumps(budget['encoder'])}, same seed; the pre-trained one first "
-                     f"trains {budget['frozen encoder iterations (pretrained)']} more with its encoder frozen "
-                     "(the paper's warm-up).")
+                     f"{budget['batch']}, encoder {json.dumps(budget['encoder'])}, same seed" +
+                     (f"; the pre-trained one first trains {frozen} more with its encoder frozen (the paper's warm-up)."
+                      if frozen else "."))
     if encoder and Path(encoder).is_file():
         manifest = json.loads(Path(encoder).read_text())
         settings, data = manifest.get("method_settings", {}), manifest.get("data", {})
