@@ -58,7 +58,8 @@ PRETRAIN_PROFILE = {"patch_size": [48, 48, 48], "iterations_per_epoch": 20, "epo
 FINETUNE_PROFILE = {"patch_size": [48, 48, 48], "iterations_per_epoch": 25, "epochs": 10, "validate_every": 10,
                     "freeze_epochs": 1}
 #: test-split inference in one 96³ window per quick scan (the scans are about 90³ at 1.5 mm): 2.5x faster
-#: than 48³ windows at overlap 0.5, for an AP@0.1 lower by about 0.05 on one measured model
+#: than 48³ windows at overlap 0.5, at a cost in AP@0.1 (0.05 on one model; 0.448 vs 0.330 between two
+#: scratch runs trained alike, docs/pretraining_results.md)
 EVALUATE_PROFILE = {"inferer#patch_size": [96, 96, 96]}
 #: per embedded task: bundle overrides its scans need (channels, classes, spacing) for (pre-training,
 #: fine-tuning), the encoder a bundle ships for it (None: pre-trained in the pipeline), and whether the
