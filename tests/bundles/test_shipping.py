@@ -43,6 +43,7 @@ def _listed(bundle: Path) -> dict[str, dict]:
 
 def test_a_half_precision_model_loads_into_float32_and_gives_the_same_outputs(tmp_path):
     bundle = _copy("retina_unet_detection", tmp_path)
+    plan_entry = _listed(bundle)["models/model_plan.json"]
     network = _tiny_detector().eval()
     torch.save(network.state_dict(), tmp_path / "model.pt")
     shipped = ship(str(bundle), str(tmp_path / "model.pt"), half=True)
@@ -53,7 +54,7 @@ def test_a_half_precision_model_loads_into_float32_and_gives_the_same_outputs(tm
     entry = _listed(bundle)["models/model.pt"]
     assert entry["hash_val"] == sha256_file(bundle / "models" / "model.pt")
     assert entry["url"] == "bundles/retina_unet_detection/models/model.pt"
-    assert _listed(bundle)["models/model_plan.json"]["hash_val"] == PLACEHOLDER_HASH  # not shipped: kept
+    assert _listed(bundle)["models/model_plan.json"] == plan_entry  # not shipped in this call: kept as it was
     loaded = load_weights(_tiny_detector(), bundle / "models" / "model.pt").eval()
     assert all(value.dtype == torch.float32 for value in loaded.state_dict().values() if value.is_floating_point())
     image = torch.randn(1, 1, 32, 32, 32, generator=torch.Generator().manual_seed(1))

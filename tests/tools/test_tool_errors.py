@@ -91,7 +91,7 @@ def test_pipeline_stops_with_the_exit_status_of_a_failed_bundle(tmp_path, monkey
     monkeypatch.setattr(tools.pipeline.subprocess, "run",
                         lambda command, **kwargs: subprocess.CompletedProcess(command, 2))
     with pytest.raises(SystemExit) as exited:
-        tools.pipeline.main(str(tmp_path / "run"), stages=["pretrain"])
+        tools.pipeline.main(str(tmp_path / "run"), stages=["pretrain"], encoder="pretrain")
     assert exited.value.code == 2
     assert "resenc_mae_pretrain failed (exit status 2)" in caplog.text
     assert not (tmp_path / "run" / "stages" / "pretrain.json").exists()
