@@ -109,7 +109,7 @@ def main(out: str = "runs/quickstart", stages: Sequence[str] = STAGES, force: bo
                     data_overrides=data_overrides or {},
                     pretrain_overrides={**PRETRAIN_PROFILE, **pretrain_task, **(pretrain_overrides or {})},
                     finetune_overrides={**FINETUNE_PROFILE, **finetune_task, **(finetune_overrides or {})})
-    skipped = {"pretrain": encoder != str(root / "pretrain" / "encoder.json"), "baseline": not has_baseline}
+    skipped = {"pretrain": encoder != _pretrained_here(root), "baseline": not has_baseline}
     for stage in STAGES:
         if stage not in stages or skipped.get(stage):
             continue
@@ -131,7 +131,7 @@ def _encoder(encoder: str | None, shipped: str | None, root: Path, task: str, ch
     """The encoder.json the pre-trained variant starts from (see :func:`main`'s ``encoder``); ``check``:
     refuse a missing one now rather than after the stages before fine-tuning."""
     if encoder == PRETRAIN or (encoder is None and shipped is None):
-        return str(root / "pretrain" / "encoder.json")
+        return _pretrained_here(root)
     path = Path(encoder) if encoder is not None else BUNDLES / shipped
     if check and not path.is_file():
         hint = ("the bundle ships it: is the clone complete?" if encoder is None
@@ -189,6 +189,11 @@ def _recover_stage_folders(root: Path) -> None:
         shutil.rmtree(root / f".{name}.fresh", ignore_errors=True)
 
 
+def _pretrained_here(root: Path) -> str:
+    """The encoder manifest the ``pretrain`` stage writes."""
+    return str(root / "pretrain" / "encoder.json")
+
+
 def make_data(root: Path, *, seed: int, task: str, encoder: str, num_training: int | None, data_overrides: dict,
               **_) -> None:
     from shared.data.synthetic import make_dataset
@@ -197,7 +202,7 @@ def make_data(root: Path, *, seed: int, task: str, encoder: str, num_training: i
     counts = dict(settings.get("counts", {}))
     if num_training is not None:
         counts["training"] = int(num_training)
-    if encoder != str(root / "pretrain" / "encoder.json"):
+    if encoder != _pretrained_here(root):
         counts.setdefault("unlabelled", 0)  # no pre-training here: the unlabelled scans would go unread
     make_dataset(task, root / "data", **{**settings, "counts": counts})
 
