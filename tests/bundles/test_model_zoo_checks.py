@@ -31,7 +31,10 @@ from shared.bundles import SCHEMA_PATH
 REPOSITORY = Path(__file__).resolve().parents[2]
 BUNDLES = ["retina_unet_detection", "resenc_retina_unet_detection", "deformable_detr_detection",
            "resenc_deformable_detr_detection", "resenc_mae_pretrain", "resenc_voco_pretrain", "resenc_spark_pretrain",
-           "resenc_models_genesis_pretrain"]
+           "resenc_models_genesis_pretrain", "resenc_multitalent_pretrain", "retina_unet_multitalent_pretrain"]
+# The MultiTalent bundles build their network from the multi-dataset datalist (a stem and a head block per
+# data set), so the Zoo's full mode, which builds network_def from the bundle alone, cannot run on them yet.
+FULL_MODE = [bundle for bundle in BUNDLES if "multitalent" not in bundle]
 DETECTORS = ("retina_unet_detection", "resenc_retina_unet_detection", "deformable_detr_detection",
              "resenc_deformable_detr_detection")
 MAX_KB = 1024  # check-added-large-files --maxkb=1024
@@ -112,7 +115,7 @@ def _zoo_copy(bundle: str, folder: Path) -> Path:
     return root
 
 
-@pytest.mark.parametrize("bundle", BUNDLES)
+@pytest.mark.parametrize("bundle", FULL_MODE)
 def test_verify_bundle_full_mode_checks_with_reachable_weights(bundle, tmp_path, monkeypatch):
     root = _zoo_copy(bundle, tmp_path)
     # the Zoo's download_large_files: ConfigParser reads large_files.yml, download_url checks the hash
