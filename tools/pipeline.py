@@ -3,12 +3,14 @@ scratch (same seed and budget) → inference and evaluation on the test split �
 
     python -m tools.pipeline --out runs/quickstart
     python -m tools.pipeline --out runs/quickstart --encoder pretrain      # pre-train a new MAE encoder first
+    python -m tools.pipeline --out runs/methods --methods "[mae,spark,models_genesis,voco]"   # compare methods
     python -m tools.pipeline --out runs/quickstart --stages "[finetune,evaluate,report]" --force True
 
 By default the pre-trained side is the encoder the MAE bundle ships (pre-trained for far longer than this
 job could, on the same kind of scans; its bundle docs give the command); ``--encoder pretrain`` trains a
 new one in the ``pretrain`` stage, ``--encoder path/to/encoder.json`` takes any other (e.g. one made by
-``tools.import_encoder``).
+``tools.import_encoder``). ``--methods`` pre-trains one encoder per method named (each with its bundle,
+into ``pretrain/<method>``) and fine-tunes and evaluates one model per method beside the one from scratch.
 
 Each stage runs the project's bundles the way a user would (``python -m monai.bundle run ...`` in a
 subprocess), shows its progress, writes under ``--out`` and marks itself done in
@@ -39,7 +41,10 @@ from tools._cli import check_writable_folder, run_cli
 STAGES = ("data", "baseline", "pretrain", "finetune", "evaluate", "report")
 PRETRAIN_BUNDLE = "resenc_mae_pretrain"
 DETECTOR_BUNDLE = "resenc_retina_unet_detection"
-VARIANTS = ("scratch", "pretrained")
+SCRATCH, PRETRAINED, BASELINE = "scratch", "pretrained", "LoG baseline"
+#: pre-training methods ``--methods`` can compare, and their bundles
+METHODS = {"mae": "resenc_mae_pretrain", "spark": "resenc_spark_pretrain",
+           "models_genesis": "resenc_models_genesis_pretrain", "voco": "resenc_voco_pretrain"}
 BUNDLES = Path(__file__).resolve().parents[1] / "bundles"
 #: ``--encoder`` value that pre-trains a new encoder in the ``pretrain`` stage
 PRETRAIN = "pretrain"
@@ -73,7 +78,7 @@ TASKS = {
 
 
 def main(out: str = "runs/quickstart", stages: Sequence[str] = STAGES, force: bool = False, seed: int = 0,
-         task: str = "lung_nodules", encoder: str | None = None,
+         task: str = "lung_nodules", encoder: str | None = None, methods: Sequence[str] | None = None,
          num_training: int | None = None, pretrain_overrides: dict | None = None,
          finetune_overrides: dict | None = None, bootstrap: int = 1000, data_overrides: dict | None = None) -> None:
     """Run the pipeline's stages in order and print where the report is.
@@ -88,6 +93,8 @@ def main(out: str = "runs/quickstart", stages: Sequence[str] = STAGES, force: bo
             task), ``lung_ct`` (the same scans, benign vs malignant) or ``brain_mri`` (two MRI channels).
         encoder: the pre-trained encoder's ``encoder.json``; default: the one shipped for the task (the
             MAE bundle's, for the lung tasks), ``pretrain`` to pre-train a new one in the pretrain stage.
+        methods: instead of one encoder, pre-train one per method (``mae``, ``spark``, ``models_genesis``,
+            ``voco``) on the data's unlabelled scans and compare a model fine-tuned from each with scratch.
         num_training: labelled training scans (default: the quick preset's); the label budget.
         pretrain_overrides, finetune_overrides: bundle overrides on top of :data:`PRETRAIN_PROFILE` and
             :data:`FINETUNE_PROFILE`, e.g. "{'epochs': 10}".
@@ -104,12 +111,16 @@ def main(out: str = "runs/quickstart", stages: Sequence[str] = STAGES, force: bo
     root = check_writable_folder(Path(out).resolve(), what="--out")
     _recover_stage_folders(root)
     pretrain_task, finetune_task, shipped, has_baseline = TASKS[task]
-    encoder = _encoder(encoder, shipped, root, task, check="finetune" in stages)
-    settings = dict(seed=seed, task=task, encoder=encoder, num_training=num_training, bootstrap=bootstrap,
+    methods = _methods(methods, encoder)
+    encoders = ({method: str(root / "pretrain" / method / "encoder.json") for method in methods} if methods else
+                {PRETRAINED: _encoder(encoder, shipped, root, task, check="finetune" in stages)})
+    pretrain_here = bool(methods) or encoders[PRETRAINED] == _pretrained_here(root)
+    settings = dict(seed=seed, task=task, encoders=encoders, methods=methods, pretrain_here=pretrain_here,
+                    num_training=num_training, bootstrap=bootstrap,
                     data_overrides=data_overrides or {},
                     pretrain_overrides={**PRETRAIN_PROFILE, **pretrain_task, **(pretrain_overrides or {})},
                     finetune_overrides={**FINETUNE_PROFILE, **finetune_task, **(finetune_overrides or {})})
-    skipped = {"pretrain": encoder != _pretrained_here(root), "baseline": not has_baseline}
+    skipped = {"pretrain": not pretrain_here, "baseline": not has_baseline}
     for stage in STAGES:
         if stage not in stages or skipped.get(stage):
             continue
@@ -139,6 +150,20 @@ def _encoder(encoder: str | None, shipped: str | None, root: Path, task: str, ch
         raise InputError(path, f"no such encoder manifest for task {task}; {hint}")
     logger.info("pre-trained variant: fine-tuned from %s", path)
     return str(path.resolve())
+
+
+def _methods(methods: Sequence[str] | None, encoder: str | None) -> list[str]:
+    """The pre-training methods to compare, checked (``--methods``)."""
+    if not methods:
+        return []
+    if isinstance(methods, str):  # a single name on the command line
+        methods = [methods]
+    unknown = [method for method in methods if method not in METHODS]
+    if unknown:
+        raise InputError(None, f"unknown pre-training method(s) {unknown}; methods are {list(METHODS)}")
+    if encoder is not None:
+        raise InputError(None, "--encoder and --methods exclude each other: --methods pre-trains its own encoders")
+    return list(dict.fromkeys(methods))
 
 
 def _mark_not_done(root: Path, stages: Sequence[str]) -> None:
@@ -190,19 +215,24 @@ def _recover_stage_folders(root: Path) -> None:
 
 
 def _pretrained_here(root: Path) -> str:
-    """The encoder manifest the ``pretrain`` stage writes."""
+    """The encoder manifest the ``pretrain`` stage writes for ``--encoder pretrain``."""
     return str(root / "pretrain" / "encoder.json")
 
 
-def make_data(root: Path, *, seed: int, task: str, encoder: str, num_training: int | None, data_overrides: dict,
-              **_) -> None:
+def _variants(encoders: dict[str, str]) -> list[str]:
+    """The fine-tuned models: from scratch, then one per pre-trained encoder."""
+    return [SCRATCH, *encoders]
+
+
+def make_data(root: Path, *, seed: int, task: str, pretrain_here: bool, num_training: int | None,
+              data_overrides: dict, **_) -> None:
     from shared.data.synthetic import make_dataset
 
     settings = {"preset": "quick", "seed": seed, "workers": min(2, os.cpu_count() or 1), **data_overrides}
     counts = dict(settings.get("counts", {}))
     if num_training is not None:
         counts["training"] = int(num_training)
-    if encoder != _pretrained_here(root):
+    if not pretrain_here:
         counts.setdefault("unlabelled", 0)  # no pre-training here: the unlabelled scans would go unread
     make_dataset(task, root / "data", **{**settings, "counts": counts})
 
@@ -221,38 +251,53 @@ def baseline(root: Path, *, bootstrap: int, **_) -> None:
                         data_root=datalist.parent)
 
 
-def pretrain(root: Path, *, seed: int, pretrain_overrides: dict, out_dir: Path | None = None, **_) -> None:
-    run_bundle(PRETRAIN_BUNDLE, ["train.json", "quick.json"], dataset_dir=root / "data",
-               output_dir=out_dir or root / "pretrain", seed=seed, **pretrain_overrides)
+def pretrain(root: Path, *, seed: int, pretrain_overrides: dict, methods: Sequence[str] = (),
+             out_dir: Path | None = None, **_) -> None:
+    """One MAE encoder in ``pretrain/`` (``--encoder pretrain``), or one per method in ``pretrain/<method>``."""
+    folder = out_dir or root / "pretrain"
+    runs = {METHODS[method]: folder / method for method in methods} or {PRETRAIN_BUNDLE: folder}
+    for bundle, output in runs.items():
+        run_bundle(bundle, ["train.json", "quick.json"], dataset_dir=root / "data", output_dir=output, seed=seed,
+                   **_known_settings(bundle, pretrain_overrides))
 
 
-def finetune(root: Path, *, seed: int, encoder: str, finetune_overrides: dict, out_dir: Path | None = None,
-             **_) -> None:
+def _known_settings(bundle: str, overrides: dict) -> dict:
+    """The overrides a bundle has settings for: the profile's patch size means nothing to VoCo (crops)."""
+    configs = BUNDLES / bundle / "configs"
+    known = {key for name in ("train.json", "quick.json") for key in json.loads((configs / name).read_text())}
+    dropped = sorted(set(overrides) - known)
+    if dropped:
+        logger.info("%s has no setting %s: not passed", bundle, ", ".join(dropped))
+    return {key: value for key, value in overrides.items() if key in known}
+
+
+def finetune(root: Path, *, seed: int, encoders: dict[str, str], finetune_overrides: dict,
+             out_dir: Path | None = None, **_) -> None:
     folder = out_dir or root / "finetune"
-    for variant in VARIANTS:  # one preprocessing cache for both: same scans, same preprocessing
+    for variant in _variants(encoders):  # one preprocessing cache for all: same scans, same preprocessing
         run_bundle(DETECTOR_BUNDLE, ["train.json", "quick.json"], dataset_dir=root / "data",
                    output_dir=folder / variant, cache_dir=folder / "cache",
-                   pretrained_encoder=encoder if variant == "pretrained" else None, seed=seed, **finetune_overrides)
+                   pretrained_encoder=encoders.get(variant), seed=seed, **finetune_overrides)
 
 
-def evaluate(root: Path, *, finetune_overrides: dict, bootstrap: int, **_) -> None:
-    for variant in VARIANTS:
+def evaluate(root: Path, *, encoders: dict[str, str], finetune_overrides: dict, bootstrap: int, **_) -> None:
+    for variant in _variants(encoders):
         run_bundle(DETECTOR_BUNDLE, ["train.json", "evaluate.json", "quick.json"], dataset_dir=root / "data",
                    output_dir=root / "finetune" / variant, cache_dir=root / "finetune" / "cache", bootstrap=bootstrap,
                    **{**finetune_overrides, **EVALUATE_PROFILE})
 
 
-def report(root: Path, *, bootstrap: int, task: str = "lung_nodules", encoder: str | None = None,
+def report(root: Path, *, bootstrap: int, encoders: dict[str, str], task: str = "lung_nodules",
            finetune_overrides: dict | None = None, **_) -> None:
     from shared.metrics.evaluation import compare_runs
 
-    runs = {variant: root / "finetune" / variant / "evaluation" for variant in VARIANTS}
+    runs = {variant: root / "finetune" / variant / "evaluation" for variant in _variants(encoders)}
     if (root / "baseline" / "evaluation" / "metrics.json").exists():
-        runs["LoG baseline"] = root / "baseline" / "evaluation"
+        runs[BASELINE] = root / "baseline" / "evaluation"
     compare_runs([str(run) for run in runs.values()], str(root / "report" / "ranking"), names=list(runs),
                  draws=bootstrap)
     metrics = {name: json.loads((run / "metrics.json").read_text()) for name, run in runs.items()}
-    write_report(root, metrics, task, encoder=encoder, budget=_budget(finetune_overrides or {}))
+    write_report(root, metrics, task, encoders=encoders, budget=_budget(finetune_overrides or {}))
 
 
 def _budget(overrides: dict) -> dict:
@@ -269,8 +314,8 @@ LEARNED_FACTOR = 2.0
 KEYS = ("AP_IoU_0.10_MaxDet_100", "mAP_IoU_0.10_0.50_0.05_MaxDet_100", "FROC_score_IoU_0.10")
 
 
-def write_report(root: Path, metrics: dict[str, dict], task: str = "lung_nodules", *, encoder: str | None = None,
-                 budget: dict | None = None) -> None:
+def write_report(root: Path, metrics: dict[str, dict], task: str = "lung_nodules", *,
+                 encoders: dict[str, str] | None = None, budget: dict | None = None) -> None:
     """The pipeline's summary: one row per model with bootstrap intervals, the baseline check, what
     the comparison can show, links to the plots."""
     from shared.io.atomic import write_text
@@ -281,10 +326,10 @@ def write_report(root: Path, metrics: dict[str, dict], task: str = "lung_nodules
         lines.append(f"| {name} | " + " | ".join(_with_interval(values, key) for key in KEYS) + " |")
     lines += ["", "Values in [0, 1]; brackets: 95% bootstrap interval over the test scans "
               f"({_count(metrics, 'images')} scans, {_count(metrics, 'ground_truth')} objects).", ""]
-    lines += _learned_lines(metrics) + [""] + _setting_lines(encoder, budget)
+    lines += _learned_lines(metrics) + [""] + _setting_lines(encoders or {}, budget)
     lines += ["", (root / "report" / "ranking" / "report.md").read_text().replace("# ", "## ", 1), "", "## Plots", ""]
     for name in metrics:
-        folder = (root / "finetune" / name) if name in VARIANTS else (root / "baseline")
+        folder = (root / "baseline") if name == BASELINE else (root / "finetune" / name)
         plots = sorted(path.name for path in (folder / "evaluation").glob("*.png"))
         lines.append(f"- {name}: " + ", ".join(f"`{(folder / 'evaluation' / plot).relative_to(root)}`" for plot in plots))
     lines.append("- rank histograms: `report/ranking/rank_histograms.png`")
@@ -298,39 +343,49 @@ def _count(metrics: dict[str, dict], what: str) -> str:
 
 def _learned_lines(metrics: dict[str, dict]) -> list[str]:
     """Whether every model reached :data:`LEARNED_FACTOR` times the baseline's AP@0.1."""
-    base = metrics.get("LoG baseline", {}).get(KEYS[0])
+    base = metrics.get(BASELINE, {}).get(KEYS[0])
     if base is None:
         return ["No classical baseline for this task: the table alone says how far the models got."]
     bar = LEARNED_FACTOR * base
-    verdicts = [f"{name} {values[KEYS[0]]:.3f} {'≥' if values[KEYS[0]] >= bar else '<'} {bar:.3f}"
-                for name, values in metrics.items() if name in VARIANTS]
-    learned = all(values[KEYS[0]] >= bar for name, values in metrics.items() if name in VARIANTS)
-    head = ("Both models learned" if learned else "**Not every model learned**")
+    models = {name: values[KEYS[0]] for name, values in metrics.items() if name != BASELINE}
+    verdicts = [f"{name} {ap:.3f} {'≥' if ap >= bar else '<'} {bar:.3f}" for name, ap in models.items()]
+    learned = all(ap >= bar for ap in models.values())
+    head = ("**Not every model learned**" if not learned else
+            "Both models learned" if len(models) == 2 else "Every model learned")
     return [f"{head}: AP@0.1 against {LEARNED_FACTOR:g}× the classical baseline's {base:.3f} on the same "
             f"scans ({'; '.join(verdicts)})."]
 
 
-def _setting_lines(encoder: str | None, budget: dict | None) -> list[str]:
+def _setting_lines(encoders: dict[str, str], budget: dict | None) -> list[str]:
     lines = ["## What was compared", ""]
     if budget:
         frozen = budget["frozen encoder iterations (pretrained)"]
-        lines.append(f"Both fine-tunings: {budget['iterations']} iterations, patch {budget['patch']}, batch "
-                     f"{budget['batch']}, encoder {json.dumps(budget['encoder'])}, same seed" +
-                     (f"; the pre-trained one first trains {frozen} more with its encoder frozen (the paper's warm-up)."
-                      if frozen else "."))
-    if encoder and Path(encoder).is_file():
+        lines.append(f"{'Both' if len(encoders) == 1 else 'All'} fine-tunings: {budget['iterations']} iterations, "
+                     f"patch {budget['patch']}, batch {budget['batch']}, encoder {json.dumps(budget['encoder'])}, "
+                     "same seed" + (f"; {'the' if len(encoders) == 1 else 'each'} pre-trained one first trains {frozen} "
+                                    "more with its encoder frozen (the paper's warm-up)." if frozen else "."))
+    for name, encoder in encoders.items():
+        if not Path(encoder).is_file():
+            continue
         manifest = json.loads(Path(encoder).read_text())
         settings, data = manifest.get("method_settings", {}), manifest.get("data", {})
-        lines.append(f"Pre-trained encoder: `{encoder}`: {manifest.get('method')}, "
-                     f"{settings.get('iterations', '?')} iterations at patch {settings.get('patch_size', '?')}, batch "
+        lines.append(f"Pre-trained encoder of `{name}`: `{encoder}`: {manifest.get('method')}, "
+                     f"{settings.get('iterations', '?')} iterations at {_sample_size(settings)}, batch "
                      f"{settings.get('batch_size', '?')}, on {data.get('num_volumes', '?')} scans ({data.get('splits')} "
                      "of its data set); the manifest has every setting.")
     lines += ["", "What this can show: whether each model detects the nodules far better than a blob filter, and "
-              "how far apart the two are relative to the bootstrap intervals over this small test split. What "
+              "how far apart the models are relative to the bootstrap intervals over this small test split. What "
               "it cannot: a difference inside the intervals, from one seed, is not evidence that pre-training "
               "helps or hurts: that needs several seeds (`--seed`) and longer fine-tuning (`--finetune_overrides`); "
               "docs/pretraining_results.md has such comparisons."]
     return lines
+
+
+def _sample_size(settings: dict) -> str:
+    """What a pre-training method trains on: a patch, or VoCo's crops."""
+    if "crop_size" in settings:
+        return f"crops {settings['crop_size']}"
+    return f"patch {settings.get('patch_size', '?')}"
 
 
 def _with_interval(values: dict, key: str) -> str:

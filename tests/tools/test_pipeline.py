@@ -160,6 +160,32 @@ def test_the_pretrained_side_starts_from_the_shipped_given_or_pretrained_encoder
         main(str(tmp_path / "missing"), stages=["finetune"], encoder=str(tmp_path / "nothing.json"))
 
 
+def test_methods_pretrain_an_encoder_each_and_fine_tune_a_model_from_each(tmp_path, monkeypatch):
+    import pytest
+
+    import tools.pipeline as pipeline
+
+    calls = []
+    monkeypatch.setattr(pipeline, "run_bundle", lambda bundle, configs, **overrides: calls.append((bundle, overrides)))
+    out = (tmp_path / "run").resolve()
+    main(str(out), stages=["pretrain", "finetune", "evaluate"], methods=["spark", "voco"])
+    assert [call[0] for call in calls] == (["resenc_spark_pretrain", "resenc_voco_pretrain"]
+                                          + [pipeline.DETECTOR_BUNDLE] * 6)
+    spark, voco = calls[0][1], calls[1][1]
+    assert [spark["output_dir"], voco["output_dir"]] == [out / "pretrain" / "spark", out / "pretrain" / "voco"]
+    assert spark["patch_size"] == [48, 48, 48] and "patch_size" not in voco  # VoCo samples crops, not patches
+    finetunes, evaluations = calls[2:5], calls[5:]
+    for runs in (finetunes, evaluations):
+        assert [call[1]["output_dir"].name for call in runs] == ["scratch", "spark", "voco"]
+    assert [call[1]["pretrained_encoder"] for call in finetunes] == [
+        None, str(out / "pretrain" / "spark" / "encoder.json"), str(out / "pretrain" / "voco" / "encoder.json")]
+
+    with pytest.raises(InputError, match="unknown pre-training method"):
+        main(str(tmp_path / "other"), methods=["simclr"])
+    with pytest.raises(InputError, match="exclude each other"):
+        main(str(tmp_path / "other"), methods=["mae"], encoder="pretrain")
+
+
 def test_the_report_says_whether_every_model_beat_twice_the_baseline(tmp_path):
     from tools.pipeline import write_report
 
@@ -175,3 +201,7 @@ def test_the_report_says_whether_every_model_beat_twice_the_baseline(tmp_path):
     assert "Both models learned" in report and "0.300 ≥ 0.200" in report and "(10 scans, 18 objects)" in report
     write_report(tmp_path, {"scratch": metrics(0.5), "pretrained": metrics(0.15), "LoG baseline": metrics(0.1)})
     assert "**Not every model learned**" in (tmp_path / "report" / "report.md").read_text()
+    write_report(tmp_path, {"scratch": metrics(0.5), "mae": metrics(0.4), "spark": metrics(0.3),
+                            "LoG baseline": metrics(0.1)})
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "Every model learned" in report and "| spark |" in report and "mae 0.400 ≥ 0.200" in report
