@@ -3,7 +3,8 @@ on the last decoder layer and, as auxiliary losses, on every earlier decoder lay
 proposals, each matched on its own by the Hungarian matcher.
 
 Every term is a sum over the batch divided by the batch's number of target boxes (at least 1), as in
-Deformable DETR: classification over all queries and classes (matched queries have their target's class
+Deformable DETR; under ``torch.distributed`` that number is the mean over the processes, so every rank
+divides by the same count and DDP's averaged gradient weighs each box of the global batch alike. Classification over all queries and classes (matched queries have their target's class
 as positive, all others none), L1 over the six normalised ``(cx, cy, cz, w, h, d)`` values and ``1 - GIoU``
 over the matched pairs. Images and whole batches without objects are valid: every query is then a
 negative and the box terms are 0 (with a live graph).
@@ -62,6 +63,16 @@ def set_loss_terms(logits: Tensor, boxes: Tensor, matches: Sequence[tuple[Tensor
     return terms
 
 
+def target_count(target_labels: Sequence[Tensor], device: torch.device | str = "cpu") -> float:
+    """The loss divisor: the batch's number of targets, averaged over the processes under
+    ``torch.distributed`` (Deformable DETR's normalisation), at least 1. Every process must call it."""
+    count = torch.tensor(float(sum(len(labels) for labels in target_labels)), device=device)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(count)
+        count = count / torch.distributed.get_world_size()
+    return max(float(count), 1.0)
+
+
 class SetPredictionLoss:
     """Matched set-prediction loss of a :class:`shared.networks.deformable_detr.DeformableDETRNetwork`'s
     outputs, with the auxiliary losses of every decoder layer and of the encoder proposals.
@@ -100,7 +111,7 @@ class SetPredictionLoss:
             The last layer's ``classification``, ``box_l1``, ``box_giou``; the earlier layers' as
             ``<term>_<layer>`` (layer 0 the first); the proposals' as ``<term>_proposals``; ``"loss"``.
         """
-        num_boxes = float(max(sum(len(labels) for labels in target_labels), 1))
+        num_boxes = target_count(target_labels, outputs["boxes"][-1].device)
         last = len(outputs["boxes"]) - 1
         sets = {"": (outputs["class_logits"][last], outputs["boxes"][last])}
         if self.auxiliary:

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from shared.losses.classification import sigmoid_focal_loss
-from shared.losses.set_prediction import SetPredictionLoss, set_loss_terms
+from shared.losses.set_prediction import SetPredictionLoss, set_loss_terms, target_count
 
 TARGETS = [torch.tensor([[0.3, 0.4, 0.5, 0.2, 0.1, 0.2], [0.7, 0.6, 0.5, 0.1, 0.2, 0.1]]), torch.zeros(0, 6)]
 LABELS = [torch.tensor([0, 1]), torch.zeros(0, dtype=torch.long)]
@@ -67,3 +67,22 @@ def test_weights_and_auxiliary_switches():
     assert {"classification_0", "classification_1", "classification_proposals"} <= set(full)
     with pytest.raises(ValueError, match="term_weights"):
         SetPredictionLoss(term_weights={"mask": 1.0})
+
+
+def _target_count_worker(rank: int, folder: str) -> None:
+    import torch.distributed as dist
+
+    from shared.losses.set_prediction import target_count
+
+    dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=2)
+    try:
+        labels = LABELS if rank == 0 else [LABELS[0], LABELS[0]]  # 2 targets on rank 0, 4 on rank 1
+        torch.save(target_count(labels), f"{folder}/count_{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_under_torch_distributed_every_rank_divides_by_the_mean_target_count(tmp_path):
+    assert target_count(LABELS) == 2.0 and target_count([torch.zeros(0, dtype=torch.long)]) == 1.0  # alone
+    torch.multiprocessing.spawn(_target_count_worker, args=(str(tmp_path),), nprocs=2, join=True)
+    assert [torch.load(tmp_path / f"count_{rank}.pt") for rank in (0, 1)] == [3.0, 3.0]  # (2 + 4) / 2 on both
