@@ -37,11 +37,12 @@ from typing import Sequence
 from shared.io.atomic import write_json
 from shared.io.errors import InputError
 from tools._cli import check_writable_folder, run_cli
+from tools.pipeline_report import BASELINE, write_report
 
 STAGES = ("data", "baseline", "pretrain", "finetune", "evaluate", "report")
 PRETRAIN_BUNDLE = "resenc_mae_pretrain"
 DETECTOR_BUNDLE = "resenc_retina_unet_detection"
-SCRATCH, PRETRAINED, BASELINE = "scratch", "pretrained", "LoG baseline"
+SCRATCH, PRETRAINED = "scratch", "pretrained"
 #: pre-training methods ``--methods`` can compare, and their bundles
 METHODS = {"mae": "resenc_mae_pretrain", "spark": "resenc_spark_pretrain",
            "models_genesis": "resenc_models_genesis_pretrain", "voco": "resenc_voco_pretrain"}
@@ -88,7 +89,7 @@ def main(out: str = "runs/quickstart", stages: Sequence[str] = STAGES, force: bo
         stages: which stages to run (default all): data, baseline, pretrain, finetune, evaluate, report.
         force: run the stages again from nothing, even those done (training stages replace their old
             outputs only once the new ones are complete).
-        seed: data, pre-training and fine-tuning seed (the two fine-tunings share it).
+        seed: data, pre-training and fine-tuning seed (the fine-tunings share it).
         task: embedded data set: ``lung_nodules`` (default; chest CT, nodule vs background, LUNA16's
             task), ``lung_ct`` (the same scans, benign vs malignant) or ``brain_mri`` (two MRI channels).
         encoder: the pre-trained encoder's ``encoder.json``; default: the one shipped for the task (the
@@ -111,7 +112,7 @@ def main(out: str = "runs/quickstart", stages: Sequence[str] = STAGES, force: bo
     root = check_writable_folder(Path(out).resolve(), what="--out")
     _recover_stage_folders(root)
     pretrain_task, finetune_task, shipped, has_baseline = TASKS[task]
-    methods = _methods(methods, encoder)
+    methods = _methods(methods, encoder, root, pretrains="pretrain" in stages, finetunes="finetune" in stages)
     encoders = ({method: str(root / "pretrain" / method / "encoder.json") for method in methods} if methods else
                 {PRETRAINED: _encoder(encoder, shipped, root, task, check="finetune" in stages)})
     pretrain_here = bool(methods) or encoders[PRETRAINED] == _pretrained_here(root)
@@ -125,7 +126,7 @@ def main(out: str = "runs/quickstart", stages: Sequence[str] = STAGES, force: bo
         if stage not in stages or skipped.get(stage):
             continue
         marker = root / "stages" / f"{stage}.json"
-        if marker.exists() and not force:
+        if not force and _done_before(marker, settings):
             logger.info("stage %s: done before (%s), skipped", stage, marker)
             continue
         logger.info("stage %s: starting", stage)
@@ -152,17 +153,35 @@ def _encoder(encoder: str | None, shipped: str | None, root: Path, task: str, ch
     return str(path.resolve())
 
 
-def _methods(methods: Sequence[str] | None, encoder: str | None) -> list[str]:
-    """The pre-training methods to compare, checked (``--methods``)."""
-    if not methods:
+def _done_before(marker: Path, settings: dict) -> bool:
+    """Whether a stage's done mark holds for these settings: not when it was made for other encoders (a
+    method added to ``--methods``, another ``--encoder``), nor data made without the unlabelled scans
+    that pre-training here now needs."""
+    if not marker.exists():
+        return False
+    before = json.loads(marker.read_text()).get("settings", {})
+    if marker.stem == "data":
+        return before.get("pretrain_here", True) or not settings["pretrain_here"]
+    return before.get("encoders") == settings["encoders"]
+
+
+def _methods(methods, encoder: str | None, root: Path, *, pretrains: bool, finetunes: bool) -> list[str]:
+    """The pre-training methods to compare (``--methods``), checked; without the pretrain stage their
+    encoders must be there already."""
+    if methods is None or methods == []:
         return []
     if isinstance(methods, str):  # a single name on the command line
         methods = [methods]
+    if not isinstance(methods, (list, tuple)) or not methods:
+        raise InputError(None, f"--methods takes method names, e.g. \"[mae,spark]\", not {methods!r}")
     unknown = [method for method in methods if method not in METHODS]
     if unknown:
         raise InputError(None, f"unknown pre-training method(s) {unknown}; methods are {list(METHODS)}")
     if encoder is not None:
         raise InputError(None, "--encoder and --methods exclude each other: --methods pre-trains its own encoders")
+    missing = [method for method in methods if not (root / "pretrain" / method / "encoder.json").is_file()]
+    if finetunes and not pretrains and missing:
+        raise InputError(root / "pretrain", f"no encoder pre-trained for {missing}: add the pretrain stage")
     return list(dict.fromkeys(methods))
 
 
@@ -262,13 +281,14 @@ def pretrain(root: Path, *, seed: int, pretrain_overrides: dict, methods: Sequen
 
 
 def _known_settings(bundle: str, overrides: dict) -> dict:
-    """The overrides a bundle has settings for: the profile's patch size means nothing to VoCo (crops)."""
+    """The overrides a bundle has settings for (``a#b`` counts as ``a``): the profile's patch size means
+    nothing to VoCo, which samples crops."""
     configs = BUNDLES / bundle / "configs"
     known = {key for name in ("train.json", "quick.json") for key in json.loads((configs / name).read_text())}
-    dropped = sorted(set(overrides) - known)
+    dropped = sorted(key for key in overrides if key.split("#")[0] not in known)
     if dropped:
         logger.info("%s has no setting %s: not passed", bundle, ", ".join(dropped))
-    return {key: value for key, value in overrides.items() if key in known}
+    return {key: value for key, value in overrides.items() if key not in dropped}
 
 
 def finetune(root: Path, *, seed: int, encoders: dict[str, str], finetune_overrides: dict,
@@ -307,92 +327,6 @@ def _budget(overrides: dict) -> dict:
     return {"iterations": merged["iterations_per_epoch"] * merged["epochs"],
             "frozen encoder iterations (pretrained)": merged["iterations_per_epoch"] * merged.get("freeze_epochs", 0),
             "patch": merged["patch_size"], "batch": merged["batch_size"], "encoder": merged["encoder"]}
-
-
-#: a model "has learned" at this multiple of the classical baseline's AP@0.1 on the same test scans
-LEARNED_FACTOR = 2.0
-KEYS = ("AP_IoU_0.10_MaxDet_100", "mAP_IoU_0.10_0.50_0.05_MaxDet_100", "FROC_score_IoU_0.10")
-
-
-def write_report(root: Path, metrics: dict[str, dict], task: str = "lung_nodules", *,
-                 encoders: dict[str, str] | None = None, budget: dict | None = None) -> None:
-    """The pipeline's summary: one row per model with bootstrap intervals, the baseline check, what
-    the comparison can show, links to the plots."""
-    from shared.io.atomic import write_text
-
-    lines = [f"# Pre-trained vs from scratch: ResEnc Retina U-Net on the embedded {task} data", "",
-             "| model | " + " | ".join(KEYS) + " |", "|---" * (len(KEYS) + 1) + "|"]
-    for name, values in metrics.items():
-        lines.append(f"| {name} | " + " | ".join(_with_interval(values, key) for key in KEYS) + " |")
-    lines += ["", "Values in [0, 1]; brackets: 95% bootstrap interval over the test scans "
-              f"({_count(metrics, 'images')} scans, {_count(metrics, 'ground_truth')} objects).", ""]
-    lines += _learned_lines(metrics) + [""] + _setting_lines(encoders or {}, budget)
-    lines += ["", (root / "report" / "ranking" / "report.md").read_text().replace("# ", "## ", 1), "", "## Plots", ""]
-    for name in metrics:
-        folder = (root / "baseline") if name == BASELINE else (root / "finetune" / name)
-        plots = sorted(path.name for path in (folder / "evaluation").glob("*.png"))
-        lines.append(f"- {name}: " + ", ".join(f"`{(folder / 'evaluation' / plot).relative_to(root)}`" for plot in plots))
-    lines.append("- rank histograms: `report/ranking/rank_histograms.png`")
-    write_text(root / "report" / "report.md", "\n".join(lines) + "\n")
-
-
-def _count(metrics: dict[str, dict], what: str) -> str:
-    values = {values.get(f"count/{what}") for values in metrics.values()} - {None}
-    return str(values.pop()) if len(values) == 1 else "?"
-
-
-def _learned_lines(metrics: dict[str, dict]) -> list[str]:
-    """Whether every model reached :data:`LEARNED_FACTOR` times the baseline's AP@0.1."""
-    base = metrics.get(BASELINE, {}).get(KEYS[0])
-    if base is None:
-        return ["No classical baseline for this task: the table alone says how far the models got."]
-    bar = LEARNED_FACTOR * base
-    models = {name: values[KEYS[0]] for name, values in metrics.items() if name != BASELINE}
-    verdicts = [f"{name} {ap:.3f} {'≥' if ap >= bar else '<'} {bar:.3f}" for name, ap in models.items()]
-    learned = all(ap >= bar for ap in models.values())
-    head = ("**Not every model learned**" if not learned else
-            "Both models learned" if len(models) == 2 else "Every model learned")
-    return [f"{head}: AP@0.1 against {LEARNED_FACTOR:g}× the classical baseline's {base:.3f} on the same "
-            f"scans ({'; '.join(verdicts)})."]
-
-
-def _setting_lines(encoders: dict[str, str], budget: dict | None) -> list[str]:
-    lines = ["## What was compared", ""]
-    if budget:
-        frozen = budget["frozen encoder iterations (pretrained)"]
-        lines.append(f"{'Both' if len(encoders) == 1 else 'All'} fine-tunings: {budget['iterations']} iterations, "
-                     f"patch {budget['patch']}, batch {budget['batch']}, encoder {json.dumps(budget['encoder'])}, "
-                     "same seed" + (f"; {'the' if len(encoders) == 1 else 'each'} pre-trained one first trains {frozen} "
-                                    "more with its encoder frozen (the paper's warm-up)." if frozen else "."))
-    for name, encoder in encoders.items():
-        if not Path(encoder).is_file():
-            continue
-        manifest = json.loads(Path(encoder).read_text())
-        settings, data = manifest.get("method_settings", {}), manifest.get("data", {})
-        lines.append(f"Pre-trained encoder of `{name}`: `{encoder}`: {manifest.get('method')}, "
-                     f"{settings.get('iterations', '?')} iterations at {_sample_size(settings)}, batch "
-                     f"{settings.get('batch_size', '?')}, on {data.get('num_volumes', '?')} scans ({data.get('splits')} "
-                     "of its data set); the manifest has every setting.")
-    lines += ["", "What this can show: whether each model detects the nodules far better than a blob filter, and "
-              "how far apart the models are relative to the bootstrap intervals over this small test split. What "
-              "it cannot: a difference inside the intervals, from one seed, is not evidence that pre-training "
-              "helps or hurts: that needs several seeds (`--seed`) and longer fine-tuning (`--finetune_overrides`); "
-              "docs/pretraining_results.md has such comparisons."]
-    return lines
-
-
-def _sample_size(settings: dict) -> str:
-    """What a pre-training method trains on: a patch, or VoCo's crops."""
-    if "crop_size" in settings:
-        return f"crops {settings['crop_size']}"
-    return f"patch {settings.get('patch_size', '?')}"
-
-
-def _with_interval(values: dict, key: str) -> str:
-    value, interval = values.get(key), values.get(f"{key}_ci95")
-    if value is None:
-        return "n/a"
-    return f"{value:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else f"{value:.3f}"
 
 
 def run_bundle(bundle: str, config_files: Sequence[str], **overrides) -> None:

@@ -4,9 +4,10 @@ proposals, each matched on its own by the Hungarian matcher.
 
 Every term is a sum over the batch divided by the batch's number of target boxes (at least 1), as in
 Deformable DETR; under ``torch.distributed`` that number is the mean over the processes, so every rank
-divides by the same count and DDP's averaged gradient weighs each box of the global batch alike. Classification over all queries and classes (matched queries have their target's class
-as positive, all others none), L1 over the six normalised ``(cx, cy, cz, w, h, d)`` values and ``1 - GIoU``
-over the matched pairs. Images and whole batches without objects are valid: every query is then a
+divides by the same count and DDP's averaged gradient weighs each box of the global batch alike.
+Classification is over all queries and classes (matched queries have their target's class as positive,
+all others none), L1 over the six normalised ``(cx, cy, cz, w, h, d)`` values and ``1 - GIoU`` over the
+matched pairs. Images and whole batches without objects are valid: every query is then a
 negative and the box terms are 0 (with a live graph).
 """
 

@@ -184,6 +184,35 @@ def test_methods_pretrain_an_encoder_each_and_fine_tune_a_model_from_each(tmp_pa
         main(str(tmp_path / "other"), methods=["simclr"])
     with pytest.raises(InputError, match="exclude each other"):
         main(str(tmp_path / "other"), methods=["mae"], encoder="pretrain")
+    with pytest.raises(InputError, match="takes method names"):
+        main(str(tmp_path / "other"), methods=True)  # a bare --methods on the command line
+    with pytest.raises(InputError, match=r"no encoder pre-trained for \['mae'\]: add the pretrain stage"):
+        main(str(out), stages=["finetune"], methods=["mae"])
+
+
+def test_a_done_stage_runs_again_for_other_encoders_or_data_without_unlabelled_scans(tmp_path, monkeypatch):
+    import tools.pipeline as pipeline
+
+    calls = []
+    monkeypatch.setattr(pipeline, "run_bundle", lambda bundle, configs, **overrides: calls.append(bundle))
+    out = tmp_path / "run"
+    main(str(out), stages=["pretrain", "finetune"], methods=["spark"])
+    calls.clear()
+    main(str(out), stages=["pretrain", "finetune"], methods=["spark"])
+    assert calls == []  # done before
+    main(str(out), stages=["pretrain", "finetune"], methods=["spark", "voco"])  # a method added
+    assert calls == ["resenc_spark_pretrain", "resenc_voco_pretrain"] + [pipeline.DETECTOR_BUNDLE] * 3
+
+    settings = {"encoders": {"pretrained": "a.json"}, "pretrain_here": True}
+    marker = tmp_path / "stages" / "data.json"
+    marker.parent.mkdir()
+    marker.write_text(json.dumps({"settings": {**settings, "pretrain_here": False}}))
+    assert not pipeline._done_before(marker, settings)  # made without the unlabelled scans pre-training needs
+    assert pipeline._done_before(marker, {**settings, "pretrain_here": False})
+    marker = marker.with_name("finetune.json")
+    marker.write_text(json.dumps({"settings": settings}))
+    assert pipeline._done_before(marker, settings)
+    assert not pipeline._done_before(marker, {**settings, "encoders": {"pretrained": "b.json"}})
 
 
 def test_the_report_says_whether_every_model_beat_twice_the_baseline(tmp_path):
