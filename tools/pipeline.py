@@ -154,15 +154,15 @@ def _encoder(encoder: str | None, shipped: str | None, root: Path, task: str, ch
 
 
 def _done_before(marker: Path, settings: dict) -> bool:
-    """Whether a stage's done mark holds for these settings: not when it was made for other encoders (a
-    method added to ``--methods``, another ``--encoder``), nor data made without the unlabelled scans
-    that pre-training here now needs."""
+    """Whether a stage's done mark holds for these settings: not for a model stage made for other
+    encoders (a method added to ``--methods``, another ``--encoder``), nor for data made without the
+    unlabelled scans that pre-training here now needs; the baseline depends on neither."""
     if not marker.exists():
         return False
     before = json.loads(marker.read_text()).get("settings", {})
     if marker.stem == "data":
         return before.get("pretrain_here", True) or not settings["pretrain_here"]
-    return before.get("encoders") == settings["encoders"]
+    return marker.stem == "baseline" or before.get("encoders") == settings["encoders"]
 
 
 def _methods(methods, encoder: str | None, root: Path, *, pretrains: bool, finetunes: bool) -> list[str]:

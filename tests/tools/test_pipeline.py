@@ -213,6 +213,9 @@ def test_a_done_stage_runs_again_for_other_encoders_or_data_without_unlabelled_s
     marker.write_text(json.dumps({"settings": settings}))
     assert pipeline._done_before(marker, settings)
     assert not pipeline._done_before(marker, {**settings, "encoders": {"pretrained": "b.json"}})
+    marker = marker.with_name("baseline.json")
+    marker.write_text(json.dumps({"settings": settings}))
+    assert pipeline._done_before(marker, {**settings, "encoders": {"pretrained": "b.json"}})
 
 
 def test_the_report_says_whether_every_model_beat_twice_the_baseline(tmp_path):
