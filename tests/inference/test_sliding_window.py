@@ -164,7 +164,8 @@ def test_the_final_filters_change_the_output_and_may_not_undercut_the_per_tile_o
 
 #: predict_volume of the fixed network and volume below, computed by the code before the detector
 #: interface (sliding window taking the network and post-processor out of the detector): the interface
-#: must not change a bit of Retina U-Net's inference
+#: must not change Retina U-Net's inference. Equal up to float rounding only: another CPU's vectorised
+#: kernels round differently (an AMD EPYC gave boxes 4e-6 voxels and scores 3e-8 off these)
 BEFORE_BOXES = [
     [31.9963321685791, 18.968164443969727, 2.5916318893432617,
       35.74085998535156, 25.681949615478516, 8.752827644348145],
@@ -184,7 +185,7 @@ BEFORE_SCORES = [0.268046110868454, 0.22248823940753937, 0.2198900282382965, 0.2
 BEFORE_LABELS = [0, 0, 0, 0, 1, 0]
 
 
-def test_retina_unet_predictions_are_bit_identical_to_before_the_interface():
+def test_retina_unet_predictions_are_those_of_before_the_interface():
     from shared.networks.retina_unet import RetinaUNetNetwork
 
     torch.manual_seed(0)
@@ -198,6 +199,6 @@ def test_retina_unet_predictions_are_bit_identical_to_before_the_interface():
     volume = torch.randn(1, 40, 36, 28, generator=torch.Generator().manual_seed(1))
     found = predict_volume(detector, volume, patch_size=(32, 32, 16), mirror=True, score_threshold=0.05,
                            detections_per_volume=6, batch_size=3)
-    assert torch.equal(found["boxes"], torch.tensor(BEFORE_BOXES, dtype=torch.float32))
-    assert torch.equal(found["scores"], torch.tensor(BEFORE_SCORES, dtype=torch.float32))
+    torch.testing.assert_close(found["boxes"], torch.tensor(BEFORE_BOXES), rtol=0, atol=1e-4)
+    torch.testing.assert_close(found["scores"], torch.tensor(BEFORE_SCORES), rtol=0, atol=1e-6)
     assert found["labels"].tolist() == BEFORE_LABELS
