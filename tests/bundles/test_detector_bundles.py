@@ -283,7 +283,7 @@ def test_resenc_bundle_fine_tunes_from_an_exported_encoder(trained, tmp_path):
 def test_torchrun_two_processes_on_cpu(trained, tmp_path):
     # gloo on CPU: the two ranks sample disjoint batches, DDP averages their gradients, and each rank
     # validates its share of the cases (the metrics gather them)
-    result = _bundle("--nproc_per_node", "2", "-m", "monai.bundle", "run", "--config_file",
+    result = _bundle("--standalone", "--nproc_per_node", "2", "-m", "monai.bundle", "run", "--config_file",
             _configs(PLAIN, "train.json", "quick.json", "multi_gpu_train.json"), "--dataset_dir",
             str(trained / "data"), "--output_dir", str(tmp_path / "out"), *_tiny("plain"), *TRAIN,
             cwd=tmp_path, command=[sys.executable, "-m", "torch.distributed.run"])

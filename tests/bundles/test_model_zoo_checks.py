@@ -35,6 +35,11 @@ BUNDLES = ["retina_unet_detection", "resenc_retina_unet_detection", "deformable_
 # The MultiTalent bundles build their network from the multi-dataset datalist (a stem and a head block per
 # data set), so the Zoo's full mode, which builds network_def from the bundle alone, cannot run on them yet.
 FULL_MODE = [bundle for bundle in BUNDLES if "multitalent" not in bundle]
+# Full mode builds the paper-size network (30-50 s each on 2 cores): by default it runs on one bundle per
+# network family; the others' networks are the same encoders (or their in/out is checked at quick size by
+# their own bundle tests), and `pytest -m slow` runs them all.
+FULL_MODE_SLOW = ("retina_unet_detection", "deformable_detr_detection", "resenc_mae_pretrain", "resenc_voco_pretrain",
+                  "resenc_models_genesis_pretrain")
 DETECTORS = ("retina_unet_detection", "resenc_retina_unet_detection", "deformable_detr_detection",
              "resenc_deformable_detr_detection")
 MAX_KB = 1024  # check-added-large-files --maxkb=1024
@@ -115,7 +120,8 @@ def _zoo_copy(bundle: str, folder: Path) -> Path:
     return root
 
 
-@pytest.mark.parametrize("bundle", FULL_MODE)
+@pytest.mark.parametrize("bundle", [pytest.param(bundle, marks=[pytest.mark.slow] if bundle in FULL_MODE_SLOW else [])
+                                    for bundle in FULL_MODE])
 def test_verify_bundle_full_mode_checks_with_reachable_weights(bundle, tmp_path, monkeypatch):
     root = _zoo_copy(bundle, tmp_path)
     # the Zoo's download_large_files: ConfigParser reads large_files.yml, download_url checks the hash

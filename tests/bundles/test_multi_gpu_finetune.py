@@ -85,8 +85,9 @@ def test_torchrun_fine_tunes_from_a_pretrained_encoder_through_the_freeze_phase(
         "--checkpoint_every", "2",
     ]
     environment = {**os.environ, "PYTHONPATH": str(REPOSITORY), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m",
-                             "monai.bundle", "run", *arguments], cwd=tmp_path, env=environment,
+    # --standalone: a free port, so other torchrun tests may run at the same time
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             "-m", "monai.bundle", "run", *arguments], cwd=tmp_path, env=environment,
                             capture_output=True, text=True, timeout=300)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-5000:]
