@@ -69,10 +69,17 @@ def _grow(rng, anatomy, start, direction, radius, depth, segments, min_radius_mm
 def _turn(rng: np.random.Generator, direction: np.ndarray, angle: float) -> np.ndarray:
     """Rotate ``direction`` by ``angle`` about a random axis perpendicular to it."""
     helper = rng.standard_normal(3)
-    axis = np.cross(direction, helper)
+    axis = _cross(direction, helper)
     axis /= max(np.linalg.norm(axis), 1e-9)
-    turned = np.cos(angle) * direction + np.sin(angle) * np.cross(axis, direction)
+    turned = np.cos(angle) * direction + np.sin(angle) * _cross(axis, direction)
     return turned / np.linalg.norm(turned)
+
+
+def _cross(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``np.cross`` of two 3-vectors, bit for bit (the same products and differences), without its
+    general-shape overhead: trees call it ~10,000 times per scan, where it took a third of the data's time."""
+    (a0, a1, a2), (b0, b1, b2) = a.tolist(), b.tolist()
+    return np.array([a1 * b2 - a2 * b1, a2 * b0 - a0 * b2, a0 * b1 - a1 * b0])
 
 
 def render_segments(segments: list[Segment], grid: Grid) -> np.ndarray:

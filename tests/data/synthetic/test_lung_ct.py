@@ -42,3 +42,10 @@ def test_same_rng_same_case_other_rng_other_case(case):
 def test_empty_case_has_no_nodule():
     empty = generate_lung_case(np.random.default_rng(7), SHAPE, SPACING, empty=True)
     assert empty.instances.max() == 0 and empty.labels == []
+
+
+def test_vessel_turns_cross_products_are_numpys_bit_for_bit(rng):
+    from shared.data.synthetic.vessels import _cross
+
+    for a, b in rng.standard_normal((200, 2, 3)) * rng.uniform(1e-3, 1e3, (200, 2, 1)):
+        assert np.array_equal(_cross(a, b), np.cross(a, b))
