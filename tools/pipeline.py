@@ -31,6 +31,7 @@ import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
@@ -44,7 +45,7 @@ PRETRAIN_BUNDLE = "resenc_mae_pretrain"
 DETECTOR_BUNDLE = "resenc_retina_unet_detection"
 SCRATCH, PRETRAINED = "scratch", "pretrained"
 #: pre-training methods ``--methods`` can compare, and their bundles
-METHODS = {"mae": "resenc_mae_pretrain", "spark": "resenc_spark_pretrain",
+METHODS = {"mae": PRETRAIN_BUNDLE, "spark": "resenc_spark_pretrain",
            "models_genesis": "resenc_models_genesis_pretrain", "voco": "resenc_voco_pretrain"}
 BUNDLES = Path(__file__).resolve().parents[1] / "bundles"
 #: ``--encoder`` value that pre-trains a new encoder in the ``pretrain`` stage
@@ -55,14 +56,17 @@ logger = logging.getLogger("pipeline")
 #: stages that write one folder of --out and are forced into a fresh one, swapped in when complete
 STAGE_FOLDERS = {"pretrain": "pretrain", "finetune": "finetune"}
 
-#: the quick profiles shrunk further so the whole job fits in 15 minutes on 2 CPU cores (pip included);
-#: the bundles' own quick (or paper) settings are overrides away. Fine-tuning: 250 iterations for both
-#: sides, the pre-trained one after 25 with its encoder frozen (the paper's warm-up). Measured on one seed:
-#: at 175 iterations the model from scratch had not yet learned the nodules (test AP@0.1 0.061, the
-#: pre-trained one 0.473); without the warm-up the pre-trained one fell to 0.162 (scratch 0.330)
+#: the quick profiles shrunk further for a job of about 15 minutes on 2 CPU cores (pip included; README
+#: has the measured times); the bundles' own quick (or paper) settings are overrides away. Fine-tuning:
+#: 250 iterations for every model, a pre-trained one's first 25 with its encoder frozen (the paper's
+#: warm-up); validation in one 96³ window. Measured on one seed each (docs/pretraining_results.md): at
+#: 175 iterations the model from scratch had not yet learned the nodules (test AP@0.1 0.061, the
+#: pre-trained one 0.473); without the warm-up the pre-trained one fell to 0.162 (scratch 0.330); faster
+#: recipes failed: 32³ patches at batch 4 (200 iterations: pre-trained 0.024) and detection strides 4
+#: and 8 without 2 (250 iterations: both 0.000)
 PRETRAIN_PROFILE = {"patch_size": [48, 48, 48], "iterations_per_epoch": 20, "epochs": 3}
 FINETUNE_PROFILE = {"patch_size": [48, 48, 48], "iterations_per_epoch": 25, "epochs": 10, "validate_every": 10,
-                    "freeze_epochs": 1}
+                    "freeze_epochs": 1, "validate#inferer#patch_size": [96, 96, 96]}
 #: test-split inference in one 96³ window per quick scan (the scans are about 90³ at 1.5 mm): 2.5x faster
 #: than 48³ windows at overlap 0.5, at a cost in AP@0.1 (0.05 on one model; 0.448 vs 0.330 between two
 #: scratch runs trained alike, docs/pretraining_results.md)
@@ -274,10 +278,11 @@ def pretrain(root: Path, *, seed: int, pretrain_overrides: dict, methods: Sequen
              out_dir: Path | None = None, **_) -> None:
     """One MAE encoder in ``pretrain/`` (``--encoder pretrain``), or one per method in ``pretrain/<method>``."""
     folder = out_dir or root / "pretrain"
-    runs = {METHODS[method]: folder / method for method in methods} or {PRETRAIN_BUNDLE: folder}
-    for bundle, output in runs.items():
-        run_bundle(bundle, ["train.json", "quick.json"], dataset_dir=root / "data", output_dir=output, seed=seed,
-                   **_known_settings(bundle, pretrain_overrides))
+    outputs = {method: folder / method for method in methods} or {"mae": folder}
+    run_side_by_side({method: (METHODS[method], ["train.json", "quick.json"],
+                               dict(dataset_dir=root / "data", output_dir=output, seed=seed,
+                                    **_known_settings(METHODS[method], pretrain_overrides)))
+                      for method, output in outputs.items()}, logs=folder / "logs")
 
 
 def _known_settings(bundle: str, overrides: dict) -> dict:
@@ -294,17 +299,32 @@ def _known_settings(bundle: str, overrides: dict) -> dict:
 def finetune(root: Path, *, seed: int, encoders: dict[str, str], finetune_overrides: dict,
              out_dir: Path | None = None, **_) -> None:
     folder = out_dir or root / "finetune"
-    for variant in _variants(encoders):  # one preprocessing cache for all: same scans, same preprocessing
-        run_bundle(DETECTOR_BUNDLE, ["train.json", "quick.json"], dataset_dir=root / "data",
-                   output_dir=folder / variant, cache_dir=folder / "cache",
-                   pretrained_encoder=encoders.get(variant), seed=seed, **finetune_overrides)
+    # one preprocessing cache for all (same scans, same preprocessing); the first run fills it, the others
+    # wait for its lock
+    run_side_by_side({variant: (DETECTOR_BUNDLE, ["train.json", "quick.json"],
+                                dict(dataset_dir=root / "data", output_dir=folder / variant, cache_dir=folder / "cache",
+                                     pretrained_encoder=encoders.get(variant), seed=seed,
+                                     **_same_total(finetune_overrides, pretrained=variant != SCRATCH)))
+                      for variant in _variants(encoders)}, logs=folder / "train_logs")
+
+
+def _same_total(overrides: dict, pretrained: bool) -> dict:
+    """A pre-trained model's frozen warm-up epochs come out of its ``epochs`` (the bundle adds them on top):
+    every model trains the same number of iterations and is validated, saved and evaluated at its last."""
+    if not pretrained or not overrides.get("freeze_epochs"):
+        return overrides
+    if overrides["freeze_epochs"] >= overrides["epochs"]:
+        raise InputError(None, f"freeze_epochs ({overrides['freeze_epochs']}) must be below epochs "
+                               f"({overrides['epochs']}): the frozen warm-up is part of a pre-trained model's budget")
+    return {**overrides, "epochs": overrides["epochs"] - overrides["freeze_epochs"]}
 
 
 def evaluate(root: Path, *, encoders: dict[str, str], finetune_overrides: dict, bootstrap: int, **_) -> None:
-    for variant in _variants(encoders):
-        run_bundle(DETECTOR_BUNDLE, ["train.json", "evaluate.json", "quick.json"], dataset_dir=root / "data",
-                   output_dir=root / "finetune" / variant, cache_dir=root / "finetune" / "cache", bootstrap=bootstrap,
-                   **{**finetune_overrides, **EVALUATE_PROFILE})
+    folder = root / "finetune"
+    run_side_by_side({variant: (DETECTOR_BUNDLE, ["train.json", "evaluate.json", "quick.json"],
+                                dict(dataset_dir=root / "data", output_dir=folder / variant, cache_dir=folder / "cache",
+                                     bootstrap=bootstrap, **{**finetune_overrides, **EVALUATE_PROFILE}))
+                      for variant in _variants(encoders)}, logs=folder / "evaluate_logs")
 
 
 def report(root: Path, *, bootstrap: int, encoders: dict[str, str], task: str = "lung_nodules",
@@ -326,21 +346,72 @@ def _budget(overrides: dict) -> dict:
     merged = {**quick, **overrides}
     return {"iterations": merged["iterations_per_epoch"] * merged["epochs"],
             "frozen encoder iterations (pretrained)": merged["iterations_per_epoch"] * merged.get("freeze_epochs", 0),
-            "patch": merged["patch_size"], "batch": merged["batch_size"], "encoder": merged["encoder"]}
+            "patch": merged["patch_size"], "batch": merged["batch_size"], "encoder": merged["encoder"],
+            "detection strides": merged["detection_strides"]}
 
 
-def run_bundle(bundle: str, config_files: Sequence[str], **overrides) -> None:
-    """``python -m monai.bundle run`` on a shipped bundle, in a subprocess, streaming its output."""
+def side_by_side(runs: int) -> int:
+    """How many bundle runs of a stage share the machine at once: on a CPU-only machine as many as it has
+    cores (up to ``runs``; torch's threads are split between them), since a training step's convolutions
+    use two threads far from twice as well as one; one at a time on a GPU, which one run fills."""
+    import torch
+
+    return 1 if torch.cuda.is_available() else max(1, min(runs, os.cpu_count() or 1))
+
+
+def run_side_by_side(runs: dict[str, tuple[str, Sequence[str], dict]], logs: Path) -> None:
+    """:func:`run_bundle` for each named ``(bundle, config files, overrides)``, :func:`side_by_side` at a
+    time. The first run prints to the console; the others write ``logs/<name>.log``. A failed run stops
+    the stage once the runs beside it have finished."""
+    workers = side_by_side(len(runs))
+    if workers == 1:
+        for bundle, configs, overrides in runs.values():
+            run_bundle(bundle, configs, **overrides)
+        return
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    logs.mkdir(parents=True, exist_ok=True)
+    first = next(iter(runs))
+    logger.info("%d runs side by side, %d torch thread(s) each; %s prints here, the others write %s/<name>.log",
+                workers, threads, first, logs)
+
+    def run(name: str) -> int:
+        bundle, configs, overrides = runs[name]
+        try:
+            run_bundle(bundle, configs, threads=threads, log=None if name == first else logs / f"{name}.log",
+                       **overrides)
+        except SystemExit as failed:
+            return int(failed.code or 1)
+        return 0
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        statuses = dict(zip(runs, pool.map(run, runs)))
+    failed = {name: status for name, status in statuses.items() if status}
+    if failed:
+        raise SystemExit(next(iter(failed.values())))
+
+
+def run_bundle(bundle: str, config_files: Sequence[str], *, threads: int | None = None, log: Path | None = None,
+               **overrides) -> None:
+    """``python -m monai.bundle run`` on a shipped bundle, in a subprocess, streaming its output (or
+    writing it to ``log``), with ``threads`` torch threads (default: torch's own choice)."""
     configs = [str(BUNDLES / bundle / "configs" / name) for name in config_files]
     command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", json.dumps(configs)]
     for key, value in overrides.items():
         command += [f"--{key}", _cli_value(value)]
-    logger.info("running %s", " ".join(command))
-    status = subprocess.run(command).returncode
+    logger.info("running %s%s", " ".join(command), f" > {log}" if log else "")
+    environment = {**os.environ, "OMP_NUM_THREADS": str(threads)} if threads else None
+    if log is None:
+        status = subprocess.run(command, env=environment).returncode
+    else:
+        with open(log, "w") as output:
+            status = subprocess.run(command, env=environment, stdout=output, stderr=subprocess.STDOUT).returncode
     if status:
         # the bundle has printed its own error (one line for a user error, exit status 2): pass its
         # status on instead of a traceback of this subprocess call
-        logger.error("bundle %s failed (exit status %d); its error is above", bundle, status)
+        if log is not None:
+            sys.stderr.write("".join(log.read_text(errors="replace").splitlines(keepends=True)[-20:]))
+        logger.error("bundle %s failed (exit status %d); its error is above%s", bundle, status,
+                     f" (whole output: {log})" if log else "")
         raise SystemExit(status)
 
 

@@ -62,8 +62,9 @@ def _setting_lines(encoders: dict[str, str], budget: dict | None) -> list[str]:
         frozen = budget["frozen encoder iterations (pretrained)"]
         lines.append(f"{'Both' if len(encoders) == 1 else 'All'} fine-tunings: {budget['iterations']} iterations, "
                      f"patch {budget['patch']}, batch {budget['batch']}, encoder {json.dumps(budget['encoder'])}, "
-                     "same seed" + (f"; {'the' if len(encoders) == 1 else 'each'} pre-trained one first trains {frozen} "
-                                    "more with its encoder frozen (the paper's warm-up)." if frozen else "."))
+                     f"detection strides {budget['detection strides']}, "
+                     "same seed" + (f"; {'the' if len(encoders) == 1 else 'each'} pre-trained one spends the first "
+                                    f"{frozen} of them with its encoder frozen (the paper's warm-up)." if frozen else "."))
     for name, encoder in encoders.items():
         if not Path(encoder).is_file():
             continue

@@ -3,19 +3,32 @@ compares the two fine-tuned models with the classical baseline."""
 
 import json
 
+import pytest
+
+import tools.pipeline as pipeline
 from shared.io.errors import InputError
 from tools.pipeline import STAGES, main
+
+SIDE_BY_SIDE = pipeline.side_by_side
 
 TINY_DATA = {"counts": {"training": 3, "validation": 1, "test": 2, "unlabelled": 2}, "shape": (40, 40, 24),
              "previews": False}
 TINY_ENCODER = {"name": "resenc", "preset": "tiny"}
 TINY_PRETRAIN = {"encoder": TINY_ENCODER, "patch_size": [32, 32, 32], "iterations_per_epoch": 2, "epochs": 1}
 TINY_FINETUNE = {"encoder": TINY_ENCODER, "decoder_channels": 16, "detection_strides": [4, 8],
-                 "patch_size": [32, 32, 32], "iterations_per_epoch": 2, "epochs": 1, "lr_warmup_iterations": 1,
-                 "validate_every": 1}
+                 "patch_size": [32, 32, 32], "iterations_per_epoch": 2, "epochs": 2, "lr_warmup_iterations": 1,
+                 "validate_every": 2}
 
 
-def test_pipeline_runs_every_stage_and_writes_the_report(tmp_path, capsys):
+@pytest.fixture(autouse=True)
+def one_run_at_a_time(monkeypatch):
+    """The stand-ins for the bundles below note their calls in order: the stages run one bundle at a time
+    (the tests that run bundles side by side say so)."""
+    monkeypatch.setattr(pipeline, "side_by_side", lambda runs: 1)
+
+
+def test_pipeline_runs_every_stage_and_writes_the_report(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(pipeline, "side_by_side", SIDE_BY_SIDE)  # two cores here: scratch beside pretrained
     out = tmp_path / "run"
     main(str(out), encoder="pretrain", data_overrides=TINY_DATA, pretrain_overrides=TINY_PRETRAIN,
          finetune_overrides=TINY_FINETUNE, bootstrap=20)
@@ -24,7 +37,8 @@ def test_pipeline_runs_every_stage_and_writes_the_report(tmp_path, capsys):
     assert (out / "pretrain" / "encoder.pt").exists()
     report = (out / "report" / "report.md").read_text()
     assert all(f"| {name} |" in report for name in ("scratch", "pretrained", "LoG baseline")) and "mean rank" in report
-    assert "classical baseline" in report and "Both fine-tunings: 2 iterations" in report
+    assert "classical baseline" in report and "Both fine-tunings: 4 iterations" in report
+    assert "the pre-trained one spends the first 2 of them with its encoder frozen" in report
     for variant in ("scratch", "pretrained"):
         metrics = json.loads((out / "finetune" / variant / "evaluation" / "metrics.json").read_text())
         assert "AP_IoU_0.10_MaxDet_100" in metrics
@@ -36,10 +50,6 @@ def test_pipeline_runs_every_stage_and_writes_the_report(tmp_path, capsys):
 
 
 def test_brain_task_passes_its_channels_and_classes_to_the_bundles(tmp_path, monkeypatch):
-    import pytest
-
-    import tools.pipeline as pipeline
-
     calls = []
     monkeypatch.setattr(pipeline, "run_bundle", lambda bundle, configs, **overrides: calls.append((bundle, overrides)))
     main(str(tmp_path / "run"), stages=["pretrain", "finetune"], task="brain_mri")
@@ -66,8 +76,6 @@ def fake_training(calls, fail_on=None):
 
 
 def test_force_trains_a_stage_from_nothing_and_replaces_its_outputs_once_complete(tmp_path, monkeypatch):
-    import tools.pipeline as pipeline
-
     out = tmp_path / "run"
     calls = []
     monkeypatch.setattr(pipeline, "run_bundle", fake_training(calls))
@@ -93,10 +101,6 @@ def test_force_trains_a_stage_from_nothing_and_replaces_its_outputs_once_complet
 
 
 def test_a_forced_stage_that_fails_leaves_the_old_outputs(tmp_path, monkeypatch):
-    import pytest
-
-    import tools.pipeline as pipeline
-
     out = tmp_path / "run"
     calls = []
     monkeypatch.setattr(pipeline, "run_bundle", fake_training(calls))
@@ -124,8 +128,6 @@ def test_outputs_set_aside_by_a_killed_swap_are_put_back(tmp_path):
 
 
 def test_a_stage_that_runs_again_takes_the_done_mark_off_the_later_stages(tmp_path, monkeypatch):
-    import tools.pipeline as pipeline
-
     out = tmp_path / "run"
     monkeypatch.setattr(pipeline, "run_bundle", fake_training([]))
     main(str(out), stages=["finetune"], encoder="pretrain")
@@ -137,10 +139,6 @@ def test_a_stage_that_runs_again_takes_the_done_mark_off_the_later_stages(tmp_pa
 
 
 def test_the_pretrained_side_starts_from_the_shipped_given_or_pretrained_encoder(tmp_path, monkeypatch):
-    import pytest
-
-    import tools.pipeline as pipeline
-
     calls = []
     monkeypatch.setattr(pipeline, "run_bundle", lambda bundle, configs, **overrides: calls.append((bundle, overrides)))
     manifest = tmp_path / "imported" / "encoder.json"
@@ -161,10 +159,6 @@ def test_the_pretrained_side_starts_from_the_shipped_given_or_pretrained_encoder
 
 
 def test_methods_pretrain_an_encoder_each_and_fine_tune_a_model_from_each(tmp_path, monkeypatch):
-    import pytest
-
-    import tools.pipeline as pipeline
-
     calls = []
     monkeypatch.setattr(pipeline, "run_bundle", lambda bundle, configs, **overrides: calls.append((bundle, overrides)))
     out = (tmp_path / "run").resolve()
@@ -191,8 +185,6 @@ def test_methods_pretrain_an_encoder_each_and_fine_tune_a_model_from_each(tmp_pa
 
 
 def test_a_done_stage_runs_again_for_other_encoders_or_data_without_unlabelled_scans(tmp_path, monkeypatch):
-    import tools.pipeline as pipeline
-
     calls = []
     monkeypatch.setattr(pipeline, "run_bundle", lambda bundle, configs, **overrides: calls.append(bundle))
     out = tmp_path / "run"
@@ -237,3 +229,62 @@ def test_the_report_says_whether_every_model_beat_twice_the_baseline(tmp_path):
                             "LoG baseline": metrics(0.1)})
     report = (tmp_path / "report" / "report.md").read_text()
     assert "Every model learned" in report and "| spark |" in report and "mae 0.400 ≥ 0.200" in report
+
+
+def test_runs_side_by_side_share_the_threads_and_a_failure_waits_for_the_others(tmp_path, monkeypatch):
+    calls = {}
+
+    def run_bundle(bundle, configs, *, threads=None, log=None, **overrides):
+        calls[overrides["output_dir"].name] = (threads, log)
+        if overrides["output_dir"].name == "scratch":
+            raise SystemExit(2)
+
+    monkeypatch.setattr(pipeline, "run_bundle", run_bundle)
+    monkeypatch.setattr(pipeline, "side_by_side", lambda runs: 2)
+    monkeypatch.setattr(pipeline.os, "cpu_count", lambda: 4)
+    (tmp_path / "encoder.json").write_text("{}")
+    with pytest.raises(SystemExit) as failed:
+        main(str(tmp_path / "run"), stages=["finetune"], encoder=str(tmp_path / "encoder.json"))
+    assert failed.value.code == 2 and not (tmp_path / "run" / "stages" / "finetune.json").exists()
+    assert calls == {"scratch": (2, None),
+                     "pretrained": (2, tmp_path / "run" / "finetune" / "train_logs" / "pretrained.log")}
+
+
+def test_a_run_beside_another_writes_its_log_and_shows_its_error(tmp_path, monkeypatch, capfd, caplog):
+    import subprocess
+
+    def bundle(command, env=None, stdout=None, stderr=None):
+        assert env["OMP_NUM_THREADS"] == "1" and stderr == subprocess.STDOUT
+        stdout.write("loading...\nnothing: no such folder\n")
+        return subprocess.CompletedProcess(command, 2)
+
+    monkeypatch.setattr(pipeline.subprocess, "run", bundle)
+    with pytest.raises(SystemExit) as failed:
+        pipeline.run_bundle("resenc_retina_unet_detection", ["train.json"], threads=1, log=tmp_path / "run.log",
+                            dataset_dir=tmp_path / "nothing")
+    assert failed.value.code == 2
+    assert "nothing: no such folder" in capfd.readouterr().err  # the end of the log, on the console
+    assert f"whole output: {tmp_path / 'run.log'}" in caplog.text
+    assert (tmp_path / "run.log").read_text() == "loading...\nnothing: no such folder\n"
+
+
+def test_one_run_at_a_time_on_a_gpu(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert SIDE_BY_SIDE(3) == 1
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(pipeline.os, "cpu_count", lambda: 2)
+    assert (SIDE_BY_SIDE(3), SIDE_BY_SIDE(1)) == (2, 1)
+
+
+def test_every_model_trains_the_same_iterations_the_pretrained_ones_first_frozen(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(pipeline, "run_bundle", lambda bundle, configs, **overrides: calls.append(overrides))
+    (tmp_path / "encoder.json").write_text("{}")
+    main(str(tmp_path / "run"), stages=["finetune"], encoder=str(tmp_path / "encoder.json"),
+         finetune_overrides={"epochs": 8, "freeze_epochs": 2})
+    assert [(call["epochs"], call["freeze_epochs"]) for call in calls] == [(8, 2), (6, 2)]  # scratch freezes nothing
+    with pytest.raises(InputError, match="must be below epochs"):
+        main(str(tmp_path / "other"), stages=["finetune"], encoder=str(tmp_path / "encoder.json"),
+             finetune_overrides={"epochs": 2, "freeze_epochs": 2})
