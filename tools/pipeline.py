@@ -13,13 +13,14 @@ new one in the ``pretrain`` stage, ``--encoder path/to/encoder.json`` takes any 
 into ``pretrain/<method>``) and fine-tunes and evaluates one model per method beside the one from scratch.
 
 Each stage runs the project's bundles the way a user would (``python -m monai.bundle run ...`` in a
-subprocess), shows its progress, writes under ``--out`` and marks itself done in
-``--out/stages/<stage>.json``; a done stage is skipped unless ``--force True``. A stage that was
-interrupted resumes where it stopped when run again (training from its last checkpoint). ``--force
-True`` starts a stage again from nothing: the training stages (pretrain, finetune) train into a fresh
-folder beside their outputs (``.pretrain.fresh``, ``.finetune.fresh``) and replace the old outputs only
-once complete. A stage that runs takes the done mark off every stage after it, since their outputs
-were made from its old ones: the next run re-does them.
+subprocess; on a CPU-only machine a stage's runs go side by side, one per core, the first printing and
+the others writing logs beside their outputs), shows its progress, writes under ``--out`` and marks
+itself done in ``--out/stages/<stage>.json``; a done stage is skipped unless ``--force True``. A stage
+that was interrupted resumes where it stopped when run again (training from its last checkpoint).
+``--force True`` starts a stage again from nothing: the training stages (pretrain, finetune) train into
+a fresh folder beside their outputs (``.pretrain.fresh``, ``.finetune.fresh``) and replace the old
+outputs only once complete. A stage that runs takes the done mark off every stage after it, since their
+outputs were made from its old ones: the next run re-does them.
 """
 
 from __future__ import annotations
