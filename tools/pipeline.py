@@ -385,10 +385,9 @@ def run_side_by_side(runs: dict[str, tuple[str, Sequence[str], dict]], logs: Pat
         return 0
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        statuses = dict(zip(runs, pool.map(run, runs)))
-    failed = {name: status for name, status in statuses.items() if status}
+        failed = [status for status in pool.map(run, runs) if status]
     if failed:
-        raise SystemExit(next(iter(failed.values())))
+        raise SystemExit(failed[0])
 
 
 def run_bundle(bundle: str, config_files: Sequence[str], *, threads: int | None = None, log: Path | None = None,
