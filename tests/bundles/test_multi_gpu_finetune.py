@@ -1,5 +1,6 @@
 """Multi-GPU fine-tuning from a pre-trained encoder (issue #12, item 7): ``torchrun --nproc_per_node 2``
-(gloo, CPU) through the freeze phase and past it, for each detector bundle.
+(gloo, CPU) through the freeze phase and past it, for both Retina U-Net bundles and the ResEnc
+Deformable DETR bundle (its encoder is the same; its queries are planned and its losses matched per rank).
 
 The DDP-wrapped detector used to crash at the second iteration when the freeze phase flipped
 ``requires_grad``. Each rank writes its network's weights at the start, at the end of the freeze phase
@@ -27,7 +28,13 @@ from shared.data.synthetic.dataset import make_dataset
 from shared.networks.retina_unet import RetinaUNetNetwork
 
 REPOSITORY = Path(__file__).resolve().parents[2]
-BUNDLES = {"plain": "retina_unet_detection", "resenc": "resenc_retina_unet_detection"}
+RETINA_UNET = ["--decoder_channels", "16", "--detection_strides", "[4,8]"]
+DETR = ["--num_levels", "2", "--hidden_channels", "32", "--num_heads", "2", "--num_points", "1", "--encoder_layers",
+        "1", "--decoder_layers", "1", "--feedforward_channels", "32", "--minimum_queries", "4"]
+#: bundle, encoder and tiny sizes of each case
+CASES = {"plain": ("retina_unet_detection", "plain", RETINA_UNET),
+         "resenc": ("resenc_retina_unet_detection", "resenc", RETINA_UNET),
+         "resenc_detr": ("resenc_deformable_detr_detection", "resenc", DETR)}
 FREEZE_ITERATIONS = 2  # freeze_epochs 1 of 2 iterations, then epochs 1 of 2 iterations
 
 
@@ -65,24 +72,24 @@ def data(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.mark.parametrize("encoder", ["plain", "resenc"])
-def test_torchrun_fine_tunes_from_a_pretrained_encoder_through_the_freeze_phase(data, tmp_path, encoder):
+@pytest.mark.parametrize("case", list(CASES))
+def test_torchrun_fine_tunes_from_a_pretrained_encoder_through_the_freeze_phase(data, tmp_path, case):
+    bundle, encoder, sizes = CASES[case]
     manifest, pretrained = _encoder(encoder, tmp_path / "encoder")
     snapshots = tmp_path / "snapshots"
     extra = tmp_path / "snapshots.json"
     extra.write_text(json.dumps({"+train#handlers": [{
         "_target_": f"{__name__}.RankSnapshots", "folder": str(snapshots), "network": "@network",
         "freeze_iterations": "@freeze_iterations"}]}))
-    configs = REPOSITORY / "bundles" / BUNDLES[encoder] / "configs"
+    configs = REPOSITORY / "bundles" / bundle / "configs"
     files = [configs / "train.json", configs / "quick.json", configs / "multi_gpu_train.json", extra]
     arguments = [
         "--config_file", "[" + ",".join(f"'{path}'" for path in files) + "]",
         "--dataset_dir", str(data / "data"), "--output_dir", str(tmp_path / "out"),
         "--cache_dir", str(data / "cache"), "--pretrained_encoder", str(manifest),
-        "--encoder", json.dumps({"name": encoder, "preset": "tiny"}), "--decoder_channels", "16",
-        "--detection_strides", "[4,8]", "--patch_size", "[32,32,32]", "--batch_size", "2",
-        "--iterations_per_epoch", "2", "--epochs", "1", "--freeze_epochs", "1", "--lr_warmup_iterations", "1",
-        "--checkpoint_every", "2",
+        "--encoder", json.dumps({"name": encoder, "preset": "tiny"}), *sizes, "--patch_size", "[32,32,32]",
+        "--batch_size", "2", "--iterations_per_epoch", "2", "--epochs", "1", "--freeze_epochs", "1",
+        "--lr_warmup_iterations", "1", "--checkpoint_every", "2",
     ]
     environment = {**os.environ, "PYTHONPATH": str(REPOSITORY), "OMP_NUM_THREADS": "1"}
     # --standalone: a free port, so other torchrun tests may run at the same time
