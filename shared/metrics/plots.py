@@ -87,6 +87,11 @@ def plot_precision_recall(path: str | Path, curves: dict[str, tuple[np.ndarray, 
     save_figure(figure, path)
 
 
+def _percent(share: float) -> str:
+    """A share of draws as a bar label: none for 0, "<1%" for a few draws."""
+    return "" if share == 0 else "<1%" if share < 0.005 else f"{share:.0%}"
+
+
 def plot_rank_histograms(path: str | Path, names: Sequence[str], histogram: np.ndarray, *, metric: str) -> None:
     """Bar chart per model of how often each rank was reached over the bootstrap draws (paper fig. 3).
 
@@ -102,9 +107,12 @@ def plot_rank_histograms(path: str | Path, names: Sequence[str], histogram: np.n
     total = max(int(histogram.sum(axis=1).max()), 1)
     for row, name in enumerate(names):
         axis = axes[row, 0]
-        axis.bar(ranks, histogram[row] / total, color=f"C{row % 10}")
+        shares = histogram[row] / total
+        bars = axis.bar(ranks, shares, color=f"C{row % 10}")
+        # the share of draws on each bar: the bars alone leave the reader guessing
+        axis.bar_label(bars, labels=[_percent(share) for share in shares], padding=2, fontsize=8)
         axis.set_ylabel(name, rotation=0, ha="right", va="center")
-        axis.set_ylim(0, 1)
+        axis.set_ylim(0, 1.3)
         axis.set_yticks([])
     axes[-1, 0].set_xticks(ranks)
     axes[-1, 0].set_xlabel("Rank (1 = best)")
