@@ -19,7 +19,8 @@ itself done in ``--out/stages/<stage>.json``; a done stage is skipped unless ``-
 that was interrupted resumes where it stopped when run again (training from its last checkpoint).
 ``--force True`` starts a stage again from nothing: the training stages (pretrain, finetune) train into
 a fresh folder beside their outputs (``.pretrain.fresh``, ``.finetune.fresh``) and replace the old
-outputs only once complete. A stage that runs takes the done mark off every stage after it, since their
+outputs only once complete; the runs they did not make this time (another method's encoder or model,
+with ``--methods`` naming fewer) are kept. A stage that runs takes the done mark off every stage after it, since their
 outputs were made from its old ones: the next run re-does them.
 """
 
@@ -49,6 +50,8 @@ SCRATCH, PRETRAINED = "scratch", "pretrained"
 METHODS = {"mae": PRETRAIN_BUNDLE, "spark": "resenc_spark_pretrain",
            "models_genesis": "resenc_models_genesis_pretrain", "voco": "resenc_voco_pretrain"}
 BUNDLES = Path(__file__).resolve().parents[1] / "bundles"
+#: the folders of single runs inside a stage's folder (``pretrain/<method>``, ``finetune/<model>``)
+RUN_FOLDERS = (*METHODS, SCRATCH, PRETRAINED)
 #: ``--encoder`` value that pre-trains a new encoder in the ``pretrain`` stage
 PRETRAIN = "pretrain"
 
@@ -211,8 +214,30 @@ def run_stage(stage: str, root: Path, *, fresh: bool, **settings) -> None:
     staging = root / f".{name}.fresh"
     shutil.rmtree(staging, ignore_errors=True)  # a forced run killed earlier: "from nothing" again
     STAGE_FUNCTIONS[stage](root, out_dir=staging, **settings)
+    _keep_other_runs(root / name, staging)
     _replace_folder(staging, root / name)
     logger.info("stage %s: new outputs in %s", stage, root / name)
+
+
+def _keep_other_runs(old: Path, new: Path) -> None:
+    """Link into ``new`` the run folders ``old`` holds and ``new`` does not (``pretrain/<method>``,
+    ``finetune/<model>``): the runs this forced stage did not make survive the swap; logs and caches of
+    the old runs do not. Hard links where the file system has them, copies where not; the old files stay
+    where they are until the swap."""
+    if not old.is_dir():
+        return
+    for entry in sorted(old.iterdir()):
+        kept = new / entry.name
+        if entry.name in RUN_FOLDERS and entry.is_dir() and not kept.exists():
+            shutil.copytree(entry, kept, copy_function=_link_or_copy)
+            logger.info("%s: kept from the outputs before", kept)
+
+
+def _link_or_copy(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
 
 
 def _replace_folder(new: Path, target: Path) -> None:

@@ -117,6 +117,27 @@ def test_a_forced_stage_that_fails_leaves_the_old_outputs(tmp_path, monkeypatch)
     assert len(calls) == 4 and sorted(path.name for path in out.iterdir()) == ["finetune", "stages"]
 
 
+def test_a_forced_stage_for_fewer_methods_keeps_the_other_methods_runs(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    calls = []
+    monkeypatch.setattr(pipeline, "run_bundle", fake_training(calls))
+    main(str(out), stages=["pretrain", "finetune"], methods=["mae", "spark"])
+    (out / "finetune" / "train_logs").mkdir()
+    (out / "finetune" / "train_logs" / "spark.log").write_text("the old run's log")
+    before = {path: path.read_text() for path in out.rglob("model.pt")}
+    assert len(before) == 5  # two encoders' runs, three fine-tuned models
+
+    calls.clear()
+    main(str(out), stages=["pretrain", "finetune"], methods=["spark"], force=True)
+    assert [(output.parent.name, output.name) for output, _ in calls] == [
+        (".pretrain.fresh", "spark"), (".finetune.fresh", "scratch"), (".finetune.fresh", "spark")]
+    for path, text in before.items():  # the runs made again are new, mae's encoder and model are kept
+        made_again = path.parent.name in ("spark", "scratch")
+        assert (path.read_text() != text) == made_again, path
+    assert not (out / "finetune" / "train_logs").exists()  # logs of the old runs go with them
+    assert sorted(path.name for path in out.iterdir()) == ["finetune", "pretrain", "stages"]
+
+
 def test_outputs_set_aside_by_a_killed_swap_are_put_back(tmp_path):
     out = tmp_path / "run"
     (out / ".finetune.replaced" / "pretrained").mkdir(parents=True)
