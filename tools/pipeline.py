@@ -20,8 +20,8 @@ that was interrupted resumes where it stopped when run again (training from its 
 ``--force True`` starts a stage again from nothing: the training stages (pretrain, finetune) train into
 a fresh folder beside their outputs (``.pretrain.fresh``, ``.finetune.fresh``) and replace the old
 outputs only once complete; the runs they did not make this time (another method's encoder or model,
-with ``--methods`` naming fewer) are kept. A stage that runs takes the done mark off every stage after it, since their
-outputs were made from its old ones: the next run re-does them.
+with ``--methods`` naming fewer) are kept. A stage that runs takes the done mark off every stage after
+it, since their outputs were made from its old ones: the next run re-does them.
 """
 
 from __future__ import annotations
@@ -230,7 +230,7 @@ def _keep_other_runs(old: Path, new: Path) -> None:
         kept = new / entry.name
         if entry.name in RUN_FOLDERS and entry.is_dir() and not kept.exists():
             shutil.copytree(entry, kept, copy_function=_link_or_copy)
-            logger.info("%s: kept from the outputs before", kept)
+            logger.info("%s: kept (this forced run did not make it again)", entry)
 
 
 def _link_or_copy(source: str | os.PathLike, target: str | os.PathLike) -> None:
