@@ -93,13 +93,13 @@ def assert_same_weights(first: Path, second: Path) -> None:
         assert torch.equal(a[key], b[key]), key
 
 
-def assert_encoder_export(out: Path, method: str, *, iterations: int = 4) -> None:
-    """The manifest matches its weights and a run of ``iterations`` on the two scans; the keys are the dense
-    ResEnc encoder's."""
+def assert_encoder_export(out: Path, method: str, *, iterations: int = 4, spacing: float = 1.5) -> None:
+    """The manifest matches its weights and a run of ``iterations`` on the two scans at ``spacing`` mm; the keys
+    are the dense ResEnc encoder's."""
     manifest = json.loads((out / "encoder.json").read_text())
     assert manifest["weights"]["sha256"] == sha256_file(out / "encoder.pt")
     assert manifest["architecture"] == TINY and manifest["method"] == method
-    assert manifest["spacing"] == [1.5, 1.5, 1.5] and manifest["modality"] == "CT"
+    assert manifest["spacing"] == [spacing] * 3 and manifest["modality"] == "CT"
     assert manifest["data"]["num_volumes"] == 2 and manifest["method_settings"]["iterations"] == iterations
     state = torch.load(out / "encoder.pt", weights_only=True)
     assert state.keys() == ResEncUNet(1, 1, encoder_spec=TINY).encoder.state_dict().keys()

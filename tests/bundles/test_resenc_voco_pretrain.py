@@ -39,8 +39,9 @@ def trained(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("voco")
     counts = {"training": 0, "validation": 0, "test": 0, "unlabelled": 2}
     make_dataset("lung_ct", root / "data", counts=counts, shape=(40, 40, 24), previews=False, progress=False)
+    # quick.json turns the per-crop augmentation off; train.json's is put back so that resuming is checked with it
     common = ["--config_file", config_list(CONFIGS, "train.json", "quick.json"), "--dataset_dir", str(root / "data"),
-              *TINY_VOCO]
+              *TINY_VOCO, "--crop_transforms", f"%{CONFIGS / 'train.json'}#crop_transforms"]
     run_bundle("run", *common, "--output_dir", str(root / "out"), cwd=root)
     run_bundle("run", *common, "--output_dir", str(root / "resumed"), "--train#trainer#max_epochs", "1", cwd=root)
     resumed = run_bundle("run", *common, "--output_dir", str(root / "resumed"), cwd=root)
@@ -49,11 +50,12 @@ def trained(tmp_path_factory) -> Path:
 
 
 def test_exported_encoder_is_the_students_with_its_manifest(trained):
-    assert_encoder_export(trained / "out", "voco")
+    assert_encoder_export(trained / "out", "voco", spacing=2.5)  # quick.json's
     manifest = json.loads((trained / "out" / "encoder.json").read_text())
     settings = manifest["method_settings"]
     assert settings["teacher_momentum"] == 0.9 and settings["crop_size"] == [16, 16, 16]
     assert settings["base_counts"] == [2, 2, 1] and settings["num_targets"] == 2
+    assert "RandFlip" in json.dumps(settings["augmentation"])  # train.json's per-crop augmentation is on
     state = torch.load(trained / "out" / "model.pt", weights_only=True)
     exported = torch.load(trained / "out" / "encoder.pt", weights_only=True)
     for key, value in exported.items():  # the student's encoder, not the teacher's
