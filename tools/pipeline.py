@@ -3,14 +3,16 @@ scratch (same seed and budget) â†’ inference and evaluation on the test split â†
 
     python -m tools.pipeline --out runs/quickstart
     python -m tools.pipeline --out runs/quickstart --encoder pretrain      # pre-train a new MAE encoder first
-    python -m tools.pipeline --out runs/methods --methods "[mae,spark,models_genesis,voco]"   # compare methods
+    python -m tools.pipeline --out runs/methods --methods "[mae,spark,models_genesis,voco,multitalent]"
     python -m tools.pipeline --out runs/quickstart --stages "[finetune,evaluate,report]" --force True
 
 By default the pre-trained side is the encoder the MAE bundle ships (pre-trained for far longer than this
 job could, on the same kind of scans; its bundle docs give the command); ``--encoder pretrain`` trains a
 new one in the ``pretrain`` stage, ``--encoder path/to/encoder.json`` takes any other (e.g. one made by
 ``tools.import_encoder``). ``--methods`` pre-trains one encoder per method named (each with its bundle,
-into ``pretrain/<method>``) and fine-tunes and evaluates one model per method beside the one from scratch.
+into ``pretrain/<method>``) and fine-tunes and evaluates one model per method beside the one from scratch;
+the self-supervised methods learn from the data's unlabelled scans, MultiTalent from the embedded labelled
+segmentation collection (other scans, made in ``data/multitalent``).
 
 Each stage runs the project's bundles the way a user would (``python -m monai.bundle run ...`` in a
 subprocess; on a CPU-only machine a stage's runs go side by side, one per core, the first printing and
@@ -48,7 +50,12 @@ DETECTOR_BUNDLE = "resenc_retina_unet_detection"
 SCRATCH, PRETRAINED = "scratch", "pretrained"
 #: pre-training methods ``--methods`` can compare, and their bundles
 METHODS = {"mae": PRETRAIN_BUNDLE, "spark": "resenc_spark_pretrain",
-           "models_genesis": "resenc_models_genesis_pretrain", "voco": "resenc_voco_pretrain"}
+           "models_genesis": "resenc_models_genesis_pretrain", "voco": "resenc_voco_pretrain",
+           "multitalent": "resenc_multitalent_pretrain"}
+#: supervised pre-training: its bundle learns from the embedded MultiTalent collection (labelled
+#: segmentation data sets, generated at seeds of their own into ``data/multitalent``), not from the task's
+#: unlabelled scans
+MULTITALENT = "multitalent"
 BUNDLES = Path(__file__).resolve().parents[1] / "bundles"
 #: the folders of single runs inside a stage's folder (``pretrain/<method>``, ``finetune/<model>``)
 RUN_FOLDERS = (*METHODS, SCRATCH, PRETRAINED)
@@ -81,7 +88,7 @@ EVALUATE_PROFILE = {"inferer#patch_size": [96, 96, 96]}
 TASKS = {
     "lung_nodules": ({}, {"num_classes": 1}, "resenc_mae_pretrain/models/encoder.json", True),
     "lung_ct": ({}, {}, "resenc_mae_pretrain/models/encoder.json", True),
-    "brain_mri": ({"in_channels": 2, "spacing": [2.0, 2.0, 2.0]},
+    "brain_mri": ({"in_channels": 2, "spacing": [2.0, 2.0, 2.0], "main_stem": "brain_mri"},
                   {"in_channels": 2, "num_classes": 1, "spacing": [2.0, 2.0, 2.0]}, None, False),
 }
 
@@ -103,7 +110,8 @@ def main(out: str = "runs/quickstart", stages: Sequence[str] = STAGES, force: bo
         encoder: the pre-trained encoder's ``encoder.json``; default: the one shipped for the task (the
             MAE bundle's, for the lung tasks), ``pretrain`` to pre-train a new one in the pretrain stage.
         methods: instead of one encoder, pre-train one per method (``mae``, ``spark``, ``models_genesis``,
-            ``voco``) on the data's unlabelled scans and compare a model fine-tuned from each with scratch.
+            ``voco`` on the data's unlabelled scans; ``multitalent`` on the embedded segmentation
+            collection, made in ``data/multitalent``) and compare a model fine-tuned from each with scratch.
         num_training: labelled training scans (default: the quick preset's); the label budget.
         pretrain_overrides, finetune_overrides: bundle overrides on top of :data:`PRETRAIN_PROFILE` and
             :data:`FINETUNE_PROFILE`, e.g. "{'epochs': 10}".
@@ -305,10 +313,23 @@ def pretrain(root: Path, *, seed: int, pretrain_overrides: dict, methods: Sequen
     """One MAE encoder in ``pretrain/`` (``--encoder pretrain``), or one per method in ``pretrain/<method>``."""
     folder = out_dir or root / "pretrain"
     outputs = {method: folder / method for method in methods} or {"mae": folder}
+    data = {method: _multitalent_data(root / "data" / MULTITALENT, seed) if method == MULTITALENT else root / "data"
+            for method in outputs}
     run_side_by_side({method: (METHODS[method], ["train.json", "quick.json"],
-                               dict(dataset_dir=root / "data", output_dir=output, seed=seed,
+                               dict(dataset_dir=data[method], output_dir=output, seed=seed,
                                     **_known_settings(METHODS[method], pretrain_overrides)))
                       for method, output in outputs.items()}, logs=folder / "logs")
+
+
+def _multitalent_data(folder: Path, seed: int) -> Path:
+    """The embedded MultiTalent collection in ``folder``, made unless its datalist (written last) is there:
+    the same seed gives the same bytes, so an interrupted one is simply made again."""
+    from shared.data.synthetic.multitalent import DATALIST_NAME, make_multitalent_dataset
+
+    if not (folder / DATALIST_NAME).is_file():
+        logger.info("making the MultiTalent collection in %s", folder)
+        make_multitalent_dataset(folder, preset="quick", seed=seed, workers=min(2, os.cpu_count() or 1))
+    return folder
 
 
 def _known_settings(bundle: str, overrides: dict) -> dict:

@@ -72,14 +72,21 @@ def _setting_lines(encoders: dict[str, str], budget: dict | None) -> list[str]:
         settings, data = manifest.get("method_settings", {}), manifest.get("data", {})
         lines.append(f"Pre-trained encoder of `{name}`: `{encoder}`: {manifest.get('method')}, "
                      f"{settings.get('iterations', '?')} iterations at {_sample_size(settings)}, batch "
-                     f"{settings.get('batch_size', '?')}, on {data.get('num_volumes', '?')} scans ({data.get('splits')} "
-                     "of its data set); the manifest has every setting.")
+                     f"{settings.get('batch_size', '?')}, on {data.get('num_volumes', '?')} scans ({_scans(data)}); "
+                     "the manifest has every setting.")
     lines += ["", "What this can show: whether each model detects the nodules far better than a blob filter, and "
               "how far apart the models are relative to the bootstrap intervals over this small test split. What "
               "it cannot: a difference inside the intervals, from one seed, is not evidence that pre-training "
               "helps or hurts: that needs several seeds (`--seed`) and longer fine-tuning (`--finetune_overrides`); "
               "docs/pretraining_results.md has such comparisons."]
     return lines
+
+
+def _scans(data: dict) -> str:
+    """Which scans a pre-training saw: a split of the task's data set, or MultiTalent's labelled data sets."""
+    if "datasets" in data:
+        return "the training cases of the labelled data sets " + ", ".join(data["datasets"])
+    return f"{data.get('splits')} of its data set"
 
 
 def _sample_size(settings: dict) -> str:

@@ -205,6 +205,39 @@ def test_methods_pretrain_an_encoder_each_and_fine_tune_a_model_from_each(tmp_pa
         main(str(out), stages=["finetune"], methods=["mae"])
 
 
+def test_multitalent_pretrains_on_the_embedded_collection_made_once_with_the_tasks_stem(tmp_path, monkeypatch):
+    import shared.data.synthetic.multitalent as collection
+    from tools.pipeline_report import _scans
+
+    calls, made = [], []
+
+    def run_bundle(bundle, configs, **overrides):
+        calls.append((bundle, overrides))
+        overrides["output_dir"].mkdir(parents=True)
+
+    def make(folder, **settings):
+        made.append(folder)
+        folder.mkdir(parents=True)
+        (folder / collection.DATALIST_NAME).write_text("{}")
+    monkeypatch.setattr(collection, "make_multitalent_dataset", make)
+    monkeypatch.setattr(pipeline, "run_bundle", run_bundle)
+    out = (tmp_path / "run").resolve()
+    main(str(out), stages=["pretrain"], task="brain_mri", methods=["mae", "multitalent"])
+    mae, multitalent = (overrides for _, overrides in calls)
+    assert [bundle for bundle, _ in calls] == ["resenc_mae_pretrain", "resenc_multitalent_pretrain"]
+    assert made == [out / "data" / "multitalent"] and multitalent["dataset_dir"] == made[0]
+    assert mae["dataset_dir"] == out / "data" and "main_stem" not in mae
+    # the exported encoder carries the brain stem (two channels), at the task's spacing
+    assert multitalent["main_stem"] == "brain_mri" and multitalent["spacing"] == [2.0, 2.0, 2.0]
+    assert "in_channels" not in multitalent  # each data set's stem has its own
+    main(str(out), stages=["pretrain"], task="brain_mri", methods=["mae", "multitalent"], force=True)
+    assert len(made) == 1 and len(calls) == 4  # the collection is made once
+
+    assert _scans({"datasets": {"lung_ct": {}, "brain_mri": {}}}) == (
+        "the training cases of the labelled data sets lung_ct, brain_mri")
+    assert _scans({"splits": ["unlabelled"]}) == "['unlabelled'] of its data set"
+
+
 def test_a_done_stage_runs_again_for_other_encoders_or_data_without_unlabelled_scans(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(pipeline, "run_bundle", lambda bundle, configs, **overrides: calls.append(bundle))
