@@ -14,6 +14,7 @@ so that fine-tuning takes a stem by id (``stem_id``) or by channel count (``stem
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -28,9 +29,10 @@ from monai.inferers import Inferer, SlidingWindowInferer
 from monai.transforms import MapTransform
 from torch import nn
 
-from shared.checkpoints.manifest import PretrainedEncoder, StateDict, new_manifest, save_pretrained
+from shared.checkpoints.manifest import MANIFEST_NAME, PretrainedEncoder, StateDict, new_manifest, save_pretrained
 from shared.data.validate import case_id
 from shared.io.atomic import write_json
+from shared.io.errors import InputError
 from shared.io.images import save_nifti
 from shared.losses.multitalent import MultiTalentLoss, deep_supervision_weights, downsample_labels
 from shared.networks.multitalent import MultiTalentNetwork
@@ -287,7 +289,8 @@ def export_multitalent_encoder(
     state, stems = multitalent_encoder_weights(bare, main_stem)
     main_stem = main_stem or bare.task_names[0]
     main_task = bare.tasks[bare.task_names.index(main_stem)]
-    datasets = {task.name: {"in_channels": task.in_channels, "classes": list(task.classes), "kind": task.kind}
+    datasets = {task.name: {"in_channels": task.in_channels, "classes": list(task.classes), "kind": task.kind,
+                            **({} if task.regions is None else {"regions": [list(r) for r in task.regions]})}
                 for task in bare.tasks}
     manifest = new_manifest(
         architecture=architecture, in_channels=main_task.in_channels, modality=modality, spacing=spacing,
@@ -297,3 +300,24 @@ def export_multitalent_encoder(
         stem_keys=list(getattr(bare.encoder, "stem_keys", ["stem."])),
     )
     return save_pretrained(PretrainedEncoder(state, manifest, stems), out_dir)
+
+
+def tasks_from_manifest(manifest: str | os.PathLike) -> list[dict[str, Any]]:
+    """The network's task specs, in its order, from an exported ``encoder.json`` (or the folder holding it).
+
+    The export lists every data set under ``data.datasets`` (channels, classes, output kind, regions), so
+    a trained model rebuilds its network without the datalist it was trained on: the bundles'
+    ``inference.json`` and the Model Zoo's checks do.
+
+    Raises:
+        InputError: naming the file, when it is missing or not a MultiTalent export.
+    """
+    path = Path(manifest)
+    path = path / MANIFEST_NAME if path.is_dir() else path
+    if not path.is_file():
+        raise InputError(path, "no encoder manifest: train first (the bundle exports encoder.json), or get the "
+                               "bundle's weights (large_files.yml)")
+    datasets = json.loads(path.read_text()).get("data", {}).get("datasets")
+    if not isinstance(datasets, dict) or not datasets:
+        raise InputError(path, "not a MultiTalent export: it lists no data sets under data.datasets")
+    return [{"name": name, **spec} for name, spec in datasets.items()]

@@ -32,14 +32,19 @@ REPOSITORY = Path(__file__).resolve().parents[2]
 BUNDLES = ["retina_unet_detection", "resenc_retina_unet_detection", "deformable_detr_detection",
            "resenc_deformable_detr_detection", "resenc_mae_pretrain", "resenc_voco_pretrain", "resenc_spark_pretrain",
            "resenc_models_genesis_pretrain", "resenc_multitalent_pretrain", "retina_unet_multitalent_pretrain"]
-# The MultiTalent bundles build their network from the multi-dataset datalist (a stem and a head block per
-# data set), so the Zoo's full mode, which builds network_def from the bundle alone, cannot run on them yet.
-FULL_MODE = [bundle for bundle in BUNDLES if "multitalent" not in bundle]
+FULL_MODE = BUNDLES
 # Full mode builds the paper-size network (30-50 s each on 2 cores): by default it runs on one bundle per
 # network family; the others' networks are the same encoders (or their in/out is checked at quick size by
 # their own bundle tests), and `pytest -m slow` runs them all.
 FULL_MODE_SLOW = ("retina_unet_detection", "deformable_detr_detection", "resenc_mae_pretrain", "resenc_voco_pretrain",
-                  "resenc_models_genesis_pretrain")
+                  "resenc_models_genesis_pretrain", "retina_unet_multitalent_pretrain")
+# a MultiTalent network has a stem and a head block per data set: its inference.json builds it from the data
+# sets its export lists (models/encoder.json), here those of the embedded collection
+MULTITALENT_DATASETS = {
+    "lung_ct": {"in_channels": 1, "classes": ["lungs", "vessels", "nodules"], "kind": "softmax"},
+    "brain_mri": {"in_channels": 2, "classes": ["CSF", "grey matter", "white matter", "lesions"], "kind": "softmax"},
+    "chest_ct": {"in_channels": 1, "classes": ["heart and great vessels", "bone"], "kind": "softmax"},
+}
 DETECTORS = ("retina_unet_detection", "resenc_retina_unet_detection", "deformable_detr_detection",
              "resenc_deformable_detr_detection")
 MAX_KB = 1024  # check-added-large-files --maxkb=1024
@@ -102,12 +107,16 @@ def _zoo_copy(bundle: str, folder: Path) -> Path:
     """``folder/models/<bundle>`` with weights of its inference ``network_def`` served from ``folder/serve``."""
     root = folder / "models" / bundle
     shutil.copytree(REPOSITORY / "bundles" / bundle, root, ignore=shutil.ignore_patterns("models", "__pycache__"))
+    serve = folder / "serve"
+    serve.mkdir()
+    if "multitalent" in bundle:  # the export the network is built from, downloaded like the weights
+        (root / "models").mkdir()
+        for where in (serve, root / "models"):
+            (where / "encoder.json").write_text(json.dumps({"data": {"datasets": MULTITALENT_DATASETS}}))
     parser = ConfigParser()
     parser.read_config(str(root / "configs" / "inference.json"))
     parser["bundle_root"] = str(root)
     network = parser.get_parsed_content("network_def")
-    serve = folder / "serve"
-    serve.mkdir()
     torch.save(network.state_dict(), serve / "model.pt")
     spec = getattr(network, "network_spec", None)  # detectors: the plan records the network
     entries = yaml.safe_load((root / "large_files.yml").read_text())["large_files"]

@@ -162,13 +162,16 @@ def test_the_written_dice_is_twice_the_overlap_over_the_sizes():
 @pytest.mark.parametrize("bundle", list(BUNDLES))
 def test_workflows_define_monai_properties(bundle, collection, tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "excepthook", sys.excepthook)  # initialize installs the bundles' exception hook
-    parser = ConfigParser()
-    parser.read_config(str(configs(bundle) / "inference.json"))
-    parser.update({"encoder": BUNDLES[bundle], "dataset_dir": str(collection)})
     models = tmp_path / "models"
     models.mkdir()
+    # an export's manifest: the network is built from the data sets it lists
+    datasets = {task.pop("name"): task for task in tasks_of(read_multi_datalist(collection / "multitalent.json"))}
+    (models / "encoder.json").write_text(json.dumps({"modality": "CT", "in_channels": 1, "spacing": [1.5] * 3,
+                                                     "data": {"datasets": datasets}}))
+    parser = ConfigParser()
+    parser.read_config(str(configs(bundle) / "inference.json"))
+    parser.update({"encoder": BUNDLES[bundle], "dataset_dir": str(collection), "model_dir": str(models)})
     torch.save(parser.get_parsed_content("network_def").state_dict(), models / "model.pt")  # random weights
-    (models / "encoder.json").write_text(json.dumps({"modality": "CT", "in_channels": 1, "spacing": [1.5] * 3}))
     runs = [("train", ["train.json", "quick.json"], {**tiny(bundle, collection), "output_dir": str(tmp_path / "out")}),
             ("infer", ["inference.json"], {"encoder": BUNDLES[bundle], "patch_size": [32, 32, 32], "max_scans": 1,
                                            "dataset_dir": str(collection), "model_dir": str(models),

@@ -7,9 +7,9 @@ from shared.checkpoints.loading import load_pretrained
 from shared.checkpoints.transfer import check_weights_fit_architecture, transfer_encoder
 from shared.io.errors import InputError
 from shared.networks.deformable_detr import DeformableDETRNetwork
-from shared.networks.multitalent import MultiTalentNetwork
+from shared.networks.multitalent import MultiTalentNetwork, SegmentationTask
 from shared.networks.retina_unet import RetinaUNetNetwork
-from shared.ssl.multitalent import export_multitalent_encoder
+from shared.ssl.multitalent import export_multitalent_encoder, tasks_from_manifest
 
 TASKS = [
     {"name": "lung_ct", "in_channels": 1, "classes": ["lungs", "vessels", "nodules"]},
@@ -112,3 +112,22 @@ def test_single_channel_stem_by_id_and_its_refusals(tmp_path, encoder):
     weight = next(v for k, v in stem_state(network, "chest").items() if v.ndim == 5)
     found = next(v for k, v in detector_stem(retina, network).items() if v.ndim == 5)
     torch.testing.assert_close(found, weight.repeat(1, 4, 1, 1, 1) / 4)
+
+
+def test_the_export_rebuilds_its_network_without_the_datalist(tmp_path):
+    regions = [*TASKS[:2], {"name": "chest", "in_channels": 1, "classes": ["heart", "vessels"], "kind": "regions",
+                            "regions": [[1, 2], [2]]}]
+    network = MultiTalentNetwork(regions, encoder_spec=ENCODERS[0])
+    path = export_multitalent_encoder(network, tmp_path / "mt", spacing=[1, 1, 1], modality="CT")
+    tasks = tasks_from_manifest(path.parent)  # the folder, as inference.json passes model_dir
+    assert [SegmentationTask.from_spec(task) for task in tasks] == list(network.tasks)
+    rebuilt = MultiTalentNetwork(tasks, encoder_spec=ENCODERS[0])
+    rebuilt.load_state_dict(network.state_dict())  # strict: every key, every shape
+
+    with pytest.raises(InputError, match="no encoder manifest"):
+        tasks_from_manifest(tmp_path / "nothing")
+    other = tmp_path / "other" / "encoder.json"
+    other.parent.mkdir()
+    other.write_text(json.dumps({"method": "mae", "data": {"splits": ["unlabelled"]}}))
+    with pytest.raises(InputError, match="not a MultiTalent export"):
+        tasks_from_manifest(other)
