@@ -56,10 +56,6 @@ METHODS = {"mae": PRETRAIN_BUNDLE, "spark": "resenc_spark_pretrain",
 #: segmentation data sets, generated at seeds of their own into ``data/multitalent``), not from the task's
 #: unlabelled scans
 MULTITALENT = "multitalent"
-#: fine-tuning settings of a method's model, under the user's --finetune_overrides: MultiTalent's encoder
-#: keeps its pre-trained stem of the task's channel count (the paper, appendix C: the TotalSegmentator CT
-#: stem for CT tasks); the self-supervised ones start from a random stem, the detector bundle's default
-METHOD_FINETUNE = {MULTITALENT: {"stem": "matching"}}
 BUNDLES = Path(__file__).resolve().parents[1] / "bundles"
 #: the folders of single runs inside a stage's folder (``pretrain/<method>``, ``finetune/<model>``)
 RUN_FOLDERS = (*METHODS, SCRATCH, PRETRAINED)
@@ -355,8 +351,7 @@ def finetune(root: Path, *, seed: int, encoders: dict[str, str], finetune_overri
     run_side_by_side({variant: (DETECTOR_BUNDLE, ["train.json", "quick.json"],
                                 dict(dataset_dir=root / "data", output_dir=folder / variant, cache_dir=folder / "cache",
                                      pretrained_encoder=encoders.get(variant), seed=seed,
-                                     **{**METHOD_FINETUNE.get(variant, {}),
-                                        **_same_total(finetune_overrides, pretrained=variant != SCRATCH)}))
+                                     **_same_total(finetune_overrides, pretrained=variant != SCRATCH)))
                       for variant in _variants(encoders)}, logs=folder / "train_logs")
 
 

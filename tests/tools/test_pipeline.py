@@ -238,19 +238,6 @@ def test_multitalent_pretrains_on_the_embedded_collection_made_once_with_the_tas
     assert _scans({"splits": ["unlabelled"]}) == "['unlabelled'] of its data set"
 
 
-def test_the_multitalent_model_keeps_its_pretrained_stem_unless_the_user_says_otherwise(tmp_path, monkeypatch):
-    calls = []
-    monkeypatch.setattr(pipeline, "_multitalent_data", lambda folder, seed: folder)
-    monkeypatch.setattr(pipeline, "run_bundle", lambda bundle, configs, **overrides: calls.append(overrides))
-    main(str(tmp_path / "run"), stages=["pretrain", "finetune"], methods=["mae", "multitalent"])
-    stems = {call["output_dir"].name: call.get("stem") for call in calls[2:]}
-    assert stems == {"scratch": None, "mae": None, "multitalent": "matching"}  # the paper's MT recipe
-    calls.clear()
-    main(str(tmp_path / "other"), stages=["pretrain", "finetune"], methods=["multitalent"],
-         finetune_overrides={"stem": "random"})
-    assert [call.get("stem") for call in calls[1:]] == ["random", "random"]
-
-
 def test_a_done_stage_runs_again_for_other_encoders_or_data_without_unlabelled_scans(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(pipeline, "run_bundle", lambda bundle, configs, **overrides: calls.append(bundle))
