@@ -326,6 +326,25 @@ def _verified_tensors(folder: Path, entry: Any, manifest_path: Path, what: str) 
     return tensors
 
 
+def read_manifest(manifest: str | os.PathLike) -> dict[str, Any]:
+    """The content of an ``encoder.json`` (given itself or the folder holding it), weights not read.
+
+    Raises:
+        InputError: naming the path, when there is no manifest or it is not readable JSON.
+    """
+    import json
+
+    path = Path(manifest)
+    path = path / MANIFEST_NAME if path.is_dir() else path
+    if not path.is_file():
+        raise InputError(path, "no encoder manifest: pre-train first (the bundle writes encoder.json), or get "
+                               "the bundle's weights (large_files.yml)")
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise InputError(path, f"is not a readable JSON manifest ({error})") from None
+
+
 def read_manifest_encoder(manifest_path: str | os.PathLike) -> PretrainedEncoder:
     """Reads our format from its manifest, verifying the sha256 of every weight file.
 

@@ -13,7 +13,6 @@ scans through the preprocessing transforms, its ``inferer`` a :class:`MaskedReco
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -24,11 +23,10 @@ from ignite.engine import Engine, Events
 from monai.inferers import Inferer, sliding_window_inference
 from torch import nn
 
-from shared.checkpoints.manifest import MANIFEST_NAME
+from shared.checkpoints.manifest import read_manifest
 from shared.data.preprocess import preprocess_volume
 from shared.data.validate import case_id
 from shared.io.atomic import write_json
-from shared.io.errors import InputError
 from shared.io.images import load_volume, save_nifti
 from shared.ssl.mae import masked_mse_loss
 from shared.ssl.masking import as_triple, block_mask
@@ -36,11 +34,7 @@ from shared.ssl.masking import as_triple, block_mask
 
 def plan_from_manifest(manifest: str | os.PathLike) -> dict[str, Any]:
     """The preprocessing of pre-training inputs, from an ``encoder.json`` (or the folder holding it)."""
-    path = Path(manifest)
-    path = path / MANIFEST_NAME if path.is_dir() else path
-    if not path.is_file():
-        raise InputError(path, "no encoder manifest: pre-train first (the bundle writes encoder.json)")
-    content = json.loads(path.read_text())
+    content = read_manifest(manifest)
     modality = content["modality"]
     modalities = modality if isinstance(modality, list) else [modality] * int(content["in_channels"])
     return {"target_spacing": content["spacing"],

@@ -14,7 +14,6 @@ so that fine-tuning takes a stem by id (``stem_id``) or by channel count (``stem
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -29,7 +28,7 @@ from monai.inferers import Inferer, SlidingWindowInferer
 from monai.transforms import MapTransform
 from torch import nn
 
-from shared.checkpoints.manifest import MANIFEST_NAME, PretrainedEncoder, StateDict, new_manifest, save_pretrained
+from shared.checkpoints.manifest import PretrainedEncoder, StateDict, new_manifest, read_manifest, save_pretrained
 from shared.data.validate import case_id
 from shared.io.atomic import write_json
 from shared.io.errors import InputError
@@ -312,12 +311,7 @@ def tasks_from_manifest(manifest: str | os.PathLike) -> list[dict[str, Any]]:
     Raises:
         InputError: naming the file, when it is missing or not a MultiTalent export.
     """
-    path = Path(manifest)
-    path = path / MANIFEST_NAME if path.is_dir() else path
-    if not path.is_file():
-        raise InputError(path, "no encoder manifest: train first (the bundle exports encoder.json), or get the "
-                               "bundle's weights (large_files.yml)")
-    datasets = json.loads(path.read_text()).get("data", {}).get("datasets")
+    datasets = read_manifest(manifest).get("data", {}).get("datasets")
     if not isinstance(datasets, dict) or not datasets:
-        raise InputError(path, "not a MultiTalent export: it lists no data sets under data.datasets")
+        raise InputError(manifest, "not a MultiTalent export: it lists no data sets under data.datasets")
     return [{"name": name, **spec} for name, spec in datasets.items()]
