@@ -2,7 +2,7 @@
 
 The plain-encoder bundle trains from scratch (the number of queries planned from the training boxes and
 read by ``network_def``), resumes, evaluates, and infers with ``inference.json`` alone (the network
-rebuilt from the model plan); the ResEnc bundle fine-tunes from an exported MAE-style encoder. The
+rebuilt from the model plan); each bundle fine-tunes from an exported encoder of its kind (plain, ResEnc). The
 Model-Zoo checks (metadata, ``verify_net_in_out``, export) run in test_model_zoo_checks.py. Sizes: tiny
 encoder, 2 levels, a 32-wide 1-layer transformer, 32³ patches, 2 iterations.
 """
@@ -99,6 +99,15 @@ def test_evaluate_and_inference_json_alone_use_the_trained_network(trained, tmp_
     assert len(alone) == 1
     np.testing.assert_allclose(alone[0]["box"], evaluated[0]["box"], rtol=1e-5, atol=1e-4)
     assert (tmp_path / "alone" / "candidates.csv").is_file()
+
+
+def test_plain_bundle_fine_tunes_from_an_exported_plain_encoder(trained, tmp_path):
+    """The plain encoder (the Retina U-Net's, which MultiTalent's plain bundle pre-trains) into plain DETR."""
+    fine_tune_from_exported_encoder(PLAIN, trained, tmp_path, *_tiny("plain"), *TRAIN,
+                                    architecture={"name": "plain", "preset": "tiny"})
+    assert (tmp_path / "out" / "checkpoints" / "last_checkpoint_4.pt").is_file()
+    network = _planned_network(tmp_path / "out")
+    assert network.network_spec["arguments"]["encoder"] == {"name": "plain", "preset": "tiny"}
 
 
 def test_resenc_bundle_fine_tunes_from_an_exported_encoder(trained, tmp_path):
