@@ -22,7 +22,38 @@ from monai.inferers import Inferer
 from torch import Tensor, nn
 
 
-class DetectionEvaluator(SupervisedEvaluator):
+class CaseEvaluator(SupervisedEvaluator):
+    """``SupervisedEvaluator`` that also runs on no cases (a rank's empty share, a data set without a
+    validation split): its metrics are then computed on nothing, and gathered with the other ranks'.
+
+    A key metric whose ``compute`` returns a dict (spread into ``state.metrics``) names the entry that
+    is the key metric in its ``key_metric`` attribute.
+
+    Args:
+        as ``SupervisedEvaluator``.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        key_val_metric = kwargs.get("key_val_metric") or {}
+        self._metrics = dict(key_val_metric) | dict(kwargs.get("additional_metrics") or {})
+        if key_val_metric:
+            metric = next(iter(key_val_metric.values()))
+            self.state.key_metric_name = getattr(metric, "key_metric", self.state.key_metric_name)
+
+    def run(self, global_epoch: int = 1) -> None:
+        """Validate; a rank without a case of its own still computes (and so gathers) the metrics."""
+        if self.state.epoch_length != 0:
+            super().run(global_epoch)
+            return
+        self.state.max_epochs, self.state.epoch, self.state.iteration = max(global_epoch, 1), global_epoch, 0
+        for name, metric in self._metrics.items():
+            metric.reset()
+            metric.completed(self, name)
+        self.fire_event(Events.COMPLETED)
+
+
+class DetectionEvaluator(CaseEvaluator):
     """``SupervisedEvaluator`` whose iteration detects the objects of one whole case.
 
     Args:
@@ -44,21 +75,6 @@ class DetectionEvaluator(SupervisedEvaluator):
         kwargs["amp"] = bool(kwargs.get("amp", False)) and device.type == "cuda"
         super().__init__(device=device, val_data_loader=val_data_loader, network=network, inferer=inferer,
                          key_val_metric=key_val_metric, decollate=kwargs.pop("decollate", False), **kwargs)
-        self._metrics = dict(key_val_metric or {}) | dict(kwargs.get("additional_metrics") or {})
-        if key_val_metric:
-            metric = next(iter(key_val_metric.values()))
-            self.state.key_metric_name = getattr(metric, "key_metric", self.state.key_metric_name)
-
-    def run(self, global_epoch: int = 1) -> None:
-        """Validate; a rank without a case of its own still computes (and so gathers) the metrics."""
-        if self.state.epoch_length != 0:
-            super().run(global_epoch)
-            return
-        self.state.max_epochs, self.state.epoch, self.state.iteration = max(global_epoch, 1), global_epoch, 0
-        for name, metric in self._metrics.items():
-            metric.reset()
-            metric.completed(self, name)
-        self.fire_event(Events.COMPLETED)
 
     def _iteration(self, engine: DetectionEvaluator, batchdata: dict[str, Any]) -> tuple[list, list]:
         images, collated = batchdata["image"], batchdata["image"].ndim == 5

@@ -26,7 +26,6 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
-from monai.engines import SupervisedEvaluator
 from monai.engines.utils import IterationEvents
 from torch import nn
 from tqdm import tqdm
@@ -35,6 +34,7 @@ from shared.boxes.convention import boxes_voxel_to_world, boxes_world_to_voxel
 from shared.boxes.rasterize import rasterize_boxes
 from shared.data.preprocess import preprocess_volume
 from shared.data.validate import case_id
+from shared.engines.evaluator import CaseEvaluator
 from shared.inference.domain import check_scan
 from shared.inference.sliding_window import predict_volume
 from shared.io.atomic import write_json
@@ -190,7 +190,7 @@ def single_case(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return batch[0]
 
 
-class ScanEvaluator(SupervisedEvaluator):
+class ScanEvaluator(CaseEvaluator):
     """The bundles' inference ``evaluator``: each preprocessed scan through the sliding-window inferer.
 
     A thin :class:`monai.engines.SupervisedEvaluator` (its arguments: ``device``, ``val_data_loader``,
@@ -200,15 +200,17 @@ class ScanEvaluator(SupervisedEvaluator):
     and outputs the case's keys without the image plus the inferer's ``boxes`` (N, 6) xyzxyz voxel,
     ``scores`` (N,) and ``labels`` (N,). ``postprocessing`` (boxes to world millimetres) then runs on
     that dict, and the handlers (:class:`PredictionWriter`) write it. ``network`` may be a list of
-    detectors (a fold ensemble): the inferer gets the list.
+    detectors (a fold ensemble): the inferer gets the list. ``inferer_keys`` names case keys the
+    inferer also gets, as keyword arguments (e.g. ``dataset`` for a network with one stem per data set).
     """
 
     def __init__(self, device: torch.device | str, val_data_loader: Any, network: nn.Module | Sequence[nn.Module],
-                 **kwargs: Any):
+                 inferer_keys: Sequence[str] = (), **kwargs: Any):
         networks = network if isinstance(network, nn.Module) else nn.ModuleList(list(network))
         super().__init__(device=torch.device(device), val_data_loader=val_data_loader, network=networks,
                          decollate=False, **kwargs)
         self.network.to(self.state.device)
+        self.inferer_keys = list(inferer_keys)
 
     def _iteration(self, engine: ScanEvaluator, batchdata: dict[str, Any]) -> dict[str, Any]:
         if batchdata is None:
@@ -219,7 +221,7 @@ class ScanEvaluator(SupervisedEvaluator):
         network = list(engine.network) if isinstance(engine.network, nn.ModuleList) else engine.network
         engine.network.eval()
         with torch.no_grad():
-            found = engine.inferer(image, network)
+            found = engine.inferer(image, network, **{key: batchdata[key] for key in engine.inferer_keys})
         engine.state.output = {**{key: value for key, value in batchdata.items() if key != "image"}, **found}
         engine.fire_event(IterationEvents.FORWARD_COMPLETED)
         engine.fire_event(IterationEvents.MODEL_COMPLETED)

@@ -95,14 +95,34 @@ def task_loss(task: SegmentationTask, logits: torch.Tensor, labels: torch.Tensor
         ce = F.cross_entropy(logits, labels[:, 0])
         probabilities = logits.softmax(1)[:, 1:]
         onehot = F.one_hot(labels[:, 0], task.out_channels).movedim(-1, 1)[:, 1:].float()
-        dice = hard_dice(F.one_hot(logits.detach().argmax(1), task.out_channels).movedim(-1, 1)[:, 1:].bool(),
-                         onehot.bool())
     else:
         onehot = region_targets(labels, task.label_regions)
         ce = F.binary_cross_entropy_with_logits(logits, onehot)
         probabilities = logits.sigmoid()
-        dice = hard_dice(logits.detach() > 0, onehot.bool())
-    return ce_weight * ce + dice_weight * soft_dice_loss(probabilities, onehot), dice
+    loss = ce_weight * ce + dice_weight * soft_dice_loss(probabilities, onehot)
+    return loss, task_dice(task, logits.detach(), labels, onehot.bool())
+
+
+def task_dice(task: SegmentationTask, logits: torch.Tensor, labels: torch.Tensor,
+              targets: torch.Tensor | None = None) -> torch.Tensor:
+    """Hard foreground Dice of one data set's prediction: argmax classes (``softmax``) or logits > 0
+    (``regions``) against the labels, the mean over the channels present in either (NaN if none).
+
+    Args:
+        task: the data set.
+        logits: (B, task.out_channels, X, Y, Z).
+        labels: (B, 1, X, Y, Z) integer map in the data set's labels.
+        targets: the labels' (B, C, X, Y, Z) foreground channels when the caller has them.
+    """
+    if task.kind == "softmax":
+        predicted = F.one_hot(logits.argmax(1), task.out_channels).movedim(-1, 1)[:, 1:].bool()
+        if targets is None:
+            targets = F.one_hot(labels[:, 0].long(), task.out_channels).movedim(-1, 1)[:, 1:].bool()
+    else:
+        predicted = logits > 0
+        if targets is None:
+            targets = region_targets(labels, task.label_regions).bool()
+    return hard_dice(predicted, targets)
 
 
 class MultiTalentLoss(nn.Module):

@@ -23,6 +23,7 @@ import ignite.distributed as idist
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
+from ignite.metrics import Metric
 from monai.config import KeysCollection
 from monai.inferers import Inferer, SlidingWindowInferer
 from monai.transforms import MapTransform
@@ -33,8 +34,8 @@ from shared.data.validate import case_id
 from shared.io.atomic import write_json
 from shared.io.errors import InputError
 from shared.io.images import save_nifti
-from shared.losses.multitalent import MultiTalentLoss, deep_supervision_weights, downsample_labels
-from shared.networks.multitalent import MultiTalentNetwork
+from shared.losses.multitalent import MultiTalentLoss, deep_supervision_weights, downsample_labels, task_dice
+from shared.networks.multitalent import MultiTalentNetwork, read_tasks
 
 METHOD = "multitalent"
 
@@ -173,25 +174,100 @@ class DatasetSegmenter(nn.Module):
                              f"{self.task.kind!r}")
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        padded = pad_channels(images.transpose(0, 1), self.network.max_in_channels).transpose(0, 1)
-        logits = self.network(padded, [self.task.name] * images.shape[0])["seg_logits"]
-        return logits[:, self.network.channel_slices[self.task.name]]
+        return dataset_logits(self.network, images, self.task.name)
+
+
+def dataset_logits(network: MultiTalentNetwork, images: torch.Tensor, dataset: str) -> torch.Tensor:
+    """A batch of one data set through its stem: that data set's block of the output logits.
+
+    Shape:
+        (B, C_d, X, Y, Z) → (B, task.out_channels, X, Y, Z).
+    """
+    padded = pad_channels(images.transpose(0, 1), network.max_in_channels).transpose(0, 1)
+    logits = network(padded, [dataset] * images.shape[0])["seg_logits"]
+    return logits[:, network.channel_slices[dataset]]
+
+
+class MultiDatasetSegmenter(nn.Module):
+    """The :class:`MultiTalent` being trained, seen as a segmenter of any of its data sets (validation).
+
+    Shares the module's weights; ``forward(images, dataset)`` gives that data set's logits, so a
+    sliding-window inferer can pass each scan's data set through (``ScanEvaluator``'s ``inferer_keys``).
+
+    Args:
+        model: the :class:`MultiTalent` module (not its DDP wrapper: validation runs on each rank alone).
+    """
+
+    def __init__(self, model: MultiTalent):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor, dataset: str) -> torch.Tensor:
+        return dataset_logits(self.model.network, images, dataset)
+
+
+def validation_cases(collection: Mapping[str, Any], max_scans: int | None = None) -> list[dict[str, Any]]:
+    """Every data set's ``validation`` entries (the first ``max_scans`` of each), with ``dataset`` added."""
+    return [{**entry, "dataset": name} for name, spec in collection["datasets"].items()
+            for entry in spec.get("validation", [])[:max_scans]]
+
+
+class DatasetDice(Metric):
+    """Validation metric: per data set, the mean over its scans of the scan's hard foreground Dice
+    (:func:`shared.losses.multitalent.task_dice`: its classes present in the scan or the prediction).
+
+    ``update`` takes one scan's ``(logits (1, C, X, Y, Z), label map, data set name)``, which ignite takes
+    from the evaluator's output dict (``required_output_keys``). ``compute`` returns ``{"val/dice/<data set>": …, "val/dice": mean over
+    the data sets}`` for the data sets that had a scan with something to score (``val/dice``, the key
+    metric, is NaN without any); every rank validates every scan, so nothing is gathered.
+
+    Args:
+        tasks: the data sets (``[{"name", "classes", "kind"?, …}]``).
+    """
+
+    key_metric = "val/dice"
+    required_output_keys = ("logits", "label", "dataset")
+
+    def __init__(self, tasks: Sequence[Mapping[str, Any]], output_transform=lambda output: output):
+        self.tasks = {task.name: task for task in read_tasks(tasks)}
+        self._scores: dict[str, list[float]] = {}
+        super().__init__(output_transform=output_transform)
+
+    def reset(self) -> None:
+        self._scores = {}
+
+    def update(self, output: Sequence[Any]) -> None:
+        logits, labels, dataset = output
+        task = self.tasks[dataset]
+        logits = torch.as_tensor(logits).detach().cpu()
+        labels = torch.as_tensor(np.asarray(labels)).reshape(1, 1, *logits.shape[2:]).long()
+        dice = float(task_dice(task, logits, labels))
+        if not np.isnan(dice):
+            self._scores.setdefault(task.name, []).append(dice)
+
+    def compute(self) -> dict[str, float]:
+        means = {f"val/dice/{name}": float(np.mean(scores)) for name, scores in self._scores.items()}
+        return {**means, self.key_metric: float(np.mean(list(means.values()))) if means else float("nan")}
 
 
 class SegmentationInferer(Inferer):
-    """Sliding window over a whole scan, then the label map: ``{"segmentation": (B, 1, X, Y, Z)}`` (argmax).
+    """Sliding window over a whole scan, then the label map: ``{"segmentation": (B, 1, X, Y, Z)}`` (argmax),
+    or with ``argmax=False`` the logits: ``{"logits": (B, C, X, Y, Z)}``.
 
     Args:
         patch_size: the window, a multiple of the encoder's coarsest stride.
         overlap: window overlap (Gaussian weighting, as nnU-Net).
+        argmax: return the label map rather than the logits.
     """
 
-    def __init__(self, patch_size: Sequence[int], *, overlap: float = 0.5):
+    def __init__(self, patch_size: Sequence[int], *, overlap: float = 0.5, argmax: bool = True):
         super().__init__()
         self.window = SlidingWindowInferer(list(patch_size), sw_batch_size=1, overlap=overlap, mode="gaussian")
+        self.argmax = bool(argmax)
 
     def __call__(self, inputs: torch.Tensor, network: nn.Module, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
-        return {"segmentation": self.window(inputs, network, *args, **kwargs).argmax(1, keepdim=True)}
+        logits = self.window(inputs, network, *args, **kwargs)
+        return {"segmentation": logits.argmax(1, keepdim=True)} if self.argmax else {"logits": logits}
 
 
 class SegmentationWriter:

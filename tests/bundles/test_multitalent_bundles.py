@@ -96,7 +96,7 @@ def test_a_run_stopped_and_started_again_ends_with_the_same_weights(trained):
         assert_same_weights(root / "out" / name, root / "resumed" / name)
 
 
-def test_tensorboard_holds_the_loss_and_dice_of_every_data_set(trained):
+def test_tensorboard_holds_the_loss_and_dice_of_every_data_set_and_their_validation_dice(trained):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     _, root = trained
@@ -107,6 +107,8 @@ def test_tensorboard_holds_the_loss_and_dice_of_every_data_set(trained):
         tags |= set(events.Tags()["scalars"])
     # quick.json logs every iteration; these 4 batches of 2 hold every data set (a fixed seed)
     assert {"train/loss", *(f"train/{kind}/{name}" for kind in ("loss", "dice") for name in STEMS)} <= tags
+    # and validates after its last epoch: each data set's validation scan, whole, through its own stem
+    assert {"val/dice", *(f"val/dice/{name}" for name in STEMS)} <= tags
 
 
 @pytest.mark.parametrize("channels, stem, stem_id", [(2, "matching", None), (1, "matching", "chest_ct"),

@@ -5,7 +5,8 @@ from monai.losses import DiceCELoss, DiceLoss
 
 from shared.losses.multitalent import MultiTalentLoss, task_loss
 from shared.networks.multitalent import MultiTalentNetwork, SegmentationTask
-from shared.ssl.multitalent import MultiTalent, PadChannelsd, multitalent_encoder_weights, pad_channels
+from shared.ssl.multitalent import (DatasetDice, MultiDatasetSegmenter, MultiTalent, PadChannelsd,
+                                   multitalent_encoder_weights, pad_channels, validation_cases)
 
 TASKS = [
     {"name": "lung_ct", "in_channels": 1, "classes": ["lungs", "vessels", "nodules"]},
@@ -131,6 +132,46 @@ def test_dice_of_a_perfect_prediction_is_one():
     logits = torch.nn.functional.one_hot(labels[:, 0], 4).movedim(-1, 1).double() * 10
     _, dice = task_loss(SegmentationTask.from_spec(TASKS[0]), logits, labels)
     assert float(dice) == 1.0  # class 2 is absent from both and left out
+
+
+def test_validation_dice_is_per_data_set_over_its_scans_and_their_present_classes():
+    """DatasetDice: a perfect softmax scan scores 1, a region scan with one of its two regions wrong 0.5;
+    a scan with nothing to score (empty label and prediction) is left out, as is a data set without scans."""
+    metric = DatasetDice(TASKS)
+    labels = torch.zeros(1, 1, 8, 8, 8, dtype=torch.long)
+    labels[..., 2:5, 2:5, 2:5] = 1
+    labels[..., 5:7, 5:7, 5:7] = 3
+    perfect = torch.nn.functional.one_hot(labels[:, 0], 4).movedim(-1, 1).float() * 10
+    metric.update((perfect, labels[0].numpy(), "lung_ct"))
+    background_only = torch.zeros(1, 4, 8, 8, 8)
+    background_only[:, 0] = 10
+    metric.update((background_only, np.zeros((1, 8, 8, 8)), "lung_ct"))
+    brain = torch.zeros(1, 1, 8, 8, 8, dtype=torch.long)
+    brain[..., :4, :, :] = 1  # region [1, 2] is the first half, region [2] is empty
+    region_logits = torch.full((1, 2, 8, 8, 8), -10.0)
+    region_logits[:, 0, :4] = 10  # region 0 right
+    region_logits[:, 1, :2] = 10  # region 1 predicted where there is none
+    metric.update((region_logits, brain, "brain_mri"))
+    assert metric.compute() == {"val/dice/lung_ct": 1.0, "val/dice/brain_mri": 0.5, "val/dice": 0.75}
+    metric.reset()
+    assert np.isnan(metric.compute()["val/dice"]) and len(metric.compute()) == 1
+
+
+@pytest.mark.parametrize("encoder", ENCODERS)
+def test_the_validation_segmenter_routes_each_scan_through_its_data_sets_stem(encoder):
+    torch.manual_seed(0)
+    model = MultiTalent(TASKS, encoder_spec=encoder).double().eval()
+    images = torch.randn(1, 2, 16, 16, 16, dtype=torch.float64)
+    routed = MultiDatasetSegmenter(model)(images, dataset="brain_mri")
+    alone = model.network(pad_channels(images.transpose(0, 1), 3).transpose(0, 1), ["brain_mri"])["seg_logits"]
+    torch.testing.assert_close(routed, alone[:, model.network.channel_slices["brain_mri"]])
+    assert routed.shape[1] == 2
+
+
+def test_validation_cases_take_the_first_scans_of_every_data_set():
+    collection = {"datasets": {"a": {"validation": [{"image": "a0"}, {"image": "a1"}]}, "b": {"training": []}}}
+    assert validation_cases(collection, 1) == [{"image": "a0", "dataset": "a"}]
+    assert [case["image"] for case in validation_cases(collection)] == ["a0", "a1"]
 
 
 def test_bad_inputs_name_the_problem():
