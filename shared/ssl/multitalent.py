@@ -217,9 +217,10 @@ class DatasetDice(Metric):
     (:func:`shared.losses.multitalent.task_dice`: its classes present in the scan or the prediction).
 
     ``update`` takes one scan's ``(logits (1, C, X, Y, Z), label map, data set name)``, which ignite takes
-    from the evaluator's output dict (``required_output_keys``). ``compute`` returns ``{"val/dice/<data set>": …, "val/dice": mean over
-    the data sets}`` for the data sets that had a scan with something to score (``val/dice``, the key
-    metric, is NaN without any); every rank validates every scan, so nothing is gathered.
+    from the evaluator's output dict (``required_output_keys``). ``compute`` returns
+    ``{"val/dice/<data set>": …, "val/dice": mean over the data sets}`` for the data sets that had a scan
+    with something to score (``val/dice``, the key metric, is NaN without any); every rank validates
+    every scan, so nothing is gathered.
 
     Args:
         tasks: the data sets (``[{"name", "classes", "kind"?, …}]``).
