@@ -4,6 +4,7 @@ scratch (same seed and budget) â†’ inference and evaluation on the test split â†
     python -m tools.pipeline --out runs/quickstart
     python -m tools.pipeline --out runs/quickstart --encoder pretrain      # pre-train a new MAE encoder first
     python -m tools.pipeline --out runs/methods --methods "[mae,spark,models_genesis,voco,multitalent]"
+    python -m tools.pipeline --out runs/shipped --methods "[mae,spark,models_genesis,voco,multitalent]" --encoder shipped
     python -m tools.pipeline --out runs/quickstart --stages "[finetune,evaluate,report]" --force True
 
 By default the pre-trained side is the encoder the MAE bundle ships (pre-trained for far longer than this
@@ -12,7 +13,8 @@ new one in the ``pretrain`` stage, ``--encoder path/to/encoder.json`` takes any 
 ``tools.import_encoder``). ``--methods`` pre-trains one encoder per method named (each with its bundle,
 into ``pretrain/<method>``) and fine-tunes and evaluates one model per method beside the one from scratch;
 the self-supervised methods learn from the data's unlabelled scans, MultiTalent from the embedded labelled
-segmentation collection (other scans, made in ``data/multitalent``).
+segmentation collection (other scans, made in ``data/multitalent``); with ``--encoder shipped`` it
+pre-trains nothing and fine-tunes from the encoder each method's bundle ships (the lung tasks).
 
 Each stage runs the project's bundles the way a user would (``python -m monai.bundle run ...`` in a
 subprocess; on a CPU-only machine a stage's runs go side by side, one per core, the first printing and
@@ -61,6 +63,8 @@ BUNDLES = Path(__file__).resolve().parents[1] / "bundles"
 RUN_FOLDERS = (*METHODS, SCRATCH, PRETRAINED)
 #: ``--encoder`` value that pre-trains a new encoder in the ``pretrain`` stage
 PRETRAIN = "pretrain"
+#: ``--encoder`` value that, with ``--methods``, fine-tunes from the encoders the methods' bundles ship
+SHIPPED = "shipped"
 
 logger = logging.getLogger("pipeline")
 
@@ -108,7 +112,8 @@ def main(out: str = "runs/quickstart", stages: Sequence[str] = STAGES, force: bo
         task: embedded data set: ``lung_nodules`` (default; chest CT, nodule vs background, LUNA16's
             task), ``lung_ct`` (the same scans, benign vs malignant) or ``brain_mri`` (two MRI channels).
         encoder: the pre-trained encoder's ``encoder.json``; default: the one shipped for the task (the
-            MAE bundle's, for the lung tasks), ``pretrain`` to pre-train a new one in the pretrain stage.
+            MAE bundle's, for the lung tasks), ``pretrain`` to pre-train a new one in the pretrain stage;
+            with ``methods``, ``shipped`` takes each method's shipped encoder instead of pre-training.
         methods: instead of one encoder, pre-train one per method (``mae``, ``spark``, ``models_genesis``,
             ``voco`` on the data's unlabelled scans; ``multitalent`` on the embedded segmentation
             collection, made in ``data/multitalent``) and compare a model fine-tuned from each with scratch.
@@ -129,9 +134,13 @@ def main(out: str = "runs/quickstart", stages: Sequence[str] = STAGES, force: bo
     _recover_stage_folders(root)
     pretrain_task, finetune_task, shipped, has_baseline = TASKS[task]
     methods = _methods(methods, encoder, root, pretrains="pretrain" in stages, finetunes="finetune" in stages)
-    encoders = ({method: str(root / "pretrain" / method / "encoder.json") for method in methods} if methods else
-                {PRETRAINED: _encoder(encoder, shipped, root, task, check="finetune" in stages)})
-    pretrain_here = bool(methods) or encoders[PRETRAINED] == _pretrained_here(root)
+    if methods and encoder == SHIPPED:
+        encoders = {method: _shipped_encoder(method, shipped, task, check="finetune" in stages) for method in methods}
+    elif methods:
+        encoders = {method: str(root / "pretrain" / method / "encoder.json") for method in methods}
+    else:
+        encoders = {PRETRAINED: _encoder(encoder, shipped, root, task, check="finetune" in stages)}
+    pretrain_here = (bool(methods) and encoder != SHIPPED) or encoders.get(PRETRAINED) == _pretrained_here(root)
     settings = dict(seed=seed, task=task, encoders=encoders, methods=methods, pretrain_here=pretrain_here,
                     num_training=num_training, bootstrap=bootstrap,
                     data_overrides=data_overrides or {},
@@ -158,14 +167,26 @@ def main(out: str = "runs/quickstart", stages: Sequence[str] = STAGES, force: bo
 def _encoder(encoder: str | None, shipped: str | None, root: Path, task: str, check: bool) -> str:
     """The encoder.json the pre-trained variant starts from (see :func:`main`'s ``encoder``); ``check``:
     refuse a missing one now rather than after the stages before fine-tuning."""
-    if encoder == PRETRAIN or (encoder is None and shipped is None):
+    if encoder == PRETRAIN or (encoder in (None, SHIPPED) and shipped is None):
         return _pretrained_here(root)
-    path = Path(encoder) if encoder is not None else BUNDLES / shipped
+    path = Path(encoder) if encoder not in (None, SHIPPED) else BUNDLES / shipped
     if check and not path.is_file():
         hint = ("the bundle ships it: is the clone complete?" if encoder is None
                 else "give an encoder.json (an export or a tools.import_encoder output), or --encoder pretrain")
         raise InputError(path, f"no such encoder manifest for task {task}; {hint}")
     logger.info("pre-trained variant: fine-tuned from %s", path)
+    return str(path.resolve())
+
+
+def _shipped_encoder(method: str, shipped: str | None, task: str, check: bool) -> str:
+    """The encoder ``method``'s bundle ships (``--methods ... --encoder shipped``); ``check``: refuse a
+    bundle that ships none, or a task the shipped encoders were not pre-trained for."""
+    if shipped is None:
+        raise InputError(None, f"no encoders are shipped for task {task} (they are pre-trained on lung CT): "
+                               "drop --encoder shipped to pre-train them here")
+    path = BUNDLES / METHODS[method] / "models" / "encoder.json"
+    if check and not path.is_file():
+        raise InputError(path, f"bundle {METHODS[method]} ships no encoder: is the clone complete?")
     return str(path.resolve())
 
 
@@ -193,10 +214,11 @@ def _methods(methods, encoder: str | None, root: Path, *, pretrains: bool, finet
     unknown = [method for method in methods if method not in METHODS]
     if unknown:
         raise InputError(None, f"unknown pre-training method(s) {unknown}; methods are {list(METHODS)}")
-    if encoder is not None:
-        raise InputError(None, "--encoder and --methods exclude each other: --methods pre-trains its own encoders")
+    if encoder not in (None, SHIPPED):
+        raise InputError(None, "--encoder and --methods exclude each other: --methods pre-trains its own encoders "
+                               "(or, with --encoder shipped, takes the ones their bundles ship)")
     missing = [method for method in methods if not (root / "pretrain" / method / "encoder.json").is_file()]
-    if finetunes and not pretrains and missing:
+    if finetunes and not pretrains and missing and encoder is None:
         raise InputError(root / "pretrain", f"no encoder pre-trained for {missing}: add the pretrain stage")
     return list(dict.fromkeys(methods))
 

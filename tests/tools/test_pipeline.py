@@ -205,6 +205,26 @@ def test_methods_pretrain_an_encoder_each_and_fine_tune_a_model_from_each(tmp_pa
         main(str(out), stages=["finetune"], methods=["mae"])
 
 
+def test_methods_with_encoder_shipped_fine_tune_from_the_bundles_encoders_without_pretraining(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(pipeline, "run_bundle", lambda bundle, configs, **overrides: calls.append((bundle, overrides)))
+    monkeypatch.setattr(pipeline, "BUNDLES", tmp_path / "bundles")
+    for method in ("spark", "voco"):
+        manifest = tmp_path / "bundles" / pipeline.METHODS[method] / "models" / "encoder.json"
+        manifest.parent.mkdir(parents=True)
+        manifest.write_text("{}")
+    out = (tmp_path / "run").resolve()
+    main(str(out), stages=["pretrain", "finetune"], methods=["spark", "voco"], encoder="shipped")
+    assert [call[0] for call in calls] == [pipeline.DETECTOR_BUNDLE] * 3  # nothing pre-trained
+    assert [call[1]["pretrained_encoder"] for call in calls] == [None] + [
+        str(tmp_path / "bundles" / pipeline.METHODS[method] / "models" / "encoder.json") for method in ("spark", "voco")]
+
+    with pytest.raises(InputError, match="resenc_models_genesis_pretrain ships no encoder"):
+        main(str(tmp_path / "other"), stages=["finetune"], methods=["models_genesis"], encoder="shipped")
+    with pytest.raises(InputError, match="no encoders are shipped for task brain_mri"):
+        main(str(tmp_path / "brain"), stages=["finetune"], task="brain_mri", methods=["spark"], encoder="shipped")
+
+
 def test_multitalent_pretrains_on_the_embedded_collection_made_once_with_the_tasks_stem(tmp_path, monkeypatch):
     import shared.data.synthetic.multitalent as collection
     from tools.pipeline_report import _scans
