@@ -49,7 +49,8 @@ def package_version() -> str:
 def describe_transform(value: Any) -> Any:
     """A JSON-able description of a built transform (chain): class path and arguments, recursively.
 
-    Arrays become lists, functions and classes their import paths, random generators are left out.
+    Arrays become lists, functions and classes their import paths, random generators are left out, and so
+    are the attributes a transform names in ``drawn_attributes`` (what its last call drew, not a setting).
     """
     return _describe(value, 0, set())
 
@@ -93,7 +94,8 @@ def _describe(value: Any, depth: int, seen: set[int]) -> Any:
     seen = seen | {id(value)}
     if hasattr(value, "__code__"):  # a function or lambda: its path and, for lambdas, its code
         return {"function": _path(value), "code": value.__code__.co_code.hex() if value.__name__ == "<lambda>" else None}
-    attributes = {key: item for key, item in sorted(vars(value).items()) if key not in _IGNORED}
+    ignored = _IGNORED.union(getattr(value, "drawn_attributes", ()))
+    attributes = {key: item for key, item in sorted(vars(value).items()) if key not in ignored}
     return {"_target_": _path(type(value)), **{key: _describe(item, depth + 1, seen) for key, item in attributes.items()}}
 
 

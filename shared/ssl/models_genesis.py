@@ -43,6 +43,9 @@ SEED_LIMIT = 2**31 - 1
 class _GenesisTransform(RandomizableTransform, MapTransform):
     """The shared part: draw once per call, apply the same corruption to every key present."""
 
+    #: what a call draws, left out of the transform's description (``describe_transform``)
+    drawn_attributes: tuple[str, ...] = ("seed",)
+
     def __init__(self, keys: KeysCollection, prob: float, allow_missing_keys: bool):
         MapTransform.__init__(self, keys, allow_missing_keys)
         RandomizableTransform.__init__(self, prob)
@@ -93,6 +96,8 @@ class RandGenesisFlipd(_GenesisTransform):
         allow_missing_keys: skip absent keys.
     """
 
+    drawn_attributes = (*_GenesisTransform.drawn_attributes, "axes")
+
     def __init__(self, keys: KeysCollection, prob: float = 0.4, max_flips: int = 3, allow_missing_keys: bool = False):
         super().__init__(keys, prob, allow_missing_keys)
         self.max_flips = int(max_flips)
@@ -120,6 +125,8 @@ class RandLocalShuffled(_GenesisTransform):
         allow_missing_keys: skip absent keys.
     """
 
+    drawn_attributes = (*_GenesisTransform.drawn_attributes, "windows")
+
     def __init__(self, keys: KeysCollection, prob: float = 0.5, num_windows: int = 10000, max_fraction: float = 0.1,
                  allow_missing_keys: bool = False):
         super().__init__(keys, prob, allow_missing_keys)
@@ -145,6 +152,8 @@ class RandBezierIntensityd(_GenesisTransform):
         invert_prob: probability, once transforming, of the decreasing curve (0.5).
         allow_missing_keys: skip absent keys.
     """
+
+    drawn_attributes = (*_GenesisTransform.drawn_attributes, "controls", "invert")
 
     def __init__(self, keys: KeysCollection, prob: float = 0.9, invert_prob: float = 0.5,
                  allow_missing_keys: bool = False):
@@ -173,6 +182,8 @@ class RandInOutPaintd(_GenesisTransform):
         max_boxes: most boxes (5).
         allow_missing_keys: skip absent keys.
     """
+
+    drawn_attributes = (*_GenesisTransform.drawn_attributes, "inpainting", "boxes")
 
     def __init__(self, keys: KeysCollection, prob: float = 0.9, inpaint_prob: float = 0.2, max_boxes: int = 5,
                  allow_missing_keys: bool = False):
